@@ -1,0 +1,102 @@
+"""Scale smoke: N records through sampler -> expression -> llm_text on a zero-latency model.
+
+Reports wall time, model calls per second and peak RSS. Not a test: run it by hand or with
+``make smoke`` and read the figures (they depend on the machine and on what else runs on it).
+
+    .venv/bin/python benchmarks/scale_smoke.py --records 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sluiceway.config.models import DatasetConfig
+from sluiceway.engine.run import RunOptions, run_dataset
+
+
+def smoke_config(records: int, buffer_size: int) -> DatasetConfig:
+    return DatasetConfig.model_validate(
+        {
+            "providers": [{"name": "sim", "type": "simulated"}],
+            "models": [
+                {
+                    "alias": "fast",
+                    "provider": "sim",
+                    "model": "sim-fast",
+                    "max_parallel_requests": 256,
+                }
+            ],
+            "columns": [
+                {
+                    "name": "topic",
+                    "type": "sampler",
+                    "sampler": {
+                        "kind": "category",
+                        "values": ["tides", "locks", "canals", "weirs"],
+                    },
+                },
+                {
+                    "name": "n",
+                    "type": "sampler",
+                    "sampler": {"kind": "integer", "low": 1, "high": 9},
+                },
+                {
+                    "name": "title",
+                    "type": "expression",
+                    "template": "{{ n }} facts about {{ topic }}",
+                },
+                {
+                    "name": "text",
+                    "type": "llm_text",
+                    "model": "fast",
+                    "prompt": "Write: {{ title }}",
+                },
+            ],
+            "run": {
+                "num_records": records,
+                "seed": 7,
+                "buffer_size": buffer_size,
+                "max_concurrent_row_groups": 4,
+            },
+        }
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--buffer-size", type=int, default=1_000)
+    parser.add_argument("--output", type=Path, default=None, help="default: a temporary directory")
+    args = parser.parse_args()
+    config = smoke_config(args.records, args.buffer_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        output = args.output or Path(tmp) / "smoke"
+        started = time.perf_counter()
+        outcome = asyncio.run(run_dataset(config, RunOptions(output_dir=output, overwrite=True)))
+        wall = time.perf_counter() - started
+    info = outcome.info
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report = {
+        "records": args.records,
+        "buffer_size": args.buffer_size,
+        "rows_written": info.rows_written,
+        "rows_dropped": info.rows_dropped,
+        "model_calls": info.model_calls_succeeded,
+        "wall_seconds": round(wall, 2),
+        "model_calls_per_second": round(info.model_calls_succeeded / wall, 1),
+        "peak_rss_mib": round(peak_rss_mib, 1),
+        "python": sys.version.split()[0],
+    }
+    print(json.dumps(report, indent=2))
+    return 0 if info.rows_written == args.records and peak_rss_mib < 1024 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``sluiceway`` command line."""

@@ -1,0 +1,1 @@
+"""Column generators: samplers, expressions, LLM columns, embeddings and custom Python."""

@@ -1,0 +1,1 @@
+"""The composition root: wires a config into generators, schedulers, admission and storage."""

@@ -1,0 +1,159 @@
+"""Row-group buffers and task execution against them: the engine side of the scheduler hooks.
+
+A row group's rows live in plain dicts from admission until its checkpoint, then are handed to a
+sink and forgotten. Generator failures are classified here: non-retryable errors drop rows (with
+the reason recorded), retryable ones ask the scheduler for another attempt, anything else is a bug
+or a fatal error and propagates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sluiceway.columns.base import ColumnGenerator, GenerationContext, ModelCalls
+from sluiceway.errors import (
+    NonRetryableGenerationError,
+    ProviderError,
+    RetryableGenerationError,
+)
+from sluiceway.scheduling.scheduler import (
+    SUCCEEDED,
+    RowGroupHandler,
+    TaskOutcome,
+    TaskOutcomeKind,
+)
+from sluiceway.scheduling.tasks import SchedulableTask, TaskKind
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DroppedRow:
+    row_index: int  # global record index
+    column: str
+    reason: str
+
+
+class RowGroupSink(Protocol):
+    """Receives each completed row group (rows are live rows only, in record order)."""
+
+    async def write_row_group(
+        self,
+        row_group: int,
+        rows: Sequence[dict[str, Any]],
+        row_indices: Sequence[int],
+        dropped: Sequence[DroppedRow],
+    ) -> None: ...
+
+    def dropped_rows(self) -> list[DroppedRow]: ...
+
+
+class _Buffer:
+    __slots__ = ("dropped", "first_record", "rows")
+
+    def __init__(self, first_record: int, size: int) -> None:
+        self.first_record = first_record
+        self.rows: list[dict[str, Any]] = [{} for _ in range(size)]
+        self.dropped: list[DroppedRow] = []
+
+
+class EngineRowGroupHandler(RowGroupHandler):
+    """Runs generator tasks on row-group buffers and hands finished groups to a sink."""
+
+    def __init__(
+        self,
+        *,
+        generators: Sequence[ColumnGenerator],
+        models: ModelCalls,
+        seed: int,
+        sink: RowGroupSink,
+    ) -> None:
+        self._generators = generators
+        self._models = models
+        self._seed = seed
+        self._sink = sink
+        self._buffers: dict[int, _Buffer] = {}
+        self.written_count = 0
+        self.dropped_count = 0
+
+    def admit(self, row_group: int, first_record: int, size: int) -> None:
+        self._buffers[row_group] = _Buffer(first_record, size)
+
+    async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+        spec = task.task
+        generator = self._generators[spec.generator]
+        buffer = self._buffers[spec.row_group]
+        try:
+            if spec.kind is TaskKind.CELL:
+                assert spec.row_index is not None
+                row = buffer.rows[spec.row_index]
+                if row is _DEAD:
+                    # Dropped after this task was admitted: nothing to compute, nothing to keep.
+                    return SUCCEEDED
+                ctx = GenerationContext(
+                    seed=self._seed,
+                    column=generator.name,
+                    row_group=spec.row_group,
+                    row_indices=(buffer.first_record + spec.row_index,),
+                    models=self._models,
+                )
+                row.update(await generator.generate_cell(row, ctx))
+                return SUCCEEDED
+            return await self._run_group_task(generator, spec.row_group, buffer, spec.kind)
+        except NonRetryableGenerationError as error:
+            return TaskOutcome(kind=TaskOutcomeKind.DROPPED, reason=_reason(error))
+        except (RetryableGenerationError, ProviderError) as error:
+            if isinstance(error, ProviderError) and not error.retryable:
+                return TaskOutcome(kind=TaskOutcomeKind.DROPPED, reason=_reason(error))
+            return TaskOutcome(kind=TaskOutcomeKind.RETRY, reason=_reason(error))
+
+    async def _run_group_task(
+        self, generator: ColumnGenerator, row_group: int, buffer: _Buffer, kind: TaskKind
+    ) -> TaskOutcome:
+        live = [i for i, row in enumerate(buffer.rows) if row is not _DEAD]
+        if not live:
+            return SUCCEEDED
+        ctx = GenerationContext(
+            seed=self._seed,
+            column=generator.name,
+            row_group=row_group,
+            row_indices=[buffer.first_record + i for i in live],
+            models=self._models,
+        )
+        rows = [buffer.rows[i] for i in live]
+        if kind is TaskKind.FROM_SCRATCH:
+            results: Sequence[Mapping[str, Any]] = await generator.generate_from_scratch(ctx)
+        else:
+            results = await generator.generate_batch(rows, ctx)
+        if len(results) != len(rows):
+            raise NonRetryableGenerationError(
+                f"column {generator.name!r} returned {len(results)} rows for a batch of "
+                f"{len(rows)}; return exactly one result per input row"
+            )
+        for row, values in zip(rows, results, strict=True):
+            row.update(values)
+        return SUCCEEDED
+
+    def rows_dropped(self, row_group: int, rows: Sequence[int], column: str, reason: str) -> None:
+        buffer = self._buffers[row_group]
+        for row in rows:
+            buffer.rows[row] = _DEAD
+            buffer.dropped.append(
+                DroppedRow(row_index=buffer.first_record + row, column=column, reason=reason)
+            )
+        self.dropped_count += len(rows)
+
+    async def checkpoint(self, row_group: int, live_rows: Sequence[int]) -> None:
+        buffer = self._buffers.pop(row_group)
+        rows = [buffer.rows[i] for i in live_rows]
+        indices = [buffer.first_record + i for i in live_rows]
+        await self._sink.write_row_group(row_group, rows, indices, buffer.dropped)
+        self.written_count += len(rows)
+
+
+_DEAD: dict[str, Any] = {}  # placeholder for a dropped row; never written to
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

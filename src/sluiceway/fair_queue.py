@@ -1,0 +1,267 @@
+"""One weighted-fair queue, used for ready tasks and for request waiters (SPEC §5.1, §6.2).
+
+Start-time fair queueing with virtual time ``V``: a group that becomes backlogged starts at
+``S = max(V, F_last)``; dispatching its head sets ``V = S`` and ``F_last = S + 1 / weight``; the
+group's next head starts at ``F_last``. The backlogged group with the smallest start tag goes first
+(ties: the group that became backlogged earlier), FIFO within a group. Selection is ``O(log G)``
+for ``G`` backlogged groups and independent of the number of queued items, plus ``O(log G)`` per
+group skipped because its head is ineligible.
+
+``select_next`` does not change the logical state; ``commit`` is the only removal and refuses a
+selection made before any later change (``sequence_version``).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from sluiceway.errors import EngineError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueEntry(Generic[T]):
+    """An item offered to the queue: unique ``item_id``, fairness ``group`` and its ``weight``."""
+
+    item_id: Hashable
+    group: Hashable
+    weight: float
+    item: T
+    demand: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSelection(Generic[T]):
+    """The head that ``select_next`` proposes; valid until the queue changes."""
+
+    entry: QueueEntry[T]
+    sequence_version: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStatistics:
+    queued: int
+    backlogged_groups: int
+    enqueued_total: int
+    duplicates_ignored: int
+    committed_total: int
+    stale_commits: int
+    removed_total: int
+    virtual_time: float
+
+
+class _Group(Generic[T]):
+    __slots__ = ("demand", "entries", "finish_tag", "heap_token", "key", "start_tag", "weight")
+
+    def __init__(self, key: Hashable, weight: float) -> None:
+        self.key = key
+        self.weight = weight
+        self.entries: deque[QueueEntry[T]] = deque()
+        self.start_tag = 0.0
+        self.finish_tag = 0.0
+        self.heap_token = 0
+        self.demand: dict[str, int] = {}
+
+
+class QueueView(Generic[T]):
+    """Read-only live view of a :class:`WeightedFairQueue` (no copy is made)."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue: WeightedFairQueue[T]) -> None:
+        self._queue = queue
+
+    @property
+    def queued_total(self) -> int:
+        return len(self._queue._ids)
+
+    def queued_in_group(self, group: Hashable) -> int:
+        state = self._queue._groups.get(group)
+        return len(state.entries) if state else 0
+
+    def backlogged_groups(self) -> Iterator[Hashable]:
+        return (key for key, state in self._queue._groups.items() if state.entries)
+
+    def demand(self, group: Hashable, resource: str) -> int:
+        state = self._queue._groups.get(group)
+        return state.demand.get(resource, 0) if state else 0
+
+    def first_candidate(self, group: Hashable) -> QueueEntry[T] | None:
+        state = self._queue._groups.get(group)
+        return state.entries[0] if state and state.entries else None
+
+    def has_other_backlogged_group(self, group: Hashable) -> bool:
+        groups = self._queue._groups
+        backlogged = self._queue._backlogged
+        if group in groups and groups[group].entries:
+            return backlogged > 1
+        return backlogged > 0
+
+
+class WeightedFairQueue(Generic[T]):
+    """Weighted fair order across groups, FIFO within a group, idempotent by ``item_id``."""
+
+    def __init__(self) -> None:
+        self._groups: dict[Hashable, _Group[T]] = {}
+        self._ids: dict[Hashable, Hashable] = {}  # item_id -> group key, for dedup and removal
+        self._heap: list[tuple[float, int, int, Hashable]] = []  # (start tag, seq, token, group)
+        self._backlogged = 0
+        self._virtual_time = 0.0
+        self._seq = 0
+        self._version = 0
+        self._enqueued_total = 0
+        self._duplicates = 0
+        self._committed = 0
+        self._stale = 0
+        self._removed = 0
+        self._view = QueueView(self)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item_id: Hashable) -> bool:
+        return item_id in self._ids
+
+    def enqueue(self, entries: Iterable[QueueEntry[T]]) -> list[Hashable]:
+        """Add entries not already queued; return the ids accepted (duplicates are ignored)."""
+        accepted: list[Hashable] = []
+        for entry in entries:
+            if entry.item_id in self._ids:
+                self._duplicates += 1
+                continue
+            if entry.weight <= 0:
+                raise EngineError(f"queue weight must be > 0, got {entry.weight!r}")
+            group = self._groups.get(entry.group)
+            if group is None:
+                group = _Group(entry.group, entry.weight)
+                self._groups[entry.group] = group
+            group.weight = entry.weight
+            was_idle = not group.entries
+            group.entries.append(entry)
+            if entry.demand:
+                for resource, amount in entry.demand.items():
+                    group.demand[resource] = group.demand.get(resource, 0) + amount
+            self._ids[entry.item_id] = entry.group
+            accepted.append(entry.item_id)
+            if was_idle:
+                self._backlogged += 1
+                group.start_tag = max(self._virtual_time, group.finish_tag)
+                self._push(group)
+        if accepted:
+            self._enqueued_total += len(accepted)
+            self._version += 1
+        return accepted
+
+    def select_next(
+        self, is_eligible: Callable[[QueueEntry[T]], bool] | None = None
+    ) -> QueueSelection[T] | None:
+        """Propose the fairest head whose ``is_eligible`` is true; change nothing logical."""
+        self._drop_stale_top()
+        heap = self._heap
+        if not heap:
+            return None
+        if is_eligible is None:
+            return QueueSelection(
+                entry=self._groups[heap[0][3]].entries[0], sequence_version=self._version
+            )
+        # Walk the heap in order without popping it: a small heap of indices.
+        frontier: list[tuple[float, int, int]] = [(heap[0][0], heap[0][1], 0)]
+        while frontier:
+            _, _, index = heapq.heappop(frontier)
+            _start, _seq, token, key = heap[index]
+            group = self._groups[key]
+            if group.heap_token == token and group.entries:
+                head = group.entries[0]
+                if is_eligible(head):
+                    return QueueSelection(entry=head, sequence_version=self._version)
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child][0], heap[child][1], child))
+        return None
+
+    def commit(self, selection: QueueSelection[T]) -> T | None:
+        """Remove the selected head; return ``None`` for a stale selection (nothing changes)."""
+        if selection.sequence_version != self._version:
+            self._stale += 1
+            return None
+        entry = selection.entry
+        group = self._groups[entry.group]
+        if not group.entries or group.entries[0] is not entry:
+            raise EngineError("a selection of the current version is not its group's head")
+        group.entries.popleft()
+        self._forget(group, entry)
+        self._virtual_time = max(self._virtual_time, group.start_tag)
+        group.finish_tag = group.start_tag + 1.0 / group.weight
+        group.heap_token += 1  # invalidates the group's heap entry
+        if group.entries:
+            group.start_tag = group.finish_tag
+            self._push(group)
+        else:
+            self._backlogged -= 1
+        self._committed += 1
+        self._version += 1
+        return entry.item
+
+    def remove(self, item_id: Hashable) -> T | None:
+        """Withdraw a queued item (e.g. its row was dropped); ``None`` if it is not queued."""
+        key = self._ids.get(item_id)
+        if key is None:
+            return None
+        group = self._groups[key]
+        entry = next(e for e in group.entries if e.item_id == item_id)
+        was_head = group.entries[0] is entry
+        group.entries.remove(entry)
+        self._forget(group, entry)
+        if not group.entries:
+            group.heap_token += 1
+            self._backlogged -= 1
+        elif was_head:
+            group.heap_token += 1
+            self._push(group)
+        self._removed += 1
+        self._version += 1
+        return entry.item
+
+    def view(self) -> QueueView[T]:
+        return self._view
+
+    def statistics(self) -> QueueStatistics:
+        return QueueStatistics(
+            queued=len(self._ids),
+            backlogged_groups=self._backlogged,
+            enqueued_total=self._enqueued_total,
+            duplicates_ignored=self._duplicates,
+            committed_total=self._committed,
+            stale_commits=self._stale,
+            removed_total=self._removed,
+            virtual_time=self._virtual_time,
+        )
+
+    def _forget(self, group: _Group[T], entry: QueueEntry[T]) -> None:
+        del self._ids[entry.item_id]
+        if entry.demand:
+            for resource, amount in entry.demand.items():
+                left = group.demand[resource] - amount
+                if left:
+                    group.demand[resource] = left
+                else:
+                    del group.demand[resource]
+
+    def _push(self, group: _Group[T]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (group.start_tag, self._seq, group.heap_token, group.key))
+
+    def _drop_stale_top(self) -> None:
+        heap = self._heap
+        groups = self._groups
+        while heap:
+            _, _, token, key = heap[0]
+            group = groups[key]
+            if group.heap_token == token and group.entries:
+                return
+            heapq.heappop(heap)

@@ -1,0 +1,1 @@
+"""Model providers: the request/response values, the simulated provider and HTTP clients."""

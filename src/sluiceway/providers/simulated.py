@@ -1,0 +1,135 @@
+"""The in-process simulated provider: the behaviour model behind an async ``send``, no sockets.
+
+It answers offline and deterministically (``type: simulated`` providers), with the latency,
+capacity, rate limits and faults of :mod:`sluiceway.providers.behaviour`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+
+from sluiceway.errors import (
+    BadRequestError,
+    EngineError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+from sluiceway.providers.base import ModelRequest, ModelResponse
+from sluiceway.providers.behaviour import (
+    AttemptLedger,
+    AttemptOutcome,
+    BehaviourModel,
+    SimulationSettings,
+    SimulationStatistics,
+)
+
+
+class SimulatedProvider:
+    """A :class:`sluiceway.providers.base.ProviderClient` backed by a :class:`BehaviourModel`.
+
+    ``send`` blocks only for the simulated latency (never with zero latency) and raises
+    :class:`RateLimitedError` (capacity or RPM), :class:`ProviderUnavailableError` (injected
+    server error), :class:`ProviderTimeoutError` (latency above ``request.timeout_seconds``,
+    raised after waiting the timeout) or :class:`BadRequestError`. Cancelling ``send`` frees
+    its capacity slot at once.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: SimulationSettings,
+        *,
+        seed: int,
+        clock: Callable[[], float] | None = None,
+        track_requests: bool = False,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.behaviour = BehaviourModel(settings, seed)
+        self._clock = clock  # None: the running loop's time
+        self._attempts: AttemptLedger | None = (
+            AttemptLedger() if self.behaviour.uses_attempt_numbers else None
+        )
+        self._completed: Counter[str] | None = Counter() if track_requests else None
+
+    def _now(self) -> float:
+        clock = self._clock
+        return asyncio.get_running_loop().time() if clock is None else clock()
+
+    async def send(self, request: ModelRequest) -> ModelResponse:
+        behaviour = self.behaviour
+        refusal = behaviour.admit(self._now())
+        if refusal is not None:
+            raise RateLimitedError(
+                f"simulated provider {self.name!r}: model {request.model_id!r} refused the "
+                f"request ({refusal.reason.value} limit reached); retry after "
+                f"{refusal.retry_after_seconds:.3f} s or lower the concurrency",
+                retry_after_seconds=refusal.retry_after_seconds,
+            )
+        outcome = AttemptOutcome.CANCELLED
+        try:
+            key = behaviour.request_key(request)
+            attempts = self._attempts
+            attempt = 1 if attempts is None else attempts.begin(key)
+            if behaviour.should_fail(key, attempt):
+                outcome = AttemptOutcome.FAILURE
+                raise ProviderUnavailableError(
+                    f"simulated provider {self.name!r}: injected server error for model "
+                    f"{request.model_id!r} (attempt {attempt}, failure_rate "
+                    f"{self.settings.failure_rate}); retry the request"
+                )
+            latency = behaviour.latency_seconds(key, attempt)
+            timeout = request.timeout_seconds
+            if timeout is not None and latency > timeout:
+                if timeout > 0:
+                    await asyncio.sleep(timeout)
+                outcome = AttemptOutcome.TIMEOUT
+                raise ProviderTimeoutError(
+                    f"simulated provider {self.name!r}: model {request.model_id!r} took longer "
+                    f"than timeout_seconds={timeout} (latency {latency:.3f} s); raise the "
+                    "model timeout or lower the simulated latency"
+                )
+            if latency > 0:
+                await asyncio.sleep(latency)
+            invalid_json = behaviour.should_answer_invalid_json(request.kind, key, attempt)
+            response = behaviour.respond(request, request_key=key, invalid_json=invalid_json)
+            if invalid_json:
+                outcome = AttemptOutcome.INVALID_JSON
+            else:
+                outcome = AttemptOutcome.SUCCESS
+                if attempts is not None:
+                    attempts.forget(key)
+            if self._completed is not None:
+                self._completed[key.hex()] += 1
+            return response
+        except BadRequestError:
+            outcome = AttemptOutcome.REJECTED
+            raise
+        finally:
+            behaviour.finish(self._now(), outcome)
+
+    def statistics(self) -> SimulationStatistics:
+        return self.behaviour.statistics()
+
+    def completed_request_keys(self) -> Counter[str]:
+        """Answered attempts per request key (hex of ``request_key``), as a copy.
+
+        Counts every answer delivered, including deliberately invalid JSON. Raises
+        :class:`EngineError` unless the provider was built with ``track_requests=True``.
+        """
+        if self._completed is None:
+            raise EngineError(
+                f"simulated provider {self.name!r} does not track requests; "
+                "construct it with track_requests=True"
+            )
+        return Counter(self._completed)
+
+    def request_key_hex(self, request: ModelRequest) -> str:
+        """The key under which ``completed_request_keys`` counts ``request``."""
+        return self.behaviour.request_key(request).hex()
+
+    async def aclose(self) -> None:
+        return None

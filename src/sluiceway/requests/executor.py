@@ -1,0 +1,217 @@
+"""The boundary around outbound model attempts: acquire, call, classify, release (SPEC §6.4).
+
+One ``execute_attempt`` is one outbound attempt under one request lease. ``execute`` is the
+retry loop around attempts, bounded by a :class:`RetryPolicy`; it holds no lease while it
+sleeps between attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sluiceway.errors import (
+    NonRetryableGenerationError,
+    ProviderError,
+    RateLimitedError,
+    RequestAdmissionError,
+    RetryableGenerationError,
+)
+from sluiceway.providers.base import ModelRequest, ModelResponse, ProviderClient
+from sluiceway.requests.admission import (
+    DenialReason,
+    RequestAdmissionController,
+    RequestAdmissionItem,
+)
+from sluiceway.requests.keys import RequestResourceKey
+from sluiceway.requests.outcomes import RequestReleaseOutcome, classify_exception
+from sluiceway.requests.retry import RetryPolicy, retry_delay_seconds
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelRequestExecutorStatistics:
+    """Counters of one executor. ``failures`` counts provider failures, provider and local
+    timeouts and unexpected exceptions; ``retries`` counts sleeps between attempts."""
+
+    calls: int
+    attempts: int
+    successes: int
+    rate_limited: int
+    failures: int
+    cancelled: int
+    retries: int
+    non_retryable: int
+    budgets_exhausted: int
+    release_diagnostics: int
+
+
+class ModelRequestExecutor:
+    """Runs model calls as admitted attempts.
+
+    ``execute_attempt`` blocks while waiting for a lease and while the provider answers;
+    it re-raises whatever the attempt raised after releasing the lease. Cancelled after the
+    lease was granted: the lease is released as ``local_cancelled`` and the cancellation
+    propagates. ``execute`` raises :class:`NonRetryableGenerationError` for requests the
+    provider rejects and for an exhausted retry budget, and :class:`RetryableGenerationError`
+    when the admission queue wait timed out.
+    """
+
+    def __init__(
+        self,
+        controller: RequestAdmissionController,
+        *,
+        retry: RetryPolicy,
+        rng: random.Random,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        queue_wait_timeout_seconds: float | None = None,
+    ) -> None:
+        self._controller = controller
+        self._retry = retry
+        self._rng = rng
+        self._clock = clock
+        self._sleep = sleep
+        self._queue_wait_timeout_seconds = queue_wait_timeout_seconds
+        self._attempt_ids = itertools.count(1)
+        # Counters:
+        self._calls = 0
+        self._attempts = 0
+        self._successes = 0
+        self._rate_limited = 0
+        self._failures = 0
+        self._cancelled = 0
+        self._retries = 0
+        self._non_retryable = 0
+        self._budgets_exhausted = 0
+        self._release_diagnostics = 0
+
+    @property
+    def controller(self) -> RequestAdmissionController:
+        return self._controller
+
+    async def execute_attempt(
+        self, item: RequestAdmissionItem, client: ProviderClient, request: ModelRequest
+    ) -> ModelResponse:
+        """One outbound attempt under one lease; the lease is released on every path."""
+        lease = await self._controller.acquire(item)
+        # No suspension point between the grant and ``try``: the lease cannot be orphaned.
+        self._attempts += 1
+        outcome = RequestReleaseOutcome.UNEXPECTED_EXCEPTION
+        retry_after_seconds: float | None = None
+        try:
+            response = await client.send(request)
+            outcome = RequestReleaseOutcome.SUCCESS
+            self._successes += 1
+            return response
+        except BaseException as exc:
+            outcome, retry_after_seconds = classify_exception(exc)
+            if outcome is RequestReleaseOutcome.RATE_LIMITED:
+                self._rate_limited += 1
+            elif outcome is RequestReleaseOutcome.LOCAL_CANCELLED:
+                self._cancelled += 1
+            else:
+                self._failures += 1
+            raise
+        finally:
+            result = self._controller.release(
+                lease, outcome, retry_after_seconds=retry_after_seconds
+            )
+            if not result.released:
+                self._release_diagnostics += 1
+
+    async def execute(
+        self,
+        resource: RequestResourceKey,
+        client: ProviderClient,
+        request: ModelRequest,
+        *,
+        group: str | None = None,
+        weight: int | None = None,
+    ) -> ModelResponse:
+        """Attempts until one succeeds or the retry budget is spent.
+
+        ``group``/``weight`` default to the running task's (``sluiceway.context``), else
+        ``"default"`` with weight 1.
+        """
+        self._calls += 1
+        policy = self._retry
+        now = self._now
+        started_at = now()
+        attempt = 0
+        while True:
+            attempt += 1
+            item = RequestAdmissionItem.capture(
+                resource,
+                attempt_id=next(self._attempt_ids),
+                group=group,
+                weight=weight,
+                queue_wait_timeout_seconds=self._queue_wait_timeout_seconds,
+            )
+            try:
+                return await self.execute_attempt(item, client, request)
+            except RateLimitedError as exc:
+                last_error: Exception = exc
+                retry_after_seconds = exc.retry_after_seconds
+            except ProviderError as exc:
+                if not exc.retryable:
+                    self._non_retryable += 1
+                    raise NonRetryableGenerationError(
+                        f"provider {resource.provider_model.provider!r} model "
+                        f"{resource.provider_model.model_id!r} rejected the request "
+                        f"({type(exc).__name__}: {exc}); retrying the same request cannot help, "
+                        "fix the request parameters or the credentials"
+                    ) from exc
+                last_error = exc
+                retry_after_seconds = None
+            except TimeoutError as exc:
+                last_error = exc
+                retry_after_seconds = None
+            except RequestAdmissionError as exc:
+                if exc.reason == DenialReason.TIMEOUT.value:
+                    raise RetryableGenerationError(str(exc)) from exc
+                raise
+            elapsed_seconds = now() - started_at
+            delay_seconds = 0.0
+            if attempt < policy.max_attempts:
+                delay_seconds = retry_delay_seconds(
+                    policy,
+                    retry_number=attempt,
+                    retry_after_seconds=retry_after_seconds,
+                    rng=self._rng,
+                )
+            if (
+                attempt >= policy.max_attempts
+                or elapsed_seconds + delay_seconds > policy.max_wall_seconds
+            ):
+                self._budgets_exhausted += 1
+                raise NonRetryableGenerationError(
+                    f"provider {resource.provider_model.provider!r} model "
+                    f"{resource.provider_model.model_id!r}: gave up after {attempt} attempt(s) "
+                    f"over {elapsed_seconds:.1f}s (retry budget: {policy.max_attempts} attempts, "
+                    f"{policy.max_wall_seconds:g}s); last error: {type(last_error).__name__}: "
+                    f"{last_error}"
+                ) from last_error
+            self._retries += 1
+            await self._sleep(delay_seconds)
+
+    def statistics(self) -> ModelRequestExecutorStatistics:
+        return ModelRequestExecutorStatistics(
+            calls=self._calls,
+            attempts=self._attempts,
+            successes=self._successes,
+            rate_limited=self._rate_limited,
+            failures=self._failures,
+            cancelled=self._cancelled,
+            retries=self._retries,
+            non_retryable=self._non_retryable,
+            budgets_exhausted=self._budgets_exhausted,
+            release_diagnostics=self._release_diagnostics,
+        )
+
+    def _now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()

@@ -1,0 +1,1 @@
+"""Task scheduling: readiness, the fair ready queue, task admission and the dispatch loop."""

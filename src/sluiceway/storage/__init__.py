@@ -1,0 +1,1 @@
+"""Durable output: Parquet row groups, the manifest, the capacity plan file, dataset loading."""

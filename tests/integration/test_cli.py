@@ -1,0 +1,91 @@
+"""The command line: validate, run and preview, as a user calls them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from integration_configs import base_config
+from typer.testing import CliRunner
+
+from sluiceway.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _write(tmp_path: Path, config: dict[str, object]) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_validate_accepts_the_quickstart() -> None:
+    result = runner.invoke(app, ["validate", str(ROOT / "examples" / "quickstart.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output
+
+
+def test_validate_reports_every_problem_with_its_place(tmp_path: Path) -> None:
+    config = base_config()
+    config["run"]["num_records"] = "many"
+    config["columns"][4]["model"] = "writter"
+    config["columns"][3]["template"] = "{{ nope }}"
+    result = runner.invoke(app, ["validate", str(_write(tmp_path, config))])
+    assert result.exit_code == 2
+    assert "run.num_records" in result.output
+    assert "writter" in result.output
+    assert "nope" in result.output
+
+
+def test_run_writes_the_dataset_and_prints_a_summary(tmp_path: Path) -> None:
+    out = tmp_path / "dataset"
+    result = runner.invoke(
+        app, ["run", str(_write(tmp_path, base_config(num_records=9))), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "rows written" in result.output
+    assert "9 of 9" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows_written"] == 9
+    assert "progress:" in result.output  # not a terminal: plain progress lines
+
+
+def test_run_refuses_to_overwrite_a_dataset_without_the_flag(tmp_path: Path) -> None:
+    out = tmp_path / "dataset"
+    config = _write(tmp_path, base_config(num_records=3))
+    assert runner.invoke(app, ["run", str(config), "-o", str(out), "-q"]).exit_code == 0
+    again = runner.invoke(app, ["run", str(config), "-o", str(out), "-q"])
+    assert again.exit_code == 1
+    assert "--overwrite" in again.output
+    assert (
+        runner.invoke(app, ["run", str(config), "-o", str(out), "-q", "--overwrite"]).exit_code == 0
+    )
+
+
+def test_preview_prints_rows_and_writes_nothing(tmp_path: Path) -> None:
+    config = base_config(num_records=50)
+    config["output"] = {"path": str(tmp_path / "never")}
+    result = runner.invoke(app, ["preview", str(_write(tmp_path, config)), "-n", "3"])
+    assert result.exit_code == 0, result.output
+    assert "topic" in result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "preview", "validate"):
+        assert command in result.output
+
+
+def test_a_storage_failure_is_a_clean_error_naming_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a directory")
+    config = _write(tmp_path, base_config(num_records=3))
+    result = runner.invoke(app, ["run", str(config), "-o", str(blocker), "-q"])
+    assert result.exit_code == 1
+    assert "error:" in result.output
+    assert str(blocker) in result.output.replace("\n", "")
+    assert blocker.read_text() == "not a directory"

@@ -1,0 +1,271 @@
+"""Dispatch-loop contracts: leases before work, exactly-once release, drops and retries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+
+from sluiceway.context import current_task
+from sluiceway.errors import EngineError
+from sluiceway.scheduling.admission import (
+    ReleaseResult,
+    TaskAdmissionController,
+    TaskAdmissionDenied,
+    TaskAdmissionLease,
+)
+from sluiceway.scheduling.metadata import SchedulingMetadata
+from sluiceway.scheduling.resolver import TaskSchedulingResolver
+from sluiceway.scheduling.scheduler import (
+    SUCCEEDED,
+    AsyncTaskScheduler,
+    RowGroupHandler,
+    SchedulerSettings,
+    TaskOutcome,
+    TaskOutcomeKind,
+)
+from sluiceway.scheduling.tasks import SchedulableTask, TaskKind
+from sluiceway.scheduling.tracker import CompletionTracker, TrackerNode
+
+
+class RecordingAdmission(TaskAdmissionController):
+    """The real controller, recording every lease it grants and every release result."""
+
+    def __init__(self, limits: dict[str, int]) -> None:
+        super().__init__(limits)
+        self.live: dict[str, TaskAdmissionLease] = {}
+        self.granted: list[TaskAdmissionLease] = []
+        self.results: list[ReleaseResult] = []
+
+    def try_acquire(self, item: SchedulableTask) -> TaskAdmissionLease | TaskAdmissionDenied:
+        lease = super().try_acquire(item)
+        if isinstance(lease, TaskAdmissionLease):
+            self.live[item.task_id] = lease
+            self.granted.append(lease)
+        return lease
+
+    def release(self, lease: TaskAdmissionLease) -> ReleaseResult:
+        result = super().release(lease)
+        self.results.append(result)
+        self.live.pop(lease.task_id, None)
+        return result
+
+
+class Generator:
+    def __init__(self, name: str, metadata: SchedulingMetadata | None = None) -> None:
+        self.name = name
+        self._metadata = metadata
+
+    def get_scheduling_metadata(self) -> SchedulingMetadata | None:
+        return self._metadata
+
+
+class ScriptedHandler(RowGroupHandler):
+    """Runs nothing real: records the order of events and answers with scripted outcomes."""
+
+    def __init__(
+        self, admission: RecordingAdmission, outcomes: dict[str, list[TaskOutcome]] | None = None
+    ) -> None:
+        self.admission = admission
+        self.outcomes = outcomes or {}
+        self.ran: list[str] = []
+        self.ran_without_lease: list[str] = []
+        self.checkpoints: list[tuple[int, list[int]]] = []
+        self.dropped: list[tuple[int, tuple[int, ...], str]] = []
+        self.admitted: list[tuple[int, int, int]] = []
+
+    def admit(self, row_group: int, first_record: int, size: int) -> None:
+        self.admitted.append((row_group, first_record, size))
+
+    async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+        correlation = current_task.get()
+        assert correlation is not None and correlation.task_id == task.task_id
+        if task.task_id not in self.admission.live:
+            self.ran_without_lease.append(task.task_id)
+        self.ran.append(task.task_id)
+        await asyncio.sleep(0)
+        script = self.outcomes.get(task.task_id)
+        return script.pop(0) if script else SUCCEEDED
+
+    def rows_dropped(self, row_group: int, rows: Sequence[int], column: str, reason: str) -> None:
+        self.dropped.append((row_group, tuple(rows), reason))
+
+    async def checkpoint(self, row_group: int, live_rows: Sequence[int]) -> None:
+        await asyncio.sleep(0)
+        self.checkpoints.append((row_group, list(live_rows)))
+
+
+NODES = [
+    TrackerNode(name="root", kind=TaskKind.FROM_SCRATCH, dependencies=()),
+    TrackerNode(name="text", kind=TaskKind.CELL, dependencies=(0,)),
+    TrackerNode(name="summary", kind=TaskKind.BATCH, dependencies=(1,)),
+]
+GENERATORS = [
+    Generator("root"),
+    Generator(
+        "text",
+        SchedulingMetadata.model(provider="p", model_id="m", generation_kind="text", weight=4),
+    ),
+    Generator("summary"),
+]
+
+
+def _scheduler(
+    num_records: int,
+    buffer_size: int,
+    *,
+    limits: dict[str, int] | None = None,
+    outcomes: dict[str, list[TaskOutcome]] | None = None,
+    max_concurrent_row_groups: int = 2,
+) -> tuple[AsyncTaskScheduler, ScriptedHandler, RecordingAdmission]:
+    resolver = TaskSchedulingResolver()
+    admission = RecordingAdmission(limits or {"submission": 3, "local": 1})
+    handler = ScriptedHandler(admission, outcomes)
+    scheduler = AsyncTaskScheduler(
+        SchedulerSettings(
+            num_records=num_records,
+            buffer_size=buffer_size,
+            max_concurrent_row_groups=max_concurrent_row_groups,
+            max_task_attempts=3,
+            run_id="test",
+        ),
+        tracker=CompletionTracker(NODES),
+        scheduling=[resolver.resolve(g) for g in GENERATORS],
+        admission=admission,
+        handler=handler,
+    )
+    return scheduler, handler, admission
+
+
+async def test_every_task_runs_under_a_lease_released_exactly_once() -> None:
+    scheduler, handler, admission = _scheduler(10, 4)
+    await scheduler.run()
+    assert handler.ran_without_lease == []
+    # 3 row groups: per group 1 root + its cells + 1 batch.
+    assert len(handler.ran) == 3 * 2 + 10
+    assert len(admission.granted) == len(handler.ran)
+    assert all(result.released for result in admission.results)
+    assert Counter(result.lease_id for result in admission.results) == Counter(
+        lease.lease_id for lease in admission.granted
+    )
+    assert admission.active_leases == 0
+    assert sorted(handler.checkpoints) == [(0, [0, 1, 2, 3]), (1, [0, 1, 2, 3]), (2, [0, 1])]
+    assert handler.admitted == [(0, 0, 4), (1, 4, 4), (2, 8, 2)]
+    assert scheduler.statistics.max_row_groups_in_flight <= 2
+    assert admission.view().max_leased["local"] <= 1
+
+
+async def test_non_retryable_drop_removes_the_row_and_the_batch_still_runs() -> None:
+    drop = TaskOutcome(kind=TaskOutcomeKind.DROPPED, reason="bad answer")
+    scheduler, handler, admission = _scheduler(3, 3, outcomes={"text/0/1": [drop]})
+    await scheduler.run()
+    assert handler.dropped == [(0, (1,), "bad answer")]
+    assert "summary/0/*" in handler.ran
+    assert handler.checkpoints == [(0, [0, 2])]
+    assert admission.active_leases == 0
+
+
+async def test_retryable_outcome_re_enters_and_exhausted_retries_drop_the_row() -> None:
+    retry = TaskOutcome(kind=TaskOutcomeKind.RETRY, reason="rate limited")
+    outcomes = {"text/0/0": [retry, SUCCEEDED], "text/0/1": [retry, retry, retry]}
+    scheduler, handler, admission = _scheduler(2, 2, outcomes=outcomes)
+    await scheduler.run()
+    assert handler.ran.count("text/0/0") == 2
+    assert handler.ran.count("text/0/1") == 3
+    ((row_group, rows, reason),) = handler.dropped
+    assert (row_group, rows) == (0, (1,))
+    assert "retry budget of 3 attempts exhausted" in reason
+    assert scheduler.statistics.tasks_retried == 3
+    assert admission.active_leases == 0
+
+
+async def test_failing_task_propagates_and_still_releases_its_lease() -> None:
+    class Exploding(ScriptedHandler):
+        async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+            if task.task.kind is TaskKind.CELL:
+                raise RuntimeError("storage is gone")
+            return await super().run_task(task)
+
+    resolver = TaskSchedulingResolver()
+    admission = RecordingAdmission({"submission": 2, "local": 2})
+    scheduler = AsyncTaskScheduler(
+        SchedulerSettings(
+            num_records=4,
+            buffer_size=2,
+            max_concurrent_row_groups=1,
+            max_task_attempts=1,
+            run_id="t",
+        ),
+        tracker=CompletionTracker(NODES),
+        scheduling=[resolver.resolve(g) for g in GENERATORS],
+        admission=admission,
+        handler=Exploding(admission),
+    )
+    with pytest.raises(ExceptionGroup) as caught:
+        await scheduler.run()
+    assert caught.group_contains(RuntimeError, match="storage is gone")
+    assert admission.active_leases == 0
+
+
+async def test_work_that_can_never_be_admitted_fails_instead_of_hanging() -> None:
+    scheduler, _, _ = _scheduler(2, 2, limits={"submission": 1, "local": 0 + 1})
+    # A local task needs `local`; a controller without it can never admit the root.
+    resolver = TaskSchedulingResolver()
+    admission = RecordingAdmission({"submission": 1, "local": 1})
+    admission._limits["local"] = 0  # a broken configuration the engine must explain
+    stuck = AsyncTaskScheduler(
+        SchedulerSettings(
+            num_records=2,
+            buffer_size=2,
+            max_concurrent_row_groups=1,
+            max_task_attempts=1,
+            run_id="t",
+        ),
+        tracker=CompletionTracker(NODES),
+        scheduling=[resolver.resolve(g) for g in GENERATORS],
+        admission=admission,
+        handler=ScriptedHandler(admission),
+    )
+    with pytest.raises(ExceptionGroup) as caught:
+        await stuck.run()
+    assert caught.group_contains(EngineError, match="can never be admitted")
+    del scheduler
+
+
+async def test_a_row_dropped_while_a_sibling_task_runs_is_checkpointed_after_it_finishes() -> None:
+    # `text` fans out into two cell columns; one fails while the other is still running.
+    nodes = [
+        TrackerNode(name="root", kind=TaskKind.FROM_SCRATCH, dependencies=()),
+        TrackerNode(name="left", kind=TaskKind.CELL, dependencies=(0,)),
+        TrackerNode(name="right", kind=TaskKind.CELL, dependencies=(0,)),
+    ]
+    gate = asyncio.Event()
+
+    class Gated(ScriptedHandler):
+        async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+            if task.task_id == "right/0/0":
+                await gate.wait()
+                return SUCCEEDED
+            if task.task_id == "left/0/0":
+                gate.set()
+                return TaskOutcome(kind=TaskOutcomeKind.DROPPED, reason="left failed")
+            return await super().run_task(task)
+
+    resolver = TaskSchedulingResolver()
+    admission = RecordingAdmission({"submission": 4, "local": 4})
+    handler = Gated(admission)
+    scheduler = AsyncTaskScheduler(
+        SchedulerSettings(
+            num_records=1, buffer_size=1, max_concurrent_row_groups=1, max_task_attempts=1, run_id="t"
+        ),
+        tracker=CompletionTracker(nodes),
+        scheduling=[resolver.resolve(Generator(n.name)) for n in nodes],
+        admission=admission,
+        handler=handler,
+    )
+    await scheduler.run()
+    assert handler.checkpoints == [(0, [])]
+    assert handler.dropped == [(0, (0,), "left failed")]
+    assert admission.active_leases == 0
