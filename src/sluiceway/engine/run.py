@@ -30,9 +30,10 @@ from sluiceway.providers.base import ProviderClient
 from sluiceway.providers.behaviour import SimulationSettings
 from sluiceway.providers.simulated import SimulatedProvider
 from sluiceway.requests.admission import RequestAdmissionController
-from sluiceway.requests.executor import ModelRequestExecutor, RetryPolicy
+from sluiceway.requests.executor import ModelRequestExecutor
 from sluiceway.requests.facade import ModelFacade
 from sluiceway.requests.keys import RequestResourceResolver
+from sluiceway.requests.retry import RetryPolicy
 from sluiceway.scheduling.admission import TaskAdmissionController
 from sluiceway.scheduling.resolver import TaskSchedulingResolver
 from sluiceway.scheduling.scheduler import AsyncTaskScheduler, SchedulerSettings

@@ -258,7 +258,11 @@ async def test_a_row_dropped_while_a_sibling_task_runs_is_checkpointed_after_it_
     handler = Gated(admission)
     scheduler = AsyncTaskScheduler(
         SchedulerSettings(
-            num_records=1, buffer_size=1, max_concurrent_row_groups=1, max_task_attempts=1, run_id="t"
+            num_records=1,
+            buffer_size=1,
+            max_concurrent_row_groups=1,
+            max_task_attempts=1,
+            run_id="t",
         ),
         tracker=CompletionTracker(nodes),
         scheduling=[resolver.resolve(Generator(n.name)) for n in nodes],
