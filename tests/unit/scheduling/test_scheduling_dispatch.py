@@ -273,3 +273,49 @@ async def test_a_row_dropped_while_a_sibling_task_runs_is_checkpointed_after_it_
     assert handler.checkpoints == [(0, [])]
     assert handler.dropped == [(0, (0,), "left failed")]
     assert admission.active_leases == 0
+
+
+class StopAfterCheckpoints(ScriptedHandler):
+    """Cancels the run once a few row groups are checkpointed."""
+
+    scheduler: AsyncTaskScheduler
+    stop_after = 3
+
+    async def checkpoint(self, row_group: int, live_rows: Sequence[int]) -> None:
+        await super().checkpoint(row_group, live_rows)
+        if len(self.checkpoints) == self.stop_after:
+            self.scheduler.cancel()
+
+
+async def test_a_ten_million_record_plan_allocates_per_admitted_row_group_only() -> None:
+    import tracemalloc
+
+    resolver = TaskSchedulingResolver()
+    admission = RecordingAdmission({"submission": 8, "local": 2})
+    handler = StopAfterCheckpoints(admission)
+    tracemalloc.start()
+    try:
+        scheduler = AsyncTaskScheduler(
+            SchedulerSettings(
+                num_records=10_000_000,
+                buffer_size=100,
+                max_concurrent_row_groups=2,
+                max_task_attempts=1,
+                run_id="big",
+            ),
+            tracker=CompletionTracker(NODES),
+            scheduling=[resolver.resolve(g) for g in GENERATORS],
+            admission=admission,
+            handler=handler,
+        )
+        handler.scheduler = scheduler
+        await scheduler.run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert scheduler.row_groups_total == 100_000
+    assert len(handler.checkpoints) == 3
+    assert scheduler.statistics.row_groups_admitted <= 3 + 2
+    # One pointer per planned record alone would be 80 MB; the run touched a few row groups.
+    assert peak < 8 * 1024 * 1024, peak
+    assert admission.active_leases == 0
