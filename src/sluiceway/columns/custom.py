@@ -1,15 +1,19 @@
 """Custom columns: a user callable per cell (``fn(row, ctx)``) or per batch (``fn(rows, ctx)``).
 
-Sync callables run in a worker thread (so they may use ``ctx.models.*_sync``); async ones are
-awaited. A result is a value (single output column) or a mapping of output columns. Exceptions
-from user code become ``NonRetryableGenerationError``; Sluiceway's own errors pass through.
+Sync callables run in a worker thread of the column's own pool (so they may use
+``ctx.models.*_sync``); async ones are awaited. A result is a value (single output column) or a
+mapping of output columns. Exceptions from user code become ``NonRetryableGenerationError``;
+Sluiceway's own errors pass through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sluiceway.columns.base import ColumnGenerator, GenerationContext, GenerationStrategy
@@ -56,10 +60,11 @@ def custom_scheduling_metadata(
 class CustomColumnGenerator(ColumnGenerator):
     """Runs a user callable with strategy ``cell`` or ``batch``.
 
-    A sync callable blocks a worker thread of the loop's default executor, not the loop, and gets
-    a snapshot of its rows; an async one runs on the loop with the live (read-only) rows.
-    Cancellation reaches an async callable at its next ``await``; a sync one runs to completion in
-    its thread while the task is cancelled.
+    A sync callable blocks one of at most ``max_threads`` worker threads of the column's own pool
+    (not the loop's small default executor, which would cap a column that waits on model calls at
+    a handful of rows in flight), and gets a snapshot of its rows; an async one runs on the loop
+    with the live (read-only) rows. Cancellation reaches an async callable at its next ``await``;
+    a sync one runs to completion in its thread while the task is cancelled.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class CustomColumnGenerator(ColumnGenerator):
         dependencies: Sequence[str] = (),
         model_aliases: Sequence[str] = (),
         scheduling: SchedulingMetadata | None = None,
+        max_threads: int = 32,
     ) -> None:
         if strategy is GenerationStrategy.FROM_SCRATCH:
             raise EngineError(
@@ -86,6 +92,8 @@ class CustomColumnGenerator(ColumnGenerator):
         self.model_aliases = tuple(model_aliases)
         self._scheduling = scheduling
         self._is_async = is_async_callable(function)
+        self._max_threads = max_threads
+        self._threads: ThreadPoolExecutor | None = None
 
     def get_scheduling_metadata(self) -> SchedulingMetadata | None:
         return self._scheduling
@@ -118,7 +126,7 @@ class CustomColumnGenerator(ColumnGenerator):
         try:
             if self._is_async:
                 return await self.function(argument, ctx)
-            result = await asyncio.to_thread(self.function, argument, ctx)
+            result = await self._in_thread(argument, ctx)
             if inspect.isawaitable(result):  # a sync wrapper around a coroutine function
                 result = await result
             return result
@@ -128,6 +136,17 @@ class CustomColumnGenerator(ColumnGenerator):
             raise NonRetryableGenerationError(
                 f"column {self.name!r}: the custom function raised {type(exc).__name__}: {exc}"
             ) from exc
+
+    async def _in_thread(self, argument: Any, ctx: GenerationContext) -> Any:
+        if self._threads is None:
+            # Idle workers exit when the generator (and so the pool) is garbage-collected.
+            self._threads = ThreadPoolExecutor(
+                max_workers=self._max_threads, thread_name_prefix=f"sluiceway-{self.name}"
+            )
+        # The copied context carries the running task's correlation into the thread, so model
+        # calls made there are admitted under the task's fairness group.
+        call = functools.partial(contextvars.copy_context().run, self.function, argument, ctx)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
     def _outputs(self, result: Any, *, where: str) -> Mapping[str, Any]:
         outputs = self.output_columns

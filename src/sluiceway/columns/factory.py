@@ -142,6 +142,7 @@ class _Builder:
                 scheduling=custom_scheduling_metadata(
                     column=name, scheduling=column.scheduling, endpoints=endpoints
                 ),
+                max_threads=column.max_threads,
             )
         raise ConfigError(
             [

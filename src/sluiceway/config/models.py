@@ -561,6 +561,7 @@ class CustomColumnConfig(ColumnBase):
     models: list[NonEmptyStr] = Field(default_factory=list)
     output_columns: list[Identifier] | None = None
     scheduling: CustomSchedulingConfig | None = None
+    max_threads: int = Field(default=32, ge=1, le=1024)
 
     @field_validator("function")
     @classmethod

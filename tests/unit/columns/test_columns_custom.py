@@ -246,3 +246,50 @@ async def test_sync_functions_get_a_snapshot_of_the_row() -> None:
     live["b"] = 2  # the engine adds columns to the live row while other tasks finish
     assert seen == [{"a": 1}]
     assert seen[0] is not live
+
+
+async def test_sync_cells_run_concurrently_up_to_max_threads() -> None:
+    # Twelve calls that can only finish together: more than the loop's default executor runs
+    # at once on a small machine, within the column's own pool.
+    parties = 12
+    barrier = threading.Barrier(parties, timeout=30)
+    threads: set[str] = set()
+
+    def meet(row: Row, ctx: GenerationContext) -> int:
+        threads.add(threading.current_thread().name)
+        return barrier.wait()
+
+    generator = cell(meet, max_threads=parties)
+    results = await asyncio.gather(
+        *(generator.generate_cell({}, ctx(FakeModelCalls(), (i,))) for i in range(parties))
+    )
+    assert sorted(result["c"] for result in results) == list(range(parties))
+    assert len(threads) == parties
+    assert all(name.startswith("sluiceway-c") for name in threads)
+
+
+async def test_sync_cells_carry_the_running_task_correlation_into_the_thread() -> None:
+    from sluiceway.context import TaskCorrelation, current_task
+
+    seen: list[TaskCorrelation | None] = []
+
+    def look(row: Row, ctx: GenerationContext) -> None:
+        seen.append(current_task.get())
+
+    correlation = TaskCorrelation(
+        run_id="r",
+        task_id="c/0/0",
+        column="c",
+        row_group=0,
+        row_index=0,
+        task_kind="cell",
+        group_key="custom_model:c",
+        group_weight=1,
+        execution_id=1,
+    )
+    token = current_task.set(correlation)
+    try:
+        await cell(look).generate_cell({}, ctx(FakeModelCalls()))
+    finally:
+        current_task.reset(token)
+    assert seen == [correlation]
