@@ -1,6 +1,7 @@
 """Scale smoke: N records through sampler -> expression -> llm_text on a zero-latency model.
 
-Reports wall time, model calls per second and peak RSS. Not a test: run it by hand or with
+Reports wall time, model calls per second and peak RSS. ``--no-journal`` turns the cell
+journal off, to measure what it costs. Not a test: run it by hand or with
 ``make smoke`` and read the figures (they depend on the machine and on what else runs on it).
 
     .venv/bin/python benchmarks/scale_smoke.py --records 100000
@@ -74,18 +75,27 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--buffer-size", type=int, default=1_000)
     parser.add_argument("--output", type=Path, default=None, help="default: a temporary directory")
+    parser.add_argument(
+        "--journal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="journal completed model cells in journal.sqlite (default: on)",
+    )
     args = parser.parse_args()
     config = smoke_config(args.records, args.buffer_size)
     with tempfile.TemporaryDirectory() as tmp:
         output = args.output or Path(tmp) / "smoke"
         started = time.perf_counter()
-        outcome = asyncio.run(run_dataset(config, RunOptions(output_dir=output, overwrite=True)))
+        outcome = asyncio.run(
+            run_dataset(config, RunOptions(output_dir=output, overwrite=True, journal=args.journal))
+        )
         wall = time.perf_counter() - started
     info = outcome.info
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {
         "records": args.records,
         "buffer_size": args.buffer_size,
+        "journal": args.journal,
         "rows_written": info.rows_written,
         "rows_dropped": info.rows_dropped,
         "model_calls": info.model_calls_succeeded,

@@ -8,13 +8,20 @@
     │   └── NonRetryableGenerationError  drop the row (cell) or the affected rows (batch)
     ├── ProviderError                a model provider answered with an error (mapped at the client)
     │   ├── RateLimitedError             429 / overload; carries retry_after_seconds
+    │   │   └── ProviderOverloadedError      503 / 529 overload, counted as rate pressure
     │   ├── ProviderTimeoutError         the attempt started but no answer came in time
     │   ├── ProviderUnavailableError     5xx, connection reset, malformed body
     │   ├── BadRequestError              the request itself is invalid (non-retryable)
+    │   │   └── ContextLengthError           the prompt does not fit the model's context
+    │   ├── QuotaExceededError           the account's quota or credit is spent (non-retryable)
     │   └── AuthenticationError          bad or missing credentials (non-retryable)
     ├── RequestAdmissionError        a request lease could not be granted (timeout, shutdown)
     ├── StorageError                 the output could not be written (fatal)
-    └── EngineError                  an engine invariant broke (a bug; fatal)
+    ├── EngineError                  an engine invariant broke (a bug; fatal)
+    └── RunStoppedError              the run stopped before finishing; completed row groups kept
+        ├── RunCancelledError            cancel() or Ctrl-C
+        ├── EarlyShutdownError           too many non-retryable failures in the sliding window
+        └── ProviderCircuitOpenError     a provider/model failed with no success for too long
 
 Messages state the rule, the offending value, and how to fix it.
 """
@@ -105,6 +112,10 @@ class RateLimitedError(ProviderError):
         super().__init__(message)
 
 
+class ProviderOverloadedError(RateLimitedError):
+    """The provider said it is overloaded (503 / 529); treated as rate pressure."""
+
+
 class ProviderTimeoutError(ProviderError):
     """The attempt started, but the provider did not answer within the model's timeout."""
 
@@ -115,6 +126,16 @@ class ProviderUnavailableError(ProviderError):
 
 class BadRequestError(ProviderError):
     """The provider rejected the request as invalid; retrying the same request cannot help."""
+
+    retryable = False
+
+
+class ContextLengthError(BadRequestError):
+    """The request is longer than the model's context window."""
+
+
+class QuotaExceededError(ProviderError):
+    """The account has no quota or credit left; waiting for a rate window does not help."""
 
     retryable = False
 
@@ -139,3 +160,29 @@ class StorageError(SluicewayError):
 
 class EngineError(SluicewayError):
     """An engine invariant was broken. This is a bug in Sluiceway."""
+
+
+class RunStoppedError(SluicewayError):
+    """The run stopped before every row group was written; checkpointed row groups are kept.
+
+    ``partial`` is set by the engine to what the run produced (a ``RunInfo``) when known.
+    """
+
+    partial: object | None = None
+
+
+class RunCancelledError(RunStoppedError):
+    """The run was cancelled (``cancel()`` or Ctrl-C)."""
+
+
+class EarlyShutdownError(RunStoppedError):
+    """Too many tasks failed permanently in the recent window; the run stopped admitting work."""
+
+
+class ProviderCircuitOpenError(RunStoppedError):
+    """A provider/model produced no success for too long while failing or rate limiting."""
+
+    def __init__(self, message: str, *, provider: str, model_id: str) -> None:
+        self.provider = provider
+        self.model_id = model_id
+        super().__init__(message)

@@ -56,7 +56,16 @@ class QueueStatistics:
 
 
 class _Group(Generic[T]):
-    __slots__ = ("demand", "entries", "finish_tag", "heap_token", "key", "start_tag", "weight")
+    __slots__ = (
+        "demand",
+        "entries",
+        "finish_tag",
+        "heap_seq",
+        "heap_token",
+        "key",
+        "start_tag",
+        "weight",
+    )
 
     def __init__(self, key: Hashable, weight: float) -> None:
         self.key = key
@@ -65,6 +74,7 @@ class _Group(Generic[T]):
         self.start_tag = 0.0
         self.finish_tag = 0.0
         self.heap_token = 0
+        self.heap_seq = 0  # tie-break order of the group's live heap entry
         self.demand: dict[str, int] = {}
 
 
@@ -95,6 +105,15 @@ class QueueView(Generic[T]):
         state = self._queue._groups.get(group)
         return state.entries[0] if state and state.entries else None
 
+    def demand_weight(self, resource: str) -> float:
+        """Total weight of the groups with queued demand for ``resource`` (kept incrementally)."""
+        return self._queue._demand_weight.get(resource, 0.0)
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the queue changes; a cache key for values derived from the view."""
+        return self._queue._version
+
     def has_other_backlogged_group(self, group: Hashable) -> bool:
         groups = self._queue._groups
         backlogged = self._queue._backlogged
@@ -119,6 +138,8 @@ class WeightedFairQueue(Generic[T]):
         self._committed = 0
         self._stale = 0
         self._removed = 0
+        # resource -> total weight of groups with queued demand for it (for weighted shares).
+        self._demand_weight: dict[str, float] = {}
         self._view = QueueView(self)
 
     def __len__(self) -> int:
@@ -140,12 +161,21 @@ class WeightedFairQueue(Generic[T]):
             if group is None:
                 group = _Group(entry.group, entry.weight)
                 self._groups[entry.group] = group
-            group.weight = entry.weight
+            if group.weight != entry.weight:
+                for resource in group.demand:
+                    self._demand_weight[resource] += entry.weight - group.weight
+                group.weight = entry.weight
             was_idle = not group.entries
             group.entries.append(entry)
             if entry.demand:
                 for resource, amount in entry.demand.items():
-                    group.demand[resource] = group.demand.get(resource, 0) + amount
+                    if not amount:
+                        continue
+                    before = group.demand.get(resource, 0)
+                    if not before:
+                        weights = self._demand_weight
+                        weights[resource] = weights.get(resource, 0.0) + group.weight
+                    group.demand[resource] = before + amount
             self._ids[entry.item_id] = entry.group
             accepted.append(entry.item_id)
             if was_idle:
@@ -246,15 +276,36 @@ class WeightedFairQueue(Generic[T]):
         del self._ids[entry.item_id]
         if entry.demand:
             for resource, amount in entry.demand.items():
+                if not amount:
+                    continue
                 left = group.demand[resource] - amount
                 if left:
                     group.demand[resource] = left
                 else:
                     del group.demand[resource]
+                    weight_left = self._demand_weight[resource] - group.weight
+                    # Float sums of integer weights stay exact; clear residue from odd weights.
+                    if abs(weight_left) < 1e-9:
+                        del self._demand_weight[resource]
+                    else:
+                        self._demand_weight[resource] = weight_left
 
     def _push(self, group: _Group[T]) -> None:
         self._seq += 1
+        group.heap_seq = self._seq
         heapq.heappush(self._heap, (group.start_tag, self._seq, group.heap_token, group.key))
+        if len(self._heap) > 2 * self._backlogged + 16:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap from the live entries only. Stale entries pile up below a head that
+        stays ineligible (it is never popped); compaction keeps the heap O(G), amortized O(1)."""
+        self._heap = [
+            (group.start_tag, group.heap_seq, group.heap_token, group.key)
+            for group in self._groups.values()
+            if group.entries
+        ]
+        heapq.heapify(self._heap)
 
     def _drop_stale_top(self) -> None:
         heap = self._heap

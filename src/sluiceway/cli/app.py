@@ -1,8 +1,10 @@
-"""``sluiceway`` commands: run, preview, validate."""
+"""``sluiceway`` commands: run, preview, validate, report, mock-server."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,9 +16,11 @@ from rich.table import Table
 from sluiceway.api import preview_async
 from sluiceway.cli.progress import LogProgress, RichProgress
 from sluiceway.config.loading import format_issues, load_config
+from sluiceway.config.models import DatasetConfig
+from sluiceway.engine.cancellation import RunCancellation
 from sluiceway.engine.progress import ProgressListener
-from sluiceway.engine.run import RunOptions, run_dataset
-from sluiceway.errors import ConfigError, SluicewayError
+from sluiceway.engine.run import RunInfo, RunOptions, RunOutcome, run_dataset
+from sluiceway.errors import ConfigError, RunCancelledError, RunStoppedError, SluicewayError
 
 app = typer.Typer(
     name="sluiceway",
@@ -40,6 +44,58 @@ def _fail(error: SluicewayError, console: Console) -> typer.Exit:
     else:
         console.print(f"error: {error}", markup=False, highlight=False)
     return typer.Exit(code=2 if isinstance(error, ConfigError) else 1)
+
+
+EXIT_CANCELLED = 130  # the shell's code for a run ended by SIGINT
+
+
+async def _run_with_ctrl_c(config: DatasetConfig, options: RunOptions, err: Console) -> RunOutcome:
+    """Run with Ctrl-C handling: the first press cancels in order, the second aborts at once."""
+    loop = asyncio.get_running_loop()
+    cancellation = options.cancellation
+    assert cancellation is not None
+    presses = 0
+
+    def on_interrupt() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            err.print(
+                "cancelling: no new work starts, running tasks are cancelled and finished row "
+                "groups are kept; press Ctrl-C again to abort at once",
+                markup=False,
+                highlight=False,
+            )
+            cancellation.cancel()
+        else:
+            err.print("aborted", markup=False, highlight=False)
+            os._exit(EXIT_CANCELLED)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        installed = True
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / no support
+        installed = False
+    try:
+        return await run_dataset(config, options)
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+def _stopped(error: RunStoppedError, console: Console) -> typer.Exit:
+    """Summary of a run that stopped before the end; non-zero exit."""
+    console.print(f"stopped: {error}", markup=False, highlight=False)
+    info = error.partial
+    if isinstance(info, RunInfo):
+        console.print(
+            f"kept {info.rows_written:,} written row(s) of {info.num_records:,} "
+            f"({info.rows_dropped:,} dropped) in {info.output_path}; "
+            f"{info.model_requests:,} model requests in {info.wall_seconds:.2f} s",
+            markup=False,
+            highlight=False,
+        )
+    return typer.Exit(code=EXIT_CANCELLED if isinstance(error, RunCancelledError) else 1)
 
 
 @app.command()
@@ -75,6 +131,21 @@ def run(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override run.seed.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the stopped run in the output directory: only missing row groups "
+            "are generated, journaled model results are reused (the config must be unchanged).",
+        ),
+    ] = False,
+    journal: Annotated[
+        bool,
+        typer.Option(
+            "--journal/--no-journal",
+            help="Journal completed model results (journal.sqlite) so a crash loses no paid work.",
+        ),
+    ] = True,
 ) -> None:
     """Generate the dataset and write one Parquet file per row group plus a manifest."""
     err = Console(stderr=True)
@@ -92,15 +163,23 @@ def run(
         if not quiet:
             progress = RichProgress(err) if err.is_terminal else LogProgress()
         outcome = asyncio.run(
-            run_dataset(
+            _run_with_ctrl_c(
                 cfg,
                 RunOptions(
+                    cancellation=RunCancellation(),
                     output_dir=output_dir,
-                    overwrite=overwrite or cfg.output.overwrite,
+                    # With --resume only an explicit --overwrite conflicts; the config's
+                    # default does not apply.
+                    overwrite=overwrite or (cfg.output.overwrite and not resume),
                     progress=progress,
+                    resume=resume,
+                    journal=journal,
                 ),
+                err,
             )
         )
+    except RunStoppedError as error:
+        raise _stopped(error, err) from None
     except SluicewayError as error:
         raise _fail(error, err) from None
     info = outcome.info
@@ -140,6 +219,90 @@ def preview(
     for record in frame.itertuples(index=False):
         table.add_row(*(_short(value) for value in record))
     console.print(table)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Output directory of a run.", show_default=False)],
+    events: Annotated[
+        Path | None,
+        typer.Option("--events", help="Events file (default: RUN_DIR/events.jsonl)."),
+    ] = None,
+) -> None:
+    """Rebuild report.md and its plots from a run's events file (and capacity_plan.json)."""
+    # Imported here: plotting pulls in matplotlib, which the other commands do not need.
+    from sluiceway.observability.report import build_report
+
+    err = Console(stderr=True)
+    try:
+        artifacts = build_report(run_dir, events_path=events)
+    except SluicewayError as error:
+        raise _fail(error, err) from None
+    Console().print(f"wrote {artifacts.report_path}", markup=False, highlight=False)
+
+
+@app.command("mock-server")
+def mock_server(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8000,
+    latency_seconds: Annotated[float, typer.Option(help="Fixed latency per request.")] = 0.0,
+    latency_tail_seconds: Annotated[float, typer.Option(help="Mean lognormal tail.")] = 0.0,
+    capacity: Annotated[int | None, typer.Option(help="Concurrent requests per model.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute per model.")] = None,
+    queueing: Annotated[bool, typer.Option(help="Slow down instead of answering 429.")] = False,
+    retry_after_format: Annotated[
+        str, typer.Option(help="Retry-After form: seconds, http-date or ms.")
+    ] = "seconds",
+    retry_after_seconds: Annotated[float, typer.Option(help="Retry-After on 429.")] = 1.0,
+    error_500_rate: Annotated[float, typer.Option(help="Share answered 500.")] = 0.0,
+    error_503_rate: Annotated[float, typer.Option(help="Share answered 503.")] = 0.0,
+    hang_rate: Annotated[float, typer.Option(help="Share never answered.")] = 0.0,
+    reset_rate: Annotated[float, typer.Option(help="Share with a connection reset.")] = 0.0,
+    malformed_rate: Annotated[float, typer.Option(help="Share with a malformed body.")] = 0.0,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Require the key held by this environment variable.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of content and faults.")] = 0,
+) -> None:
+    """Serve an OpenAI-compatible mock endpoint on 127.0.0.1 (GET /stats for counters)."""
+    from sluiceway.providers.behaviour import SimulationSettings
+    from sluiceway.providers.mock_server import MockServerSettings, RetryAfterFormat, serve
+
+    err = Console(stderr=True)
+    try:
+        settings = MockServerSettings(
+            simulation=SimulationSettings(
+                latency_seconds=latency_seconds,
+                latency_tail_seconds=latency_tail_seconds,
+                capacity=capacity,
+                rpm=rpm,
+                queueing=queueing,
+                retry_after_seconds=retry_after_seconds,
+            ),
+            seed=seed,
+            api_key=os.environ.get(api_key_env) if api_key_env else None,
+            retry_after_format=RetryAfterFormat(retry_after_format),
+            error_500_rate=error_500_rate,
+            error_503_rate=error_503_rate,
+            hang_rate=hang_rate,
+            reset_rate=reset_rate,
+            malformed_rate=malformed_rate,
+        )
+    except ValueError:
+        err.print(
+            "error: --retry-after-format must be seconds, http-date or ms, "
+            f"got {retry_after_format!r}"
+        )
+        raise typer.Exit(code=2) from None
+    except SluicewayError as error:
+        raise _fail(error, err) from None
+
+    def ready(server: object) -> None:
+        err.print(f"mock server listening on {getattr(server, 'base_url', '')}", highlight=False)
+
+    try:
+        asyncio.run(serve(settings, port=port, on_ready=ready))
+    except KeyboardInterrupt:
+        err.print("mock server stopped")
 
 
 def _short(value: object, limit: int = 240) -> str:

@@ -42,6 +42,17 @@ class ModelCalls(Protocol):
         parameters: Mapping[str, Any] | None = None,
     ) -> str: ...
 
+    async def generate_text_with_reasoning(
+        self,
+        alias: str,
+        prompt: str,
+        *,
+        system_prompt: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> tuple[str, str | None]:
+        """``(text, reasoning)``; reasoning is ``None`` when the model returned no trace."""
+        ...
+
     async def generate_structured(
         self,
         alias: str,
@@ -51,6 +62,7 @@ class ModelCalls(Protocol):
         system_prompt: str | None = None,
         max_reasks: int = 2,
         generation_kind: str = "structured",
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]: ...
 
     async def embed(self, alias: str, texts: Sequence[str]) -> list[list[float]]: ...
@@ -72,6 +84,7 @@ class ModelCalls(Protocol):
         *,
         system_prompt: str | None = None,
         max_reasks: int = 2,
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]: ...
 
     def embed_sync(self, alias: str, texts: Sequence[str]) -> list[list[float]]: ...

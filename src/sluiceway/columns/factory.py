@@ -110,6 +110,7 @@ class _Builder:
                 system_prompt=self._optional_template(column, "system_prompt"),
                 schema=column.output_schema,
                 max_reasks=column.max_reasks,
+                parameters=column.parameters,
                 dependencies=deps,
             )
         if isinstance(column, LLMJudgeColumnConfig):
@@ -121,6 +122,7 @@ class _Builder:
                 rubrics=column.rubrics,
                 schema=column.score_schema(),
                 max_reasks=column.max_reasks,
+                parameters=column.parameters,
                 dependencies=deps,
             )
         if isinstance(column, EmbeddingColumnConfig):

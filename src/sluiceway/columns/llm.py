@@ -76,8 +76,8 @@ class _PromptedColumnGenerator(ModelColumnGenerator):
 
 
 class LLMTextColumnGenerator(_PromptedColumnGenerator):
-    """Free text. With a ``reasoning_column`` that column is written as ``None``: the model
-    facade returns only the answer text, not a reasoning trace."""
+    """Free text. With a ``reasoning_column`` that column holds the model's reasoning trace
+    (``None`` when the provider returned none)."""
 
     generation_kind = GenerationKind.TEXT
 
@@ -110,12 +110,15 @@ class LLMTextColumnGenerator(_PromptedColumnGenerator):
         self, row: Mapping[str, Any], ctx: GenerationContext
     ) -> Mapping[str, Any]:
         prompt, system = self._render(row)
-        text = await ctx.models.generate_text(
+        if self.reasoning_column is None:
+            text = await ctx.models.generate_text(
+                self.endpoint.alias, prompt, system_prompt=system, parameters=self.parameters
+            )
+            return {self.name: text}
+        text, reasoning = await ctx.models.generate_text_with_reasoning(
             self.endpoint.alias, prompt, system_prompt=system, parameters=self.parameters
         )
-        if self.reasoning_column is None:
-            return {self.name: text}
-        return {self.name: text, self.reasoning_column: None}
+        return {self.name: text, self.reasoning_column: reasoning}
 
 
 class LLMStructuredColumnGenerator(_PromptedColumnGenerator):
@@ -133,6 +136,7 @@ class LLMStructuredColumnGenerator(_PromptedColumnGenerator):
         schema: Mapping[str, Any],
         system_prompt: CompiledTemplate | None = None,
         max_reasks: int = 2,
+        parameters: Mapping[str, Any] | None = None,
         dependencies: Sequence[str] = (),
     ) -> None:
         super().__init__(
@@ -145,6 +149,9 @@ class LLMStructuredColumnGenerator(_PromptedColumnGenerator):
         # One schema object for the whole run, so the facade's validator cache hits by identity.
         self.schema = schema
         self.max_reasks = max_reasks
+        self.parameters: Mapping[str, Any] | None = (
+            MappingProxyType(dict(parameters)) if parameters else None
+        )
 
     async def generate_cell(
         self, row: Mapping[str, Any], ctx: GenerationContext
@@ -157,6 +164,7 @@ class LLMStructuredColumnGenerator(_PromptedColumnGenerator):
             system_prompt=system,
             max_reasks=self.max_reasks,
             generation_kind=self.generation_kind.value,
+            parameters=self.parameters,
         )
         return {self.name: value}
 
@@ -180,6 +188,7 @@ class LLMJudgeColumnGenerator(_PromptedColumnGenerator):
         schema: Mapping[str, Any],
         system_prompt: CompiledTemplate | None = None,
         max_reasks: int = 2,
+        parameters: Mapping[str, Any] | None = None,
         dependencies: Sequence[str] = (),
     ) -> None:
         super().__init__(
@@ -192,6 +201,9 @@ class LLMJudgeColumnGenerator(_PromptedColumnGenerator):
         self.rubrics = tuple(rubrics)
         self.schema = schema
         self.max_reasks = max_reasks
+        self.parameters: Mapping[str, Any] | None = (
+            MappingProxyType(dict(parameters)) if parameters else None
+        )
 
     async def generate_cell(
         self, row: Mapping[str, Any], ctx: GenerationContext
@@ -204,6 +216,7 @@ class LLMJudgeColumnGenerator(_PromptedColumnGenerator):
             system_prompt=system,
             max_reasks=self.max_reasks,
             generation_kind=self.generation_kind.value,
+            parameters=self.parameters,
         )
         self._check_scores(scores)
         return {self.name: scores}

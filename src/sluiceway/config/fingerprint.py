@@ -18,7 +18,14 @@ FINGERPRINT_VERSION = 1
 
 _PROVIDER_EXCLUDED = frozenset({"api_key_env", "headers", "budget_key"})
 _SIMULATION_EXCLUDED = frozenset(
-    {"latency_seconds", "latency_tail_seconds", "capacity", "rpm", "retry_after_seconds"}
+    {
+        "latency_seconds",
+        "latency_tail_seconds",
+        "capacity",
+        "rpm",
+        "retry_after_seconds",
+        "queueing",
+    }
 )
 _MODEL_EXCLUDED = frozenset({"max_parallel_requests", "timeout_seconds", "rpm", "tpm"})
 _COLUMN_EXCLUDED = frozenset({"scheduling"})

@@ -97,6 +97,7 @@ class SimulationSettingsConfig(ConfigModel):
     retry_after_seconds: float = Field(default=1.0, ge=0.0)
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     embedding_dimensions: int = Field(default=16, ge=1)
+    queueing: bool = False
 
 
 ProviderType = Literal["openai", "anthropic", "simulated"]
@@ -667,6 +668,58 @@ class RetryConfig(ConfigModel):
         return self
 
 
+class TaskAdmissionConfig(ConfigModel):
+    """Which task-admission policy shares scheduler capacity among task groups (SPEC §5.2)."""
+
+    policy: Literal["bounded_borrow", "strict_fair"] = "bounded_borrow"
+    borrow_ceiling_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
+class RowGroupHorizonConfig(ConfigModel):
+    """How many row groups may be in flight beyond ``max_concurrent_row_groups`` (SPEC §5.6)."""
+
+    mode: Literal["fixed", "adaptive"] = "fixed"
+    max_rows_in_flight: int | None = Field(default=None, ge=1)
+
+
+class EarlyShutdownConfig(ConfigModel):
+    """Stop the run when too many recent tasks failed permanently (SPEC §5.4)."""
+
+    enabled: bool = True
+    window: int = Field(default=200, ge=1)
+    min_outcomes: int = Field(default=50, ge=1)
+    max_error_rate: float = Field(default=0.5, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _min_within_window(self) -> Self:
+        if self.min_outcomes > self.window:
+            raise config_value_error(
+                "early_shutdown_window",
+                f"min_outcomes ({self.min_outcomes}) must be <= window ({self.window})",
+            )
+        return self
+
+
+class RequestAdmissionConfig(ConfigModel):
+    """Adaptive request limits per provider/model and domain (SPEC §6.3).
+
+    With ``adaptive`` the limit starts at the static cap (or ``initial_limit``), decreases by
+    ``decrease_factor`` on a rate limit (at most once per burst) and grows by one after
+    ``successes_until_increase`` successes while it is in use. ``latency_gradient`` adds a
+    delay-based cap for servers that queue instead of answering 429.
+    """
+
+    adaptive: bool = True
+    initial_limit: int | None = Field(default=None, ge=1)
+    decrease_factor: float = Field(default=0.75, gt=0.0, lt=1.0)
+    successes_until_increase: int = Field(default=25, ge=1)
+    startup_ramp_seconds: float = Field(default=0.0, ge=0.0)
+    default_cooldown_seconds: float = Field(default=2.0, ge=0.0)
+    max_cooldown_seconds: float = Field(default=60.0, ge=0.0)
+    latency_gradient: bool = False
+    queue_wait_timeout_seconds: float | None = Field(default=None, gt=0.0)
+
+
 class RunConfig(ConfigModel):
     """How many rows to make, from which seed, and how much work may be in flight."""
 
@@ -677,6 +730,11 @@ class RunConfig(ConfigModel):
     max_in_flight_tasks: int = Field(default=1024, ge=1)
     max_local_tasks: int = Field(default=64, ge=1)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    request_admission: RequestAdmissionConfig = Field(default_factory=RequestAdmissionConfig)
+    task_admission: TaskAdmissionConfig = Field(default_factory=TaskAdmissionConfig)
+    row_group_horizon: RowGroupHorizonConfig = Field(default_factory=RowGroupHorizonConfig)
+    early_shutdown: EarlyShutdownConfig = Field(default_factory=EarlyShutdownConfig)
+    circuit_breaker_seconds: float | None = Field(default=120.0, gt=0.0)
 
 
 class OutputConfig(ConfigModel):

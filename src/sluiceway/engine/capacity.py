@@ -65,7 +65,7 @@ def build_capacity_plan(
 
     task_view = task_admission.view()
     request_stats = request_admission.statistics()
-    stats = scheduler.statistics
+    stats = scheduler.statistics()
     runtime: dict[str, Any] = {
         "task_admission": {
             "limits": dict(task_view.limits),
@@ -74,6 +74,11 @@ def build_capacity_plan(
             "acquired_total": task_view.acquired_total,
             "released_total": task_view.released_total,
             "release_diagnostics": task_view.diagnostics_total,
+            "policy": task_view.policy.value,
+            "debt_by_group": dict(task_view.debt_by_group),
+            "denials_by_reason": {
+                reason.value: count for reason, count in task_view.denials_by_reason.items()
+            },
         },
         "request_admission": {
             "live_leases": request_stats.live_leases,
@@ -104,11 +109,19 @@ def build_capacity_plan(
             "tasks_dispatched": stats.tasks_dispatched,
             "tasks_retried": stats.tasks_retried,
             "tasks_dropped": stats.tasks_dropped,
+            "tasks_cancelled": stats.tasks_cancelled,
+            "row_groups_salvaged": stats.row_groups_salvaged,
+            "blocked_dispatches": stats.blocked_dispatches,
+            "stop_reason": stats.stop_reason.value if stats.stop_reason else None,
+            "row_group_admission": {
+                reason.value: count for reason, count in stats.row_group_admission.items()
+            },
             "queued_tasks": len(scheduler.queue),
         },
     }
     observed: dict[str, Any] = {
         "row_groups_in_flight": stats.max_row_groups_in_flight,
+        "rows_in_flight": stats.max_rows_in_flight,
         "queued_tasks": stats.max_queued_tasks,
         "queued_tasks_by_group": dict(sorted(stats.max_queued_by_group.items())),
         "task_leases_by_resource": dict(task_view.max_leased),

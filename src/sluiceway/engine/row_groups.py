@@ -1,9 +1,10 @@
 """Row-group buffers and task execution against them: the engine side of the scheduler hooks.
 
 A row group's rows live in plain dicts from admission until its checkpoint, then are handed to a
-sink and forgotten. Generator failures are classified here: non-retryable errors drop rows (with
-the reason recorded), retryable ones ask the scheduler for another attempt, anything else is a bug
-or a fatal error and propagates.
+sink and forgotten. Generator failures are classified here (``classify_task_error``): non-retryable
+errors drop rows (with the reason recorded), retryable ones ask the scheduler for another attempt,
+a ``RunStoppedError`` (an open circuit) asks it to stop the run in order, and anything else is a
+bug or a fatal error and propagates.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sluiceway.columns.base import ColumnGenerator, GenerationContext, ModelCalls
-from sluiceway.errors import (
-    NonRetryableGenerationError,
-    ProviderError,
-    RetryableGenerationError,
-)
+from sluiceway.errors import NonRetryableGenerationError, RunStoppedError, SluicewayError
+from sluiceway.scheduling.failures import TaskErrorClass, classify_task_error
 from sluiceway.scheduling.scheduler import (
     SUCCEEDED,
     RowGroupHandler,
@@ -43,18 +41,23 @@ class RowGroupSink(Protocol):
         rows: Sequence[dict[str, Any]],
         row_indices: Sequence[int],
         dropped: Sequence[DroppedRow],
-    ) -> None: ...
+        *,
+        partial: bool = False,
+    ) -> None:
+        """``partial``: the run stopped before the group was complete (salvaged rows)."""
+        ...
 
     def dropped_rows(self) -> list[DroppedRow]: ...
 
 
 class _Buffer:
-    __slots__ = ("dropped", "first_record", "rows")
+    __slots__ = ("dropped", "first_record", "rows", "salvaged")
 
     def __init__(self, first_record: int, size: int) -> None:
         self.first_record = first_record
         self.rows: list[dict[str, Any]] = [{} for _ in range(size)]
         self.dropped: list[DroppedRow] = []
+        self.salvaged = False
 
 
 class EngineRowGroupHandler(RowGroupHandler):
@@ -100,12 +103,15 @@ class EngineRowGroupHandler(RowGroupHandler):
                 row.update(await generator.generate_cell(row, ctx))
                 return SUCCEEDED
             return await self._run_group_task(generator, spec.row_group, buffer, spec.kind)
-        except NonRetryableGenerationError as error:
-            return TaskOutcome(kind=TaskOutcomeKind.DROPPED, reason=_reason(error))
-        except (RetryableGenerationError, ProviderError) as error:
-            if isinstance(error, ProviderError) and not error.retryable:
+        except SluicewayError as error:
+            error_class = classify_task_error(error)
+            if error_class is TaskErrorClass.NON_RETRYABLE:
                 return TaskOutcome(kind=TaskOutcomeKind.DROPPED, reason=_reason(error))
-            return TaskOutcome(kind=TaskOutcomeKind.RETRY, reason=_reason(error))
+            if error_class is TaskErrorClass.RETRYABLE:
+                return TaskOutcome(kind=TaskOutcomeKind.RETRY, reason=_reason(error))
+            if isinstance(error, RunStoppedError):
+                return TaskOutcome(kind=TaskOutcomeKind.STOP, reason=_reason(error), error=error)
+            raise
 
     async def _run_group_task(
         self, generator: ColumnGenerator, row_group: int, buffer: _Buffer, kind: TaskKind
@@ -147,8 +153,14 @@ class EngineRowGroupHandler(RowGroupHandler):
         buffer = self._buffers.pop(row_group)
         rows = [buffer.rows[i] for i in live_rows]
         indices = [buffer.first_record + i for i in live_rows]
-        await self._sink.write_row_group(row_group, rows, indices, buffer.dropped)
+        if buffer.salvaged:
+            await self._sink.write_row_group(row_group, rows, indices, buffer.dropped, partial=True)
+        else:
+            await self._sink.write_row_group(row_group, rows, indices, buffer.dropped)
         self.written_count += len(rows)
+
+    def row_group_salvaged(self, row_group: int) -> None:
+        self._buffers[row_group].salvaged = True
 
 
 _DEAD: dict[str, Any] = {}  # placeholder for a dropped row; never written to

@@ -21,21 +21,36 @@ from sluiceway.columns.factory import build_generators
 from sluiceway.config.fingerprint import config_fingerprint
 from sluiceway.config.graph import ColumnGraph
 from sluiceway.config.models import DatasetConfig, ProviderConfig
+from sluiceway.engine.cancellation import RunCancellation
 from sluiceway.engine.capacity import build_capacity_plan
+from sluiceway.engine.circuit_breaker import BreakerClient, CircuitBreaker
 from sluiceway.engine.progress import ProgressListener, ProgressSnapshot
+from sluiceway.engine.resume import (
+    ResumePlan,
+    journal_model_generators,
+    plan_resume,
+    resumed_config,
+)
 from sluiceway.engine.row_groups import DroppedRow, EngineRowGroupHandler, RowGroupSink
 from sluiceway.engine.sinks import MemorySink, ParquetSink
-from sluiceway.errors import ConfigError, ConfigIssue, SluicewayError
+from sluiceway.errors import (
+    RunCancelledError,
+    RunStoppedError,
+    SluicewayError,
+    StorageError,
+)
 from sluiceway.providers.base import ProviderClient
-from sluiceway.providers.behaviour import SimulationSettings
-from sluiceway.providers.simulated import SimulatedProvider
-from sluiceway.requests.admission import RequestAdmissionController
+from sluiceway.providers.registry import build_provider_client
 from sluiceway.requests.executor import ModelRequestExecutor
 from sluiceway.requests.facade import ModelFacade
 from sluiceway.requests.keys import RequestResourceResolver
 from sluiceway.requests.retry import RetryPolicy
+from sluiceway.requests.setup import build_request_admission
 from sluiceway.scheduling.admission import TaskAdmissionController
+from sluiceway.scheduling.failures import EarlyShutdownSettings
+from sluiceway.scheduling.policies import TaskAdmissionPolicyKind, make_policy
 from sluiceway.scheduling.resolver import TaskSchedulingResolver
+from sluiceway.scheduling.row_group_admission import RowGroupHorizonMode
 from sluiceway.scheduling.scheduler import AsyncTaskScheduler, SchedulerSettings
 from sluiceway.scheduling.tasks import SchedulerResource, TaskKind
 from sluiceway.scheduling.tracker import CompletionTracker, TrackerNode
@@ -65,6 +80,8 @@ class RunInfo:
     rate_limited: int
     wall_seconds: float
     columns: tuple[str, ...]
+    row_groups_resumed: int = 0  # row groups already on disk when a resumed run started
+    cells_replayed: int = 0  # model-backed results taken from the journal, not regenerated
 
 
 @dataclass(slots=True, kw_only=True)
@@ -73,9 +90,12 @@ class RunOptions:
 
     output_dir: Path | None
     overwrite: bool = False
+    resume: bool = False  # continue the stopped run in ``output_dir`` (SPEC §8)
+    journal: bool = True  # journal completed model-backed cells (``journal.sqlite``)
     progress: ProgressListener | None = None
     progress_interval_seconds: float = 0.5
     extra_providers: Mapping[str, ProviderClient] = field(default_factory=dict)
+    cancellation: RunCancellation | None = None  # cancel() stops the run in order (SPEC §5.5)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -94,28 +114,8 @@ def output_columns(config: DatasetConfig) -> tuple[str, ...]:
     return tuple(columns)
 
 
-def _provider_client(provider: ProviderConfig, seed: int) -> ProviderClient:
-    if provider.type == "simulated":
-        sim = provider.simulation
-        settings = SimulationSettings(
-            latency_seconds=sim.latency_seconds,
-            latency_tail_seconds=sim.latency_tail_seconds,
-            capacity=sim.capacity,
-            rpm=sim.rpm,
-            retry_after_seconds=sim.retry_after_seconds,
-            failure_rate=sim.failure_rate,
-            embedding_dimensions=sim.embedding_dimensions,
-        )
-        return SimulatedProvider(provider.name, settings, seed=seed)
-    raise ConfigError(
-        [
-            ConfigIssue(
-                path=f"providers ({provider.name}).type",
-                message=f"provider type {provider.type!r} has no client in this version",
-                hint="use type: simulated, or register a client through the Python API",
-            )
-        ]
-    )
+def _provider_client(provider: ProviderConfig, config: DatasetConfig) -> ProviderClient:
+    return build_provider_client(provider, seed=config.run.seed, models=config.models)
 
 
 def _tracker_nodes(generators: Sequence[ColumnGenerator]) -> list[TrackerNode]:
@@ -172,9 +172,25 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     """Generate the dataset described by ``config``. Raises on fatal errors; rows that fail
     permanently are dropped and reported in ``RunInfo.dropped_rows`` and the manifest."""
     started = time.monotonic()
-    run = config.run
-    run_id = uuid.uuid4().hex[:12]
     fingerprint = config_fingerprint(config)
+    resume: ResumePlan | None = None
+    if options.resume and options.output_dir is not None:
+        if options.overwrite:
+            raise StorageError(
+                "resume and overwrite exclude each other: --resume continues the dataset in "
+                f"{options.output_dir}, --overwrite deletes it; pass only one of them"
+            )
+        resume = await asyncio.to_thread(
+            plan_resume,
+            Path(options.output_dir),
+            config=config,
+            fingerprint=fingerprint,
+            use_journal=options.journal,
+        )
+        if resume is not None:
+            config = resumed_config(config, resume)
+    run = config.run
+    run_id = resume.manifest.run_id if resume is not None else uuid.uuid4().hex[:12]
     graph = ColumnGraph.build(config)
     generators = build_generators(config, graph)
     resolver = TaskSchedulingResolver()
@@ -183,9 +199,14 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     clients: dict[str, ProviderClient] = dict(options.extra_providers)
     for provider in config.providers:
         if provider.name not in clients:
-            clients[provider.name] = _provider_client(provider, run.seed)
+            clients[provider.name] = _provider_client(provider, config)
+    if run.circuit_breaker_seconds is not None:
+        breaker = CircuitBreaker(run.circuit_breaker_seconds)
+        clients = {
+            name: BreakerClient(client, breaker, provider=name) for name, client in clients.items()
+        }
     request_resolver = RequestResourceResolver(config.models)
-    request_admission = RequestAdmissionController(request_resolver.static_caps())
+    request_admission = build_request_admission(run, request_resolver)
     executor = ModelRequestExecutor(
         request_admission,
         retry=RetryPolicy(
@@ -195,6 +216,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             backoff_max_seconds=run.retry.backoff_max_seconds,
         ),
         rng=random.Random(run.seed),
+        queue_wait_timeout_seconds=run.request_admission.queue_wait_timeout_seconds,
     )
     facade = ModelFacade(request_resolver, clients, executor, loop=asyncio.get_running_loop())
 
@@ -212,13 +234,24 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             run_id=run_id,
             fingerprint=fingerprint,
             config=config,
+            resume=resume,
+            journal=options.journal,
         )
+        if sink.replay is not None:
+            generators = journal_model_generators(generators, scheduling, sink.replay)
     handler = EngineRowGroupHandler(generators=generators, models=facade, seed=run.seed, sink=sink)
+    if resume is not None:
+        handler.written_count = resume.manifest.rows_written
+        handler.dropped_count = resume.manifest.rows_dropped
     task_admission = TaskAdmissionController(
         {
             SchedulerResource.SUBMISSION: run.max_in_flight_tasks,
             SchedulerResource.LOCAL: run.max_local_tasks,
-        }
+        },
+        policy=make_policy(
+            TaskAdmissionPolicyKind(run.task_admission.policy),
+            borrow_ceiling_fraction=run.task_admission.borrow_ceiling_fraction,
+        ),
     )
 
     def snapshot() -> ProgressSnapshot:
@@ -229,7 +262,8 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             rows_written=handler.written_count,
             rows_dropped=handler.dropped_count,
             row_groups_total=scheduler.row_groups_total,
-            row_groups_done=scheduler.statistics.row_groups_checkpointed,
+            row_groups_done=scheduler.statistics().row_groups_checkpointed
+            + scheduler.statistics().row_groups_resumed,
             model_requests=stats.attempts,
             elapsed_seconds=time.monotonic() - started,
         )
@@ -242,6 +276,22 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             max_concurrent_row_groups=run.max_concurrent_row_groups,
             max_task_attempts=run.retry.max_attempts,
             run_id=run_id,
+            completed_row_groups=(
+                resume.completed_row_groups if resume is not None else frozenset()
+            ),
+            max_task_wall_seconds=run.retry.max_wall_seconds,
+            horizon_mode=RowGroupHorizonMode(run.row_group_horizon.mode),
+            max_rows_in_flight=run.row_group_horizon.max_rows_in_flight
+            or 4 * run.max_concurrent_row_groups * run.buffer_size,
+            early_shutdown=(
+                EarlyShutdownSettings(
+                    window=run.early_shutdown.window,
+                    min_outcomes=run.early_shutdown.min_outcomes,
+                    max_error_rate=run.early_shutdown.max_error_rate,
+                )
+                if run.early_shutdown.enabled
+                else None
+            ),
         ),
         tracker=CompletionTracker(_tracker_nodes(generators)),
         scheduling=scheduling,
@@ -252,16 +302,25 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     if options.progress is not None:
         options.progress.on_start(snapshot())
     status = "failed"
+    stopped: RunStoppedError | None = None
+    if options.cancellation is not None:
+        options.cancellation.bind(asyncio.get_running_loop(), scheduler.cancel)
     try:
         try:
             await scheduler.run()
         except BaseExceptionGroup as group:
             raise _primary_error(group) from None
         status = "completed"
+    except RunStoppedError as error:
+        # An orderly stop: completed row groups are on disk; report what the run produced.
+        status = "cancelled" if isinstance(error, RunCancelledError) else "failed"
+        stopped = error
     except asyncio.CancelledError:
         status = "cancelled"
         raise
     finally:
+        if options.cancellation is not None:
+            options.cancellation.unbind()
         request_admission.shutdown()
         for client in clients.values():
             await client.aclose()
@@ -289,9 +348,18 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         rate_limited=stats.rate_limited,
         wall_seconds=time.monotonic() - started,
         columns=columns,
+        row_groups_resumed=scheduler.statistics().row_groups_resumed,
+        cells_replayed=(
+            sink.replay.statistics().replayed
+            if isinstance(sink, ParquetSink) and sink.replay is not None
+            else 0
+        ),
     )
     if options.progress is not None:
         options.progress.on_finish(snapshot())
+    if stopped is not None:
+        stopped.partial = info
+        raise stopped
     return RunOutcome(
         info=info,
         rows=memory.rows(columns) if memory is not None else None,

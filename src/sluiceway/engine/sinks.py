@@ -1,22 +1,29 @@
-"""Where completed row groups go: Parquet files with a manifest, or memory for previews."""
+"""Where completed row groups go: Parquet files with a manifest (and the cell journal of the
+row groups in flight), or memory for previews."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sluiceway.config.fingerprint import canonical_config
 from sluiceway.config.models import DatasetConfig
+from sluiceway.engine.resume import CellReplay, ResumePlan
 from sluiceway.engine.row_groups import DroppedRow
+from sluiceway.errors import StorageError
 from sluiceway.storage.capacity_plan import (
     CAPACITY_PLAN_FILE_NAME,
     CapacityPlan,
     write_capacity_plan,
 )
+from sluiceway.storage.journal import CellJournal, remove_journal
 from sluiceway.storage.manifest import DroppedRowRecord, ManifestWriter, RunStatus
 from sluiceway.storage.output_dir import prepare_output_directory
 from sluiceway.storage.parquet_writer import RowGroupWriter
+from sluiceway.storage.recovery import remove_orphans, write_run_config
 
 
 class MemorySink:
@@ -32,6 +39,8 @@ class MemorySink:
         rows: Sequence[dict[str, Any]],
         row_indices: Sequence[int],
         dropped: Sequence[DroppedRow],
+        *,
+        partial: bool = False,
     ) -> None:
         self._groups[row_group] = (list(rows), list(row_indices))
         self._dropped.extend(dropped)
@@ -55,13 +64,23 @@ class ParquetSink:
     """Writes each completed row group to its own Parquet file and checkpoints the manifest.
 
     Files and the manifest are written atomically off the event loop; a storage failure raises
-    ``StorageError`` and ends the run (it is never swallowed).
+    ``StorageError`` and ends the run (it is never swallowed). With a journal, the results of
+    model-backed cells are journaled as they complete and a row group's entries are deleted
+    once its file and the manifest are on disk.
     """
 
-    def __init__(self, writer: RowGroupWriter, manifest: ManifestWriter, directory: Path) -> None:
+    def __init__(
+        self,
+        writer: RowGroupWriter,
+        manifest: ManifestWriter,
+        directory: Path,
+        *,
+        replay: CellReplay | None = None,
+    ) -> None:
         self._writer = writer
         self._manifest = manifest
         self._directory = directory
+        self._replay = replay
         self._dropped: list[DroppedRow] = []
 
     @classmethod
@@ -74,19 +93,73 @@ class ParquetSink:
         run_id: str,
         fingerprint: str,
         config: DatasetConfig,
+        resume: ResumePlan | None = None,
+        journal: bool = True,
     ) -> ParquetSink:
-        path = await asyncio.to_thread(prepare_output_directory, directory, overwrite=overwrite)
-        manifest = ManifestWriter(
-            path,
-            run_id=run_id,
-            config_fingerprint=fingerprint,
-            seed=config.run.seed,
-            num_records=config.run.num_records,
-            buffer_size=config.run.buffer_size,
-            columns=columns,
-        )
+        """Prepares the output directory and writes the first manifest (status ``running``).
+
+        A new run starts from an empty directory (``overwrite`` deletes Sluiceway's files) and
+        saves its config for later diffs. With ``resume`` (checked by ``plan_resume``) the
+        manifest is continued, leftover temp and unlisted part files are deleted and the run's
+        journal is reused. With ``journal`` the results of model-backed cells are journaled.
+        """
+        if resume is not None:
+            path = resume.recovered.directory
+            await asyncio.to_thread(remove_orphans, resume.recovered)
+            manifest = ManifestWriter.continuing(path, resume.manifest)
+            cell_journal = resume.journal
+            if cell_journal is None and journal:
+                await asyncio.to_thread(remove_journal, path)
+                cell_journal = await asyncio.to_thread(
+                    CellJournal.create, path, run_id=run_id, config_fingerprint=fingerprint
+                )
+            entries = resume.entries
+        else:
+            path = await asyncio.to_thread(prepare_output_directory, directory, overwrite=overwrite)
+            manifest = ManifestWriter(
+                path,
+                run_id=run_id,
+                config_fingerprint=fingerprint,
+                seed=config.run.seed,
+                num_records=config.run.num_records,
+                buffer_size=config.run.buffer_size,
+                columns=columns,
+            )
+            # The manifest comes first: a directory with a journal always has one.
+            await manifest.write()
+            cell_journal = None
+            try:
+                await asyncio.to_thread(write_run_config, path, canonical_config(config))
+                if journal:
+                    cell_journal = await asyncio.to_thread(
+                        CellJournal.create, path, run_id=run_id, config_fingerprint=fingerprint
+                    )
+            except StorageError:
+                with contextlib.suppress(StorageError):
+                    await manifest.finish(RunStatus.FAILED)
+                raise
+            entries = {}
         await manifest.write()
-        return cls(RowGroupWriter(path, column_order=columns), manifest, path)
+        replay = None
+        if cell_journal is not None:
+            cell_journal.start()
+            replay = CellReplay(cell_journal, entries)
+        sink = cls(RowGroupWriter(path, column_order=columns), manifest, path, replay=replay)
+        if resume is not None:
+            sink._dropped.extend(
+                DroppedRow(row_index=row.row_index, column=row.column, reason=row.reason)
+                for row in resume.manifest.dropped_rows
+            )
+        return sink
+
+    @property
+    def replay(self) -> CellReplay | None:
+        """The journal of model-backed results, if this run keeps one."""
+        return self._replay
+
+    @property
+    def manifest(self) -> ManifestWriter:
+        return self._manifest
 
     async def write_row_group(
         self,
@@ -94,6 +167,30 @@ class ParquetSink:
         rows: Sequence[dict[str, Any]],
         row_indices: Sequence[int],
         dropped: Sequence[DroppedRow],
+        *,
+        partial: bool = False,
+    ) -> None:
+        """Writes the row group's file, then records it in the manifest (``partial`` when the run
+        stopped before the group was complete). A checkpoint that has started finishes even if
+        the awaiting task is cancelled (its file is being written and the manifest must list
+        it), then the cancellation propagates."""
+        checkpoint = asyncio.ensure_future(
+            self._write_row_group(row_group, rows, row_indices, dropped, partial=partial)
+        )
+        try:
+            await asyncio.shield(checkpoint)
+        except asyncio.CancelledError:
+            await checkpoint
+            raise
+
+    async def _write_row_group(
+        self,
+        row_group: int,
+        rows: Sequence[dict[str, Any]],
+        row_indices: Sequence[int],
+        dropped: Sequence[DroppedRow],
+        *,
+        partial: bool,
     ) -> None:
         written = await self._writer.write(row_group, rows, row_indices) if rows else None
         self._dropped.extend(dropped)
@@ -104,13 +201,32 @@ class ParquetSink:
                 DroppedRowRecord(row_index=row.row_index, column=row.column, reason=row.reason)
                 for row in dropped
             ],
+            partial=partial,
         )
+        if self._replay is not None and not partial:
+            # Only now, with the file and the manifest durable, may its journal rows go; a
+            # partial group keeps them for the run that completes it.
+            self._replay.row_group_checkpointed(row_group)
 
     def dropped_rows(self) -> list[DroppedRow]:
         return sorted(self._dropped, key=lambda row: row.row_index)
 
     async def finish(self, *, status: str, capacity_plan: CapacityPlan) -> None:
+        """Commits the journal, writes the capacity plan and the final manifest. A completed
+        run's journal is deleted (the Parquet files hold everything). A journal failure is
+        raised after the manifest is written, unless the run already failed (its own error
+        is the one to report)."""
+        journal_error: StorageError | None = None
+        if self._replay is not None:
+            try:
+                await asyncio.to_thread(self._replay.journal.close)
+            except StorageError as error:
+                journal_error = error
         await asyncio.to_thread(
             write_capacity_plan, self._directory / CAPACITY_PLAN_FILE_NAME, capacity_plan
         )
         await self._manifest.finish(RunStatus(status))
+        if journal_error is not None and status != "failed":
+            raise journal_error
+        if status == "completed":
+            await asyncio.to_thread(remove_journal, self._directory)

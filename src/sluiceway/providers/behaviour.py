@@ -57,9 +57,12 @@ _DEFAULT_SCHEMAS: Mapping[GenerationKind, Mapping[str, Any]] = {
 class SimulationSettings:
     """How a simulated endpoint behaves. Rates are shares of attempts in [0, 1].
 
-    ``capacity`` bounds concurrent requests and ``rpm`` admitted requests per rolling
-    60-second window; beyond either the endpoint answers rate-limited. ``invalid_json_rate``
-    makes structured and judge answers unparseable, so re-ask logic can be exercised.
+    ``capacity`` bounds concurrent requests of one model and ``rpm`` admitted requests per
+    model per rolling 60-second window; beyond either the endpoint answers rate-limited. With
+    ``queueing`` the endpoint never refuses for capacity: like a batching server it slows down
+    instead, latency growing by ``in_flight / capacity`` once in-flight exceeds ``capacity``.
+    ``invalid_json_rate`` makes structured and judge answers unparseable, so re-ask logic can
+    be exercised.
     """
 
     latency_seconds: float = 0.0
@@ -70,6 +73,7 @@ class SimulationSettings:
     failure_rate: float = 0.0
     invalid_json_rate: float = 0.0
     embedding_dimensions: int = 16
+    queueing: bool = False
 
     def __post_init__(self) -> None:
         issues: list[ConfigIssue] = []
@@ -141,6 +145,23 @@ class SimulationStatistics:
     in_flight: int
     max_in_flight: int
     in_flight_seconds: float
+
+
+def combine_statistics(parts: list[SimulationStatistics]) -> SimulationStatistics:
+    """Counters of several endpoints (models) added up; ``max_in_flight`` is the largest one."""
+    return SimulationStatistics(
+        requests=sum(p.requests for p in parts),
+        successes=sum(p.successes for p in parts),
+        invalid_json=sum(p.invalid_json for p in parts),
+        rate_limited=sum(p.rate_limited for p in parts),
+        failures=sum(p.failures for p in parts),
+        timeouts=sum(p.timeouts for p in parts),
+        cancelled=sum(p.cancelled for p in parts),
+        rejected=sum(p.rejected for p in parts),
+        in_flight=sum(p.in_flight for p in parts),
+        max_in_flight=max((p.max_in_flight for p in parts), default=0),
+        in_flight_seconds=sum(p.in_flight_seconds for p in parts),
+    )
 
 
 class AttemptLedger:
@@ -221,7 +242,8 @@ class BehaviourModel:
         """Admit one attempt (``None``) or refuse it for capacity or the RPM window."""
         self._advance(now)
         self._requests += 1
-        if self._capacity is not None and self._in_flight >= self._capacity:
+        queueing = self.settings.queueing
+        if not queueing and self._capacity is not None and self._in_flight >= self._capacity:
             self._rate_limited += 1
             return Refusal(
                 reason=RefusalReason.CAPACITY,
@@ -245,6 +267,14 @@ class BehaviourModel:
             self._max_in_flight = self._in_flight
         return None
 
+    def load_factor(self) -> float:
+        """Latency multiplier of a request admitted now: ``max(1, in_flight / capacity)`` in
+        queueing mode (the admitted request included), 1 otherwise."""
+        capacity = self._capacity
+        if not self.settings.queueing or capacity is None or self._in_flight <= capacity:
+            return 1.0
+        return self._in_flight / capacity
+
     def finish(self, now: float, outcome: AttemptOutcome) -> None:
         """End one admitted attempt with its outcome."""
         if self._in_flight <= 0:
@@ -255,6 +285,10 @@ class BehaviourModel:
         self._advance(now)
         self._in_flight -= 1
         self._outcomes[outcome] += 1
+
+    def observe(self, now: float) -> None:
+        """Bring ``in_flight_seconds`` up to ``now`` (before reading statistics)."""
+        self._advance(now)
 
     def _advance(self, now: float) -> None:
         last = self._last_event_at

@@ -1,7 +1,8 @@
 """The in-process simulated provider: the behaviour model behind an async ``send``, no sockets.
 
 It answers offline and deterministically (``type: simulated`` providers), with the latency,
-capacity, rate limits and faults of :mod:`sluiceway.providers.behaviour`.
+capacity, rate limits and faults of :mod:`sluiceway.providers.behaviour`. Capacity and RPM
+apply per model id, like a real endpoint's per-model limits.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sluiceway.providers.behaviour import (
     BehaviourModel,
     SimulationSettings,
     SimulationStatistics,
+    combine_statistics,
 )
 
 
@@ -48,7 +50,10 @@ class SimulatedProvider:
     ) -> None:
         self.name = name
         self.settings = settings
+        self.seed = seed
+        # The behaviour (and its capacity) of the first model; one more per further model id.
         self.behaviour = BehaviourModel(settings, seed)
+        self._behaviours: dict[str, BehaviourModel] = {}
         self._clock = clock  # None: the running loop's time
         self._attempts: AttemptLedger | None = (
             AttemptLedger() if self.behaviour.uses_attempt_numbers else None
@@ -59,8 +64,18 @@ class SimulatedProvider:
         clock = self._clock
         return asyncio.get_running_loop().time() if clock is None else clock()
 
+    def behaviour_for(self, model_id: str) -> BehaviourModel:
+        """The behaviour model (capacity, RPM window, counters) of one model id."""
+        behaviour = self._behaviours.get(model_id)
+        if behaviour is None:
+            behaviour = self.behaviour if not self._behaviours else None
+            if behaviour is None:
+                behaviour = BehaviourModel(self.settings, self.seed)
+            self._behaviours[model_id] = behaviour
+        return behaviour
+
     async def send(self, request: ModelRequest) -> ModelResponse:
-        behaviour = self.behaviour
+        behaviour = self.behaviour_for(request.model_id)
         refusal = behaviour.admit(self._now())
         if refusal is not None:
             raise RateLimitedError(
@@ -81,7 +96,7 @@ class SimulatedProvider:
                     f"{request.model_id!r} (attempt {attempt}, failure_rate "
                     f"{self.settings.failure_rate}); retry the request"
                 )
-            latency = behaviour.latency_seconds(key, attempt)
+            latency = behaviour.latency_seconds(key, attempt) * behaviour.load_factor()
             timeout = request.timeout_seconds
             if timeout is not None and latency > timeout:
                 if timeout > 0:
@@ -112,7 +127,12 @@ class SimulatedProvider:
             behaviour.finish(self._now(), outcome)
 
     def statistics(self) -> SimulationStatistics:
-        return self.behaviour.statistics()
+        """Counters summed over every model (``max_in_flight`` is the largest per model)."""
+        behaviours = list(self._behaviours.values()) or [self.behaviour]
+        return combine_statistics([b.statistics() for b in behaviours])
+
+    def statistics_by_model(self) -> dict[str, SimulationStatistics]:
+        return {model: b.statistics() for model, b in self._behaviours.items()}
 
     def completed_request_keys(self) -> Counter[str]:
         """Answered attempts per request key (hex of ``request_key``), as a copy.

@@ -1,37 +1,111 @@
-"""Request admission: may this concrete model request go now (SPEC §6.2).
+"""Request admission: may this concrete model request go now (SPEC §6.2, §6.3, §6.5).
 
-Each provider/model has a static aggregate cap over all its domains and one weighted-fair
-waiter queue; each domain has a limit read from a :class:`RequestLimit`. Every state change
-that hands out capacity goes through ``_assign`` (synchronous), which resolves waiter futures
-with their lease before the waiters run. Every lease is released exactly once.
+Each provider/model has a static aggregate cap over all its domains, one weighted-fair waiter
+queue and a circuit breaker; each domain has a limit read from a :class:`RequestLimit` (static or
+adaptive) which may also impose a cooldown. Every state change that hands out capacity goes
+through ``_assign`` (synchronous), which resolves waiter futures with their lease before the
+waiters run. Cooldown ends and ramp steps wake waiters by a timer, never by polling. Every lease
+is released exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import itertools
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 from sluiceway.context import TaskCorrelation, current_task
 from sluiceway.errors import EngineError, RequestAdmissionError
 from sluiceway.fair_queue import QueueEntry, WeightedFairQueue
 from sluiceway.requests.keys import ProviderModelKey, RequestDomain, RequestResourceKey
-from sluiceway.requests.limits import RequestLimit, RequestLimitFactory, static_limits
+from sluiceway.requests.limits import (
+    PRESSURE_OUTCOMES,
+    AdaptiveLimitSettings,
+    AdaptiveRequestLimit,
+    RequestLimit,
+    RequestLimitFactory,
+    adaptive_limits,
+    static_limits,
+)
 from sluiceway.requests.outcomes import RequestReleaseOutcome
 
 DEFAULT_GROUP = "default"
 
 
+# Outcomes that count as "failing" for the circuit breaker (a success resets it).
+_FAILING_OUTCOMES = frozenset(
+    {
+        RequestReleaseOutcome.RATE_LIMITED,
+        RequestReleaseOutcome.PROVIDER_FAILURE,
+        RequestReleaseOutcome.PROVIDER_TIMEOUT,
+    }
+)
+
+
 class DenialReason(enum.Enum):
     NO_CAPACITY = "no_capacity"
+    COOLDOWN = "cooldown"
     QUEUED_WAITERS_AHEAD = "queued_waiters_ahead"
     SHUTDOWN = "shutdown"
     TIMEOUT = "timeout"
     UNKNOWN_RESOURCE = "unknown_resource"
+    BREAKER_OPEN = "breaker_open"
+
+
+class BreakerState(enum.Enum):
+    """Circuit breaker of one provider/model (SPEC §5.4)."""
+
+    CLOSED = "closed"  # normal admission
+    OPEN = "open"  # no success for too long while failing: requests fail fast
+    HALF_OPEN = "half_open"  # one probe request may go; its outcome closes or reopens
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestAdmissionSettings:
+    """Controller-wide settings. ``breaker_open_after_seconds=None`` disables the breaker."""
+
+    breaker_open_after_seconds: float | None = 120.0
+    breaker_probe_interval_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        after = self.breaker_open_after_seconds
+        if (after is not None and after <= 0) or self.breaker_probe_interval_seconds <= 0:
+            raise EngineError(
+                "RequestAdmissionSettings needs breaker_open_after_seconds > 0 (or None) and "
+                f"breaker_probe_interval_seconds > 0, got {after} and "
+                f"{self.breaker_probe_interval_seconds}"
+            )
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """Schedules a callback at a clock time; ``None`` when no timer can be set (no loop)."""
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle | None: ...
+
+
+class _LoopTimers:
+    """Timers on the running event loop, converting from the controller's clock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle | None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None  # deadlines are then applied lazily by the next acquire
+        return loop.call_later(max(0.0, when - self._clock()), callback)
 
 
 class ReleaseResult(enum.Enum):
@@ -129,6 +203,10 @@ class RequestDomainStatistics:
     max_in_flight: int
     max_waiters: int
     outcomes: Mapping[RequestReleaseOutcome, int]
+    limit_decreases: int = 0
+    limit_increases: int = 0
+    min_limit: int = 0
+    cooldowns: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +220,8 @@ class ProviderModelStatistics:
     max_in_flight: int
     max_waiters: int
     domains: Mapping[RequestDomain, RequestDomainStatistics]
+    breaker: BreakerState = BreakerState.CLOSED
+    breaker_openings: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,18 +238,88 @@ class RequestAdmissionStatistics:
     waiters_shut_down: int
     grants_returned_on_cancel: int
     shutting_down: bool
+    waiters_failed_by_breaker: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DomainPressure:
+    """Read-only state of one request resource at ``captured_at`` (SPEC §6.5)."""
+
+    captured_at: float
+    sequence: int
+    resource: RequestResourceKey
+    effective_max: int
+    limit: int
+    in_flight: int
+    waiters: int
+    blocked_until: float | None
+    cooldown_remaining_seconds: float
+    rate_limit_ceiling: int | None
+    consecutive_rate_limits: int
+    last_outcome: RequestReleaseOutcome | None
+    release_diagnostics: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderModelPressure:
+    """Read-only state of one provider/model and its domains."""
+
+    provider_model: ProviderModelKey
+    static_cap: int
+    in_flight: int
+    waiters: int
+    aliases: tuple[str, ...]
+    breaker: BreakerState
+    domains: Mapping[RequestDomain, DomainPressure]
+
+    @property
+    def headroom(self) -> int:
+        """Leases a new request could get now across the aggregate cap (0 while blocked)."""
+        if self.breaker is not BreakerState.CLOSED:
+            return 0
+        return max(0, self.static_cap - self.in_flight)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestPressureSnapshot:
+    """One internally consistent picture of request admission, built in one synchronous step."""
+
+    captured_at: float
+    sequence: int
+    provider_models: Mapping[ProviderModelKey, ProviderModelPressure]
+
+    def domain(self, resource: RequestResourceKey) -> DomainPressure | None:
+        pool = self.provider_models.get(resource.provider_model)
+        return None if pool is None else pool.domains.get(resource.domain)
+
+
+class RequestPressure:
+    """Read-only snapshot provider over one controller; building a snapshot costs O(domains)."""
+
+    __slots__ = ("_controller",)
+
+    def __init__(self, controller: RequestAdmissionController) -> None:
+        self._controller = controller
+
+    def snapshot(self) -> RequestPressureSnapshot:
+        return self._controller._pressure_snapshot()
 
 
 class _Pool:
-    """Mutable state of one provider/model: aggregate cap, in flight, waiter queue."""
+    """Mutable state of one provider/model: aggregate cap, in flight, waiter queue, breaker."""
 
     __slots__ = (
+        "breaker",
+        "breaker_openings",
         "cap",
+        "failing_since",
         "granted_total",
         "in_flight",
         "key",
         "max_in_flight",
         "max_waiters",
+        "probe_at",
+        "probing",
         "queue",
         "released_total",
     )
@@ -183,22 +333,36 @@ class _Pool:
         self.granted_total = 0
         self.released_total = 0
         self.queue: WeightedFairQueue[_Waiter] = WeightedFairQueue()
+        self.breaker = BreakerState.CLOSED
+        self.breaker_openings = 0
+        self.failing_since: float | None = None
+        self.probe_at = 0.0
+        self.probing = False
 
 
 class _Domain:
     """Mutable state of one request resource (provider/model + domain)."""
 
     __slots__ = (
+        "consecutive_rate_limits",
+        "cooldowns",
+        "cooling",
+        "deadline",
         "granted_total",
         "in_flight",
+        "last_outcome",
         "limit",
+        "limit_decreases",
+        "limit_increases",
         "limit_source",
         "max_in_flight",
         "max_waiters",
+        "min_limit",
         "outcomes",
         "pool",
         "released_total",
         "resource",
+        "timer",
         "waiting",
     )
 
@@ -207,16 +371,27 @@ class _Domain:
         self.pool = pool
         self.limit_source = limit
         self.limit = _checked_limit(resource, limit.limit)
+        self.min_limit = self.limit
+        self.cooling = False
+        self.deadline: float | None = None
+        self.timer: TimerHandle | None = None
         self.in_flight = 0
         self.waiting = 0
         self.max_in_flight = 0
         self.max_waiters = 0
         self.granted_total = 0
         self.released_total = 0
+        self.limit_decreases = 0
+        self.limit_increases = 0
+        self.cooldowns = 0
+        self.consecutive_rate_limits = 0
+        self.last_outcome: RequestReleaseOutcome | None = None
         self.outcomes = dict.fromkeys(RequestReleaseOutcome, 0)
 
     def has_capacity(self) -> bool:
-        return self.in_flight < self.limit and self.pool.in_flight < self.pool.cap
+        return (
+            not self.cooling and self.in_flight < self.limit and self.pool.in_flight < self.pool.cap
+        )
 
 
 class _Waiter:
@@ -249,18 +424,24 @@ def _is_eligible(entry: QueueEntry[_Waiter]) -> bool:
 _owner_ids = itertools.count(1)
 _DENIED_SHUTDOWN = RequestAdmissionDenied(reason=DenialReason.SHUTDOWN)
 _DENIED_NO_CAPACITY = RequestAdmissionDenied(reason=DenialReason.NO_CAPACITY)
+_DENIED_COOLDOWN = RequestAdmissionDenied(reason=DenialReason.COOLDOWN)
 _DENIED_UNKNOWN = RequestAdmissionDenied(reason=DenialReason.UNKNOWN_RESOURCE)
+_DENIED_BREAKER = RequestAdmissionDenied(reason=DenialReason.BREAKER_OPEN)
 
 
 class RequestAdmissionController:
-    """Grants request leases per provider/model (aggregate cap) and domain (limit).
+    """Grants request leases per provider/model (aggregate cap) and domain (limit, cooldown).
 
     ``try_acquire`` never blocks and never jumps queued waiters. ``acquire`` waits in the
     provider/model's weighted-fair queue (fair across groups, FIFO within one) and raises
-    :class:`RequestAdmissionError` on queue-wait timeout, shutdown or an unknown resource.
-    Cancelled while waiting: the waiter leaves the queue and ``CancelledError`` propagates.
-    Cancelled after being granted but before running: the lease is released as
-    ``local_cancelled`` (waking the next waiter) and ``CancelledError`` propagates.
+    :class:`RequestAdmissionError` on queue-wait timeout, shutdown, an open circuit breaker or
+    an unknown resource. Cancelled while waiting: the waiter leaves the queue and
+    ``CancelledError`` propagates. Cancelled after being granted but before running: the lease
+    is released as ``local_cancelled`` (waking the next waiter) and ``CancelledError``
+    propagates. ``acquire_sync`` is the same wait for code running in a worker thread.
+
+    ``clock`` and ``timers`` are collaborators: the default clock is ``time.monotonic`` and the
+    default timers run on the event loop; tests pass a fake clock that also schedules timers.
     """
 
     def __init__(
@@ -269,6 +450,10 @@ class RequestAdmissionController:
         *,
         clock: Callable[[], float] = time.monotonic,
         limits: RequestLimitFactory = static_limits,
+        settings: RequestAdmissionSettings | None = None,
+        timers: Timers | None = None,
+        aliases: Mapping[ProviderModelKey, tuple[str, ...]] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         for key, cap in static_caps.items():
             if cap < 1:
@@ -286,12 +471,19 @@ class RequestAdmissionController:
         self._waiters_cancelled = 0
         self._waiters_timed_out = 0
         self._waiters_shut_down = 0
+        self._waiters_failed_by_breaker = 0
         self._grants_returned = 0
+        self._snapshot_sequence = 0
         self._shutting_down = False
+        self._loop = loop
         # Collaborators:
         self._owner = next(_owner_ids)
         self._clock = clock
         self._limits = limits
+        self._settings = settings or RequestAdmissionSettings()
+        self._timers: Timers = timers or _LoopTimers(clock)
+        self._aliases = dict(aliases or {})
+        self._pressure = RequestPressure(self)
 
     # -- acquiring ---------------------------------------------------------------------------
 
@@ -307,23 +499,38 @@ class RequestAdmissionController:
             if domain is None:
                 return _DENIED_UNKNOWN
         pool = domain.pool
+        deadline = domain.deadline
+        if deadline is not None and self._clock() >= deadline:
+            self._refresh(domain)  # a deadline passed without its timer (no loop running)
+        if pool.breaker is not BreakerState.CLOSED and not self._may_probe(pool):
+            return _DENIED_BREAKER
         queued = len(pool.queue)
         if queued:
             return RequestAdmissionDenied(
                 reason=DenialReason.QUEUED_WAITERS_AHEAD, queued_waiters_ahead=queued
             )
+        if domain.cooling:
+            return _DENIED_COOLDOWN
         if pool.in_flight >= pool.cap or domain.in_flight >= domain.limit:
             return _DENIED_NO_CAPACITY
+        if pool.breaker is BreakerState.HALF_OPEN:
+            pool.probing = True
         return self._grant(domain, item)
 
     async def acquire(self, item: RequestAdmissionItem) -> RequestAdmissionLease:
         """Wait for a lease; see the class docstring for what raises and what cancellation does."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
         result = self.try_acquire(item)
         if isinstance(result, RequestAdmissionLease):
             return result
-        if result.reason is DenialReason.SHUTDOWN:
+        reason = result.reason
+        if reason is DenialReason.SHUTDOWN:
             raise self._shutdown_error(item.resource)
-        if result.reason is DenialReason.UNKNOWN_RESOURCE:
+        if reason is DenialReason.BREAKER_OPEN:
+            raise self._breaker_error(self._domains[item.resource].pool)
+        if reason is DenialReason.UNKNOWN_RESOURCE:
             known = ", ".join(str(key) for key in self._pools) or "none"
             raise RequestAdmissionError(
                 DenialReason.UNKNOWN_RESOURCE.value,
@@ -336,13 +543,12 @@ class RequestAdmissionController:
         if timeout_seconds == 0:
             self._waiters_timed_out += 1
             raise self._timeout_error(domain, 0.0)
-        loop = asyncio.get_running_loop()
         self._next_waiter_id += 1
         waiter = _Waiter(self._next_waiter_id, item, domain, loop.create_future())
         self._enqueue(waiter)
         if domain.pool.in_flight < domain.pool.cap:
-            # Free capacity with queued waiters means they are held by their domain limits;
-            # the newcomer may still be eligible, in fair order.
+            # Free capacity with queued waiters means they are held by their domain limits or
+            # cooldowns; the newcomer may still be eligible, in fair order.
             self._assign(domain.pool)
         if timeout_seconds is not None and not waiter.future.done():
             waiter.timer = loop.call_later(timeout_seconds, self._expire, waiter, timeout_seconds)
@@ -354,6 +560,61 @@ class RequestAdmissionController:
         finally:
             if waiter.timer is not None:
                 waiter.timer.cancel()
+
+    def acquire_sync(
+        self, item: RequestAdmissionItem, *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> RequestAdmissionLease:
+        """``acquire`` for a worker thread: blocks the thread until the loop grants a lease.
+
+        Runs the wait on ``loop`` (default: the loop of the first async ``acquire`` or the one
+        given to the constructor). Calling it on the loop's own thread raises
+        :class:`EngineError` (it would deadlock). If the thread is interrupted after the grant,
+        the lease is handed back as ``local_cancelled``. Release with ``release_threadsafe``.
+        """
+        target = loop or self._loop
+        if target is None:
+            raise EngineError(
+                "RequestAdmissionController.acquire_sync has no event loop to wait on; pass "
+                "loop=... or build the controller with loop=..."
+            )
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is target:
+            raise EngineError(
+                "RequestAdmissionController.acquire_sync was called on the event loop's own "
+                f"thread ({threading.current_thread().name}); await acquire() instead"
+            )
+        future = asyncio.run_coroutine_threadsafe(self.acquire(item), target)
+        try:
+            return future.result()
+        except BaseException:
+            granted = (
+                not future.cancel()
+                and future.done()
+                and not future.cancelled()
+                and future.exception() is None
+            )
+            if granted:
+                target.call_soon_threadsafe(
+                    self.release, future.result(), RequestReleaseOutcome.LOCAL_CANCELLED
+                )
+            raise
+
+    def release_threadsafe(
+        self,
+        lease: RequestAdmissionLease,
+        outcome: RequestReleaseOutcome,
+        *,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        """Schedule ``release`` on the controller's loop from a worker thread."""
+        if self._loop is None:
+            raise EngineError("release_threadsafe needs the loop the lease was acquired on")
+        self._loop.call_soon_threadsafe(
+            functools.partial(self.release, lease, outcome, retry_after_seconds=retry_after_seconds)
+        )
 
     # -- releasing ---------------------------------------------------------------------------
 
@@ -389,21 +650,31 @@ class RequestAdmissionController:
                 f"releasing lease {lease.lease_id} of {lease.resource} found in-flight counts "
                 f"{domain.in_flight} (domain) / {pool.in_flight} (provider/model) below 1"
             )
+        now = self._clock()
+        in_flight_with_this = domain.in_flight
         domain.in_flight -= 1
         pool.in_flight -= 1
         domain.released_total += 1
         pool.released_total += 1
         domain.outcomes[outcome] += 1
-        source = domain.limit_source
-        source.on_outcome(
+        domain.last_outcome = outcome
+        if outcome in PRESSURE_OUTCOMES:
+            domain.consecutive_rate_limits += 1
+        elif outcome is RequestReleaseOutcome.SUCCESS:
+            domain.consecutive_rate_limits = 0
+        was_cooling = domain.cooling
+        domain.limit_source.on_outcome(
             outcome,
-            now=self._clock(),
+            now=now,
             limit_at_grant=lease.limit_at_grant,
+            in_flight=in_flight_with_this,
             retry_after_seconds=retry_after_seconds,
+            latency_seconds=max(0.0, now - lease.granted_at),
         )
-        limit = source.limit
-        if limit != domain.limit:
-            domain.limit = _checked_limit(domain.resource, limit)
+        self._refresh(domain, now=now, assign=False)
+        if domain.cooling and not was_cooling:
+            domain.cooldowns += 1
+        self._track_breaker(pool, outcome, now)
         if pool.queue:
             self._assign(pool)
         return ReleaseResult.OK
@@ -414,15 +685,13 @@ class RequestAdmissionController:
             return
         self._shutting_down = True
         for pool in self._pools.values():
-            queue = pool.queue
-            while (selection := queue.select_next()) is not None:
-                waiter = queue.commit(selection)
-                if waiter is None:
-                    raise EngineError("a fresh waiter selection was stale during shutdown")
-                waiter.domain.waiting -= 1
-                if not waiter.future.done():
-                    self._waiters_shut_down += 1
-                    waiter.future.set_exception(self._shutdown_error(waiter.item.resource))
+            self._waiters_shut_down += self._fail_waiters(
+                pool, lambda waiter: self._shutdown_error(waiter.item.resource)
+            )
+        for domain in self._domains.values():
+            if domain.timer is not None:
+                domain.timer.cancel()
+                domain.timer = None
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -430,13 +699,25 @@ class RequestAdmissionController:
     def shutting_down(self) -> bool:
         return self._shutting_down
 
+    @property
+    def pressure(self) -> RequestPressure:
+        """The read-only snapshot provider of this controller (SPEC §6.5)."""
+        return self._pressure
+
     def has_capacity(self, resource: RequestResourceKey) -> bool:
         """True when a ``try_acquire`` for ``resource`` would be granted now."""
+        if self._shutting_down:
+            return False
         domain = self._domains.get(resource)
         if domain is None:
             pool = self._pools.get(resource.provider_model)
-            return pool is not None and not self._shutting_down and pool.in_flight < pool.cap
-        return not self._shutting_down and not domain.pool.queue and domain.has_capacity()
+            return (
+                pool is not None
+                and pool.breaker is BreakerState.CLOSED
+                and pool.in_flight < pool.cap
+            )
+        pool = domain.pool
+        return pool.breaker is BreakerState.CLOSED and not pool.queue and domain.has_capacity()
 
     def statistics(self) -> RequestAdmissionStatistics:
         domains_by_pool: dict[ProviderModelKey, dict[RequestDomain, RequestDomainStatistics]] = {
@@ -453,6 +734,10 @@ class RequestAdmissionController:
                 max_in_flight=domain.max_in_flight,
                 max_waiters=domain.max_waiters,
                 outcomes=MappingProxyType(dict(domain.outcomes)),
+                limit_decreases=domain.limit_decreases,
+                limit_increases=domain.limit_increases,
+                min_limit=domain.min_limit,
+                cooldowns=domain.cooldowns,
             )
         pools = {
             key: ProviderModelStatistics(
@@ -465,6 +750,8 @@ class RequestAdmissionController:
                 max_in_flight=pool.max_in_flight,
                 max_waiters=pool.max_waiters,
                 domains=MappingProxyType(domains_by_pool[key]),
+                breaker=pool.breaker,
+                breaker_openings=pool.breaker_openings,
             )
             for key, pool in self._pools.items()
         }
@@ -481,6 +768,58 @@ class RequestAdmissionController:
             waiters_shut_down=self._waiters_shut_down,
             grants_returned_on_cancel=self._grants_returned,
             shutting_down=self._shutting_down,
+            waiters_failed_by_breaker=self._waiters_failed_by_breaker,
+        )
+
+    def _pressure_snapshot(self) -> RequestPressureSnapshot:
+        now = self._clock()
+        self._snapshot_sequence += 1
+        sequence = self._snapshot_sequence
+        by_pool: dict[ProviderModelKey, dict[RequestDomain, DomainPressure]] = {
+            key: {} for key in self._pools
+        }
+        for resource, domain in self._domains.items():
+            source = domain.limit_source
+            blocked_until = source.blocked_until if domain.cooling else None
+            effective_max = (
+                source.effective_max
+                if isinstance(source, AdaptiveRequestLimit)
+                else domain.pool.cap
+            )
+            by_pool[resource.provider_model][resource.domain] = DomainPressure(
+                captured_at=now,
+                sequence=sequence,
+                resource=resource,
+                effective_max=effective_max,
+                limit=domain.limit,
+                in_flight=domain.in_flight,
+                waiters=domain.waiting,
+                blocked_until=blocked_until,
+                cooldown_remaining_seconds=(
+                    max(0.0, blocked_until - now) if blocked_until is not None else 0.0
+                ),
+                rate_limit_ceiling=source.ceiling,
+                consecutive_rate_limits=domain.consecutive_rate_limits,
+                last_outcome=domain.last_outcome,
+                release_diagnostics=self._release_diagnostics,
+            )
+        return RequestPressureSnapshot(
+            captured_at=now,
+            sequence=sequence,
+            provider_models=MappingProxyType(
+                {
+                    key: ProviderModelPressure(
+                        provider_model=key,
+                        static_cap=pool.cap,
+                        in_flight=pool.in_flight,
+                        waiters=len(pool.queue),
+                        aliases=self._aliases.get(key, ()),
+                        breaker=pool.breaker,
+                        domains=MappingProxyType(by_pool[key]),
+                    )
+                    for key, pool in self._pools.items()
+                }
+            ),
         )
 
     # -- the synchronous core ----------------------------------------------------------------
@@ -489,7 +828,8 @@ class RequestAdmissionController:
         """Hand free capacity to waiters in fair order; the only place waiters are granted.
 
         Invariant on return: no queued waiter of ``pool`` is eligible (capacity is not free
-        for it), so nobody waits while capacity it could use is idle.
+        for it, or its domain is cooling down), so nobody waits while capacity it could use
+        is idle.
         """
         queue = pool.queue
         while queue and pool.in_flight < pool.cap:
@@ -504,6 +844,87 @@ class RequestAdmissionController:
                 # Cancelled but not yet resumed: its own cleanup counts it; it gets nothing.
                 continue
             waiter.future.set_result(self._grant(waiter.domain, waiter.item))
+
+    def _refresh(self, domain: _Domain, *, now: float | None = None, assign: bool = True) -> None:
+        """Apply the limit's time-based changes and (re)arm the timer for the next one."""
+        if now is None:
+            now = self._clock()
+        source = domain.limit_source
+        deadline = source.advance(now)
+        limit = _checked_limit(domain.resource, source.limit)
+        if limit < domain.limit:
+            domain.limit_decreases += 1
+            domain.min_limit = min(domain.min_limit, limit)
+        elif limit > domain.limit:
+            domain.limit_increases += 1
+        domain.limit = limit
+        blocked_until = source.blocked_until
+        domain.cooling = blocked_until is not None and now < blocked_until
+        if deadline != domain.deadline:
+            if domain.timer is not None:
+                domain.timer.cancel()
+                domain.timer = None
+            domain.deadline = deadline
+            if deadline is not None and not self._shutting_down:
+                domain.timer = self._timers.call_at(
+                    deadline, functools.partial(self._on_deadline, domain)
+                )
+        if assign and domain.pool.queue:
+            self._assign(domain.pool)
+
+    def _on_deadline(self, domain: _Domain) -> None:
+        """Timer callback: a cooldown ended or a ramp step is due; wake whoever can go."""
+        domain.timer = None
+        domain.deadline = None
+        if not self._shutting_down:
+            self._refresh(domain)
+
+    def _track_breaker(self, pool: _Pool, outcome: RequestReleaseOutcome, now: float) -> None:
+        open_after = self._settings.breaker_open_after_seconds
+        if outcome is RequestReleaseOutcome.SUCCESS:
+            pool.failing_since = None
+            pool.breaker = BreakerState.CLOSED
+            pool.probing = False
+            return
+        if outcome not in _FAILING_OUTCOMES or open_after is None:
+            return
+        if pool.breaker is BreakerState.HALF_OPEN:
+            self._open_breaker(pool, now)
+            return
+        if pool.failing_since is None:
+            pool.failing_since = now
+        elif pool.breaker is BreakerState.CLOSED and now - pool.failing_since >= open_after:
+            self._open_breaker(pool, now)
+
+    def _open_breaker(self, pool: _Pool, now: float) -> None:
+        pool.breaker = BreakerState.OPEN
+        pool.breaker_openings += 1
+        pool.probing = False
+        pool.probe_at = now + self._settings.breaker_probe_interval_seconds
+        self._waiters_failed_by_breaker += self._fail_waiters(
+            pool, lambda waiter: self._breaker_error(pool)
+        )
+
+    def _may_probe(self, pool: _Pool) -> bool:
+        """While not closed: whether one probe request may go now (moves OPEN to HALF_OPEN)."""
+        if pool.breaker is BreakerState.OPEN and self._clock() >= pool.probe_at:
+            pool.breaker = BreakerState.HALF_OPEN
+            pool.probing = False
+        return pool.breaker is BreakerState.HALF_OPEN and not pool.probing
+
+    def _fail_waiters(self, pool: _Pool, error: Callable[[_Waiter], RequestAdmissionError]) -> int:
+        """Fail every queued waiter of ``pool`` with ``error(waiter)``; returns how many."""
+        failed = 0
+        queue = pool.queue
+        while (selection := queue.select_next()) is not None:
+            waiter = queue.commit(selection)
+            if waiter is None:
+                raise EngineError("a fresh waiter selection was stale while failing waiters")
+            waiter.domain.waiting -= 1
+            if not waiter.future.done():
+                failed += 1
+                waiter.future.set_exception(error(waiter))
+        return failed
 
     def _grant(self, domain: _Domain, item: RequestAdmissionItem) -> RequestAdmissionLease:
         pool = domain.pool
@@ -553,7 +974,7 @@ class RequestAdmissionController:
         if pool.queue.remove(waiter.waiter_id) is None:
             return False
         waiter.domain.waiting -= 1
-        # A withdrawn head may have blocked eligible waiters behind it in its group.
+        # A withdrawn group head may have hidden an eligible waiter of another domain behind it.
         self._assign(pool)
         return True
 
@@ -587,6 +1008,7 @@ class RequestAdmissionController:
             return None
         domain = _Domain(resource, pool, self._limits(resource, pool.cap))
         self._domains[resource] = domain
+        self._refresh(domain, assign=False)  # starts a startup ramp, arms its timer
         return domain
 
     def _timeout_error(self, domain: _Domain, timeout_seconds: float) -> RequestAdmissionError:
@@ -603,4 +1025,40 @@ class RequestAdmissionController:
         return RequestAdmissionError(
             DenialReason.SHUTDOWN.value,
             f"request admission is shut down; the request for {resource} was not sent",
+        )
+
+    def _breaker_error(self, pool: _Pool) -> RequestAdmissionError:
+        open_after = self._settings.breaker_open_after_seconds
+        return RequestAdmissionError(
+            DenialReason.BREAKER_OPEN.value,
+            f"provider {pool.key.provider!r} model {pool.key.model_id!r} is unavailable: no "
+            f"request succeeded for {open_after:g}s while requests failed or were rate limited; "
+            "check the endpoint, its credentials and quota, or raise "
+            "run.request_admission.breaker_open_after_seconds",
+        )
+
+
+class AdaptiveRequestAdmissionController(RequestAdmissionController):
+    """A :class:`RequestAdmissionController` whose domains use :class:`AdaptiveRequestLimit`
+    (AIMD, one decrease per burst, ceiling memory, startup ramp, cooldown; SPEC §6.3)."""
+
+    def __init__(
+        self,
+        static_caps: Mapping[ProviderModelKey, int],
+        *,
+        limit_settings: AdaptiveLimitSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        settings: RequestAdmissionSettings | None = None,
+        timers: Timers | None = None,
+        aliases: Mapping[ProviderModelKey, tuple[str, ...]] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(
+            static_caps,
+            clock=clock,
+            limits=adaptive_limits(limit_settings or AdaptiveLimitSettings()),
+            settings=settings,
+            timers=timers,
+            aliases=aliases,
+            loop=loop,
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from sluiceway.errors import (
     NonRetryableGenerationError,
+    ProviderCircuitOpenError,
     ProviderError,
     RateLimitedError,
     RequestAdmissionError,
@@ -172,6 +173,11 @@ class ModelRequestExecutor:
             except RequestAdmissionError as exc:
                 if exc.reason == DenialReason.TIMEOUT.value:
                     raise RetryableGenerationError(str(exc)) from exc
+                if exc.reason == DenialReason.BREAKER_OPEN.value:
+                    key = resource.provider_model
+                    raise ProviderCircuitOpenError(
+                        str(exc), provider=key.provider, model_id=key.model_id
+                    ) from exc
                 raise
             elapsed_seconds = now() - started_at
             delay_seconds = 0.0

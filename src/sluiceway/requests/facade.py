@@ -142,6 +142,19 @@ class ModelFacade:
         system_prompt: str | None = None,
         parameters: Mapping[str, Any] | None = None,
     ) -> str:
+        text, _ = await self.generate_text_with_reasoning(
+            alias, prompt, system_prompt=system_prompt, parameters=parameters
+        )
+        return text
+
+    async def generate_text_with_reasoning(
+        self,
+        alias: str,
+        prompt: str,
+        *,
+        system_prompt: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> tuple[str, str | None]:
         model = self._resolver.resolve(alias)
         request = ModelRequest(
             model_id=model.model_id,
@@ -158,7 +171,7 @@ class ModelFacade:
                 f"model alias {alias!r} ({model.key}) answered a text request without text; "
                 f"the {model.provider!r} provider client must map such answers to an error"
             )
-        return response.text
+        return response.text, response.reasoning
 
     async def generate_structured(
         self,
@@ -169,6 +182,7 @@ class ModelFacade:
         system_prompt: str | None = None,
         max_reasks: int = 2,
         generation_kind: str = "structured",
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         kind = _STRUCTURED_KINDS.get(generation_kind)
         if kind is None:
@@ -185,7 +199,7 @@ class ModelFacade:
         validator = self._validators.get(schema, alias)
         resource = self._resolver.resource_for(alias, RequestDomain.CHAT)
         client = self._client(model)
-        parameters = self._parameters(model, None)
+        merged = self._parameters(model, parameters)
         messages = list(self._messages(prompt, system_prompt))
         problem = ""
         for _ in range(max_reasks + 1):
@@ -194,7 +208,7 @@ class ModelFacade:
                 kind=kind,
                 messages=tuple(messages),
                 json_schema=schema,
-                parameters=parameters,
+                parameters=merged,
                 timeout_seconds=model.timeout_seconds,
             )
             response = await self._executor.execute(resource, client, request)
@@ -264,11 +278,17 @@ class ModelFacade:
         *,
         system_prompt: str | None = None,
         max_reasks: int = 2,
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         return self._run_sync(
             "generate_structured_sync",
             self.generate_structured(
-                alias, prompt, schema, system_prompt=system_prompt, max_reasks=max_reasks
+                alias,
+                prompt,
+                schema,
+                system_prompt=system_prompt,
+                max_reasks=max_reasks,
+                parameters=parameters,
             ),
         )
 

@@ -1,8 +1,11 @@
-"""Task admission: leases on scheduler resources (SPEC §5.2).
+"""Task admission: leases on scheduler resources under a pluggable policy (SPEC §5.2).
 
-The controller owns the hard ledger of scheduler resources (limit, leased, available). A task may
-start only while it holds a lease; the lease is released exactly once. Releasing a lease twice, or
-one from another controller, returns a diagnostic ``ReleaseResult`` and changes nothing.
+The controller owns the hard ledger of scheduler resources (limit, leased, per group) and, kept
+apart from it, the policy state (borrow debt per group). A task may start only while it holds a
+lease; the lease is released exactly once. ``try_acquire`` checks the ledger, asks the pure policy,
+and applies the lease and the policy's ``PolicyStateDelta`` in one synchronous step. Releasing a
+lease twice, one from another controller or one this controller never granted returns a
+diagnostic :class:`ReleaseResult` and changes nothing; ``release`` never raises.
 """
 
 from __future__ import annotations
@@ -14,21 +17,35 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from sluiceway.errors import EngineError
-from sluiceway.scheduling.tasks import SchedulableTask
+from sluiceway.fair_queue import QueueView, WeightedFairQueue
+from sluiceway.scheduling.policies import (
+    BoundedBorrowTaskAdmissionPolicy,
+    PolicyDecision,
+    PolicyStateDelta,
+    TaskAdmissionPolicy,
+    TaskAdmissionPolicyKind,
+    TaskDenialReason,
+)
+from sluiceway.scheduling.tasks import SchedulableTask, SchedulerResourceRequest
 
-
-class TaskDenialReason(enum.Enum):
-    NO_CAPACITY = "no_capacity"
-    GROUP_CAP = "group_cap"
-    BORROW_DEBT = "borrow_debt"
-    SHUTDOWN = "shutdown"
-    POLICY_DENIAL = "policy_denial"
+__all__ = [
+    "BlockedGroup",
+    "ReleaseResult",
+    "ReleaseStatus",
+    "TaskAdmissionBlockSummary",
+    "TaskAdmissionController",
+    "TaskAdmissionDenied",
+    "TaskAdmissionLease",
+    "TaskAdmissionView",
+    "TaskDenialReason",
+]
 
 
 class ReleaseStatus(enum.Enum):
     RELEASED = "released"
-    DUPLICATE = "duplicate"
-    FOREIGN = "foreign"
+    DUPLICATE = "duplicate"  # this lease was released before
+    FOREIGN = "foreign"  # another controller granted it
+    UNKNOWN = "unknown"  # carries this controller's mark but was never granted by it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,111 +74,385 @@ class TaskAdmissionLease:
 class TaskAdmissionDenied:
     reason: TaskDenialReason
     resource: str | None = None
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskAdmissionView:
+    """A frozen snapshot of the ledger, the policy state and the lease counters."""
+
+    policy: TaskAdmissionPolicyKind
     limits: Mapping[str, int]
     leased: Mapping[str, int]
-    leased_by_group: Mapping[str, int]
+    leased_by_group: Mapping[str, int]  # live leases per group
+    debt_by_group: Mapping[str, int]
     active_leases: int
     acquired_total: int
     released_total: int
     diagnostics_total: int
+    denials_by_reason: Mapping[TaskDenialReason, int]
     max_leased: Mapping[str, int]
     shutting_down: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockedGroup:
+    """Why the head of one backlogged group cannot start now."""
+
+    group: str
+    head_task_id: str
+    queued: int
+    reason: TaskDenialReason
+    resource: str | None
+    requested: int  # amount of ``resource`` the head asks for (0 if no resource is named)
+    limit: int
+    leased: int  # of ``resource``, by every group
+    group_leased: int  # of ``resource``, by this group
+    debt: int
+    detail: str
+
+    @property
+    def can_never_fit(self) -> bool:
+        """The head asks for more of a resource than its whole limit."""
+        return self.reason is TaskDenialReason.NO_CAPACITY and self.requested > self.limit
+
+    def describe(self) -> str:
+        text = f"group {self.group!r} ({self.queued} queued, head {self.head_task_id}): "
+        text += self.reason.value
+        if self.resource is not None:
+            text += (
+                f" on {self.resource!r} (asks {self.requested}, leased {self.leased} of limit "
+                f"{self.limit}, this group holds {self.group_leased})"
+            )
+        if self.debt:
+            text += f", debt {self.debt}"
+        if self.detail:
+            text += f"; {self.detail}"
+        return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskAdmissionBlockSummary:
+    """What ``explain_blocked`` found: which groups are blocked, on what, and who could start."""
+
+    queued_total: int
+    active_leases: int
+    shutting_down: bool
+    blocked: tuple[BlockedGroup, ...]
+    admissible_groups: tuple[str, ...]
+
+    @property
+    def is_blocked(self) -> bool:
+        """Work is queued and no group's head may start now."""
+        return self.queued_total > 0 and not self.admissible_groups
+
+    @property
+    def is_stuck(self) -> bool:
+        """Blocked with nothing in flight: no release can ever unblock it."""
+        return self.is_blocked and self.active_leases == 0
+
+    def describe(self) -> str:
+        lines = [
+            f"{self.queued_total} queued task(s), {self.active_leases} task lease(s) in flight"
+        ]
+        lines.extend(f"  - {group.describe()}" for group in self.blocked)
+        return "\n".join(lines)
 
 
 _owner_ids = itertools.count(1)
 
 
-class TaskAdmissionController:
-    """Grants task leases against per-resource limits (e.g. ``submission``, ``local``)."""
+class _LedgerReader:
+    """The live, read-only ledger a policy sees (implements ``TaskLedgerReader``)."""
 
-    def __init__(self, limits: Mapping[str, int]) -> None:
+    __slots__ = ("_cache", "_controller")
+
+    def __init__(self, controller: TaskAdmissionController) -> None:
+        self._controller = controller
+        # (queue version, ledger version, resource) -> (weight, held) of leased-only groups
+        self._cache: tuple[int, int, str, float, int] | None = None
+
+    def limit(self, resource: str) -> int:
+        return self._controller._limits[resource]
+
+    def leased(self, resource: str) -> int:
+        return self._controller._leased[resource]
+
+    def group_leased(self, group: str, resource: str) -> int:
+        held = self._controller._group_leased.get(group)
+        return held.get(resource, 0) if held else 0
+
+    def debt(self, group: str) -> int:
+        return self._controller._debt.get(group, 0)
+
+    def group_weight(self, group: str) -> float | None:
+        return self._controller._group_weight.get(group)
+
+    def leased_only_weight(self, resource: str, queue_view: QueueView[SchedulableTask]) -> float:
+        return self._leased_only(resource, queue_view)[0]
+
+    def leased_only_held(self, resource: str, queue_view: QueueView[SchedulableTask]) -> int:
+        return self._leased_only(resource, queue_view)[1]
+
+    def _leased_only(
+        self, resource: str, queue_view: QueueView[SchedulableTask]
+    ) -> tuple[float, int]:
+        """Weight and amount held by groups with leases on ``resource`` and no queued demand."""
+        controller = self._controller
+        cache = self._cache
+        if (
+            cache is not None
+            and cache[0] == queue_view.version
+            and cache[1] == controller._version
+            and cache[2] == resource
+        ):
+            return cache[3], cache[4]
+        weight = 0.0
+        held = 0
+        weights = controller._group_weight
+        group_leased = controller._group_leased
+        for group in controller._leasing_groups.get(resource, ()):
+            if queue_view.demand(group, resource) == 0:
+                weight += weights[group]
+                held += group_leased[group][resource]
+        self._cache = (queue_view.version, controller._version, resource, weight, held)
+        return weight, held
+
+
+class TaskAdmissionController:
+    """Grants task leases against per-resource limits (``submission``, ``local``) and a policy.
+
+    Nothing here blocks or awaits. ``try_acquire`` and ``release`` are synchronous steps;
+    ``shutdown`` denies every later acquisition while outstanding leases can still be released.
+    """
+
+    def __init__(
+        self, limits: Mapping[str, int], *, policy: TaskAdmissionPolicy | None = None
+    ) -> None:
         for resource, limit in limits.items():
             if limit < 1:
                 raise EngineError(
                     f"scheduler resource {resource!r} needs a limit >= 1, got {limit}"
                 )
+        self._policy: TaskAdmissionPolicy = policy or BoundedBorrowTaskAdmissionPolicy()
         self._owner = next(_owner_ids)
+        # Hard ledger.
         self._limits = dict(limits)
         self._leased = dict.fromkeys(limits, 0)
         self._max_leased = dict.fromkeys(limits, 0)
-        self._leased_by_group: dict[str, int] = {}
+        self._group_leased: dict[str, dict[str, int]] = {}
+        self._group_leases: dict[str, int] = {}
+        self._group_weight: dict[str, float] = {}
+        self._leasing_groups: dict[str, set[str]] = {}
+        self._live: dict[int, TaskAdmissionLease] = {}
+        # Policy state, apart from the ledger.
+        self._debt: dict[str, int] = {}
+        # Counters.
+        self._version = 0
         self._next_id = 0
-        self._active = 0
         self._acquired = 0
         self._released = 0
         self._diagnostics = 0
+        self._denials: dict[TaskDenialReason, int] = {}
         self._shutting_down = False
+        self._reader = _LedgerReader(self)
+        self._empty_view: QueueView[SchedulableTask] = WeightedFairQueue[SchedulableTask]().view()
 
-    def is_eligible(self, item: SchedulableTask) -> bool:
-        if self._shutting_down:
-            return False
+    @property
+    def policy(self) -> TaskAdmissionPolicy:
+        return self._policy
+
+    def has_capacity(self, request: SchedulerResourceRequest) -> bool:
+        """The hard ledger alone could grant ``request`` now (policy not consulted)."""
         leased = self._leased
         limits = self._limits
-        for resource, amount in item.request.amounts.items():
-            if leased[resource] + amount > limits[resource]:
-                return False
-        return True
+        return all(
+            leased[resource] + amount <= limits[resource]
+            for resource, amount in request.amounts.items()
+        )
 
-    def try_acquire(self, item: SchedulableTask) -> TaskAdmissionLease | TaskAdmissionDenied:
-        if self._shutting_down:
-            return TaskAdmissionDenied(reason=TaskDenialReason.SHUTDOWN)
+    def is_eligible(
+        self, item: SchedulableTask, queue_view: QueueView[SchedulableTask] | None = None
+    ) -> bool:
+        if self._shutting_down or not self.has_capacity(item.request):
+            return False
+        view = queue_view if queue_view is not None else self._empty_view
+        return self._policy.evaluate(item, view, self._reader).allowed
+
+    def try_acquire(
+        self, item: SchedulableTask, queue_view: QueueView[SchedulableTask] | None = None
+    ) -> TaskAdmissionLease | TaskAdmissionDenied:
+        view = queue_view if queue_view is not None else self._empty_view
+        denied = self._check(item, view)
+        if denied is not None:
+            self._denials[denied.reason] = self._denials.get(denied.reason, 0) + 1
+            return denied
+        delta = self._policy.on_acquire(item, view, self._reader)
         amounts = item.request.amounts
-        for resource, amount in amounts.items():
-            if self._leased[resource] + amount > self._limits[resource]:
-                return TaskAdmissionDenied(reason=TaskDenialReason.NO_CAPACITY, resource=resource)
+        group = item.group.key
+        held = self._group_leased.setdefault(group, {})
         for resource, amount in amounts.items():
             now_leased = self._leased[resource] + amount
             self._leased[resource] = now_leased
             if now_leased > self._max_leased[resource]:
                 self._max_leased[resource] = now_leased
-        group = item.group.key
-        self._leased_by_group[group] = self._leased_by_group.get(group, 0) + 1
+            if amount:
+                if not held.get(resource):
+                    self._leasing_groups.setdefault(resource, set()).add(group)
+                held[resource] = held.get(resource, 0) + amount
+        self._group_leases[group] = self._group_leases.get(group, 0) + 1
+        self._group_weight[group] = item.group.weight
+        self._apply(delta)
         self._next_id += 1
-        self._active += 1
         self._acquired += 1
-        return TaskAdmissionLease(self._next_id, item.task_id, group, amounts, self._owner)
+        self._version += 1
+        lease = TaskAdmissionLease(self._next_id, item.task_id, group, amounts, self._owner)
+        self._live[lease.lease_id] = lease
+        return lease
 
     def release(self, lease: TaskAdmissionLease) -> ReleaseResult:
         """Return a lease's resources. Never raises; misuse yields a diagnostic result."""
-        if lease.owner != self._owner:
+        status = self._release_status(lease)
+        if status is not ReleaseStatus.RELEASED:
             self._diagnostics += 1
-            return ReleaseResult(status=ReleaseStatus.FOREIGN, lease_id=lease.lease_id)
-        if lease.released:
-            self._diagnostics += 1
-            return ReleaseResult(status=ReleaseStatus.DUPLICATE, lease_id=lease.lease_id)
+            return ReleaseResult(status=status, lease_id=lease.lease_id)
+        del self._live[lease.lease_id]
         lease.released = True
+        group = lease.group
+        delta = self._policy.on_release(group, self._reader)
+        held = self._group_leased[group]
         for resource, amount in lease.amounts.items():
             self._leased[resource] -= amount
-        left = self._leased_by_group[lease.group] - 1
-        if left:
-            self._leased_by_group[lease.group] = left
+            if amount:
+                left = held[resource] - amount
+                if left:
+                    held[resource] = left
+                else:
+                    del held[resource]
+                    self._leasing_groups[resource].discard(group)
+        leases_left = self._group_leases[group] - 1
+        if leases_left:
+            self._group_leases[group] = leases_left
         else:
-            del self._leased_by_group[lease.group]
-        self._active -= 1
+            del self._group_leases[group]
+            del self._group_leased[group]
+            del self._group_weight[group]
+        self._apply(delta)
         self._released += 1
+        self._version += 1
         return ReleaseResult(status=ReleaseStatus.RELEASED, lease_id=lease.lease_id)
 
     def shutdown(self) -> None:
         """Deny every further acquisition; outstanding leases may still be released."""
         self._shutting_down = True
+        self._version += 1
+
+    @property
+    def is_shut_down(self) -> bool:
+        return self._shutting_down
 
     @property
     def active_leases(self) -> int:
-        return self._active
+        return len(self._live)
+
+    def explain_blocked(self, queue_view: QueueView[SchedulableTask]) -> TaskAdmissionBlockSummary:
+        """For every backlogged group, whether its head could start now and, if not, why."""
+        blocked: list[BlockedGroup] = []
+        admissible: list[str] = []
+        for key in queue_view.backlogged_groups():
+            head = queue_view.first_candidate(key)
+            if head is None:
+                continue
+            item = head.item
+            denied = self._check(item, queue_view)
+            group = item.group.key
+            if denied is None:
+                admissible.append(group)
+                continue
+            resource = denied.resource
+            blocked.append(
+                BlockedGroup(
+                    group=group,
+                    head_task_id=item.task_id,
+                    queued=queue_view.queued_in_group(key),
+                    reason=denied.reason,
+                    resource=resource,
+                    requested=item.request.amounts.get(resource, 0) if resource else 0,
+                    limit=self._limits.get(resource, 0) if resource else 0,
+                    leased=self._leased.get(resource, 0) if resource else 0,
+                    group_leased=self._reader.group_leased(group, resource) if resource else 0,
+                    debt=self._debt.get(group, 0),
+                    detail=denied.detail,
+                )
+            )
+        return TaskAdmissionBlockSummary(
+            queued_total=queue_view.queued_total,
+            active_leases=len(self._live),
+            shutting_down=self._shutting_down,
+            blocked=tuple(blocked),
+            admissible_groups=tuple(admissible),
+        )
 
     def view(self) -> TaskAdmissionView:
         return TaskAdmissionView(
+            policy=self._policy.kind,
             limits=MappingProxyType(dict(self._limits)),
             leased=MappingProxyType(dict(self._leased)),
-            leased_by_group=MappingProxyType(dict(self._leased_by_group)),
-            active_leases=self._active,
+            leased_by_group=MappingProxyType(dict(self._group_leases)),
+            debt_by_group=MappingProxyType(dict(self._debt)),
+            active_leases=len(self._live),
             acquired_total=self._acquired,
             released_total=self._released,
             diagnostics_total=self._diagnostics,
+            denials_by_reason=MappingProxyType(dict(self._denials)),
             max_leased=MappingProxyType(dict(self._max_leased)),
             shutting_down=self._shutting_down,
         )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _check(
+        self, item: SchedulableTask, queue_view: QueueView[SchedulableTask]
+    ) -> TaskAdmissionDenied | None:
+        if self._shutting_down:
+            return TaskAdmissionDenied(reason=TaskDenialReason.SHUTDOWN)
+        for resource, amount in item.request.amounts.items():
+            limit = self._limits.get(resource)
+            if limit is None:
+                raise EngineError(
+                    f"task {item.task_id} asks for scheduler resource {resource!r}, which has "
+                    f"no limit; known resources: {sorted(self._limits)}"
+                )
+            if self._leased[resource] + amount > limit:
+                return TaskAdmissionDenied(reason=TaskDenialReason.NO_CAPACITY, resource=resource)
+        decision: PolicyDecision = self._policy.evaluate(item, queue_view, self._reader)
+        if decision.allowed:
+            return None
+        return TaskAdmissionDenied(
+            reason=decision.reason or TaskDenialReason.POLICY_DENIAL,
+            resource=decision.resource,
+            detail=decision.detail,
+        )
+
+    def _apply(self, delta: PolicyStateDelta) -> None:
+        if delta.is_empty:
+            return
+        debt = self._debt.get(delta.group, 0) + delta.debt_change
+        if debt < 0 or debt > self._group_leases.get(delta.group, 0):
+            raise EngineError(
+                f"policy {self._policy.kind.value} set the debt of group {delta.group!r} to "
+                f"{debt}; debt must stay between 0 and the group's live leases"
+            )
+        if debt:
+            self._debt[delta.group] = debt
+        else:
+            self._debt.pop(delta.group, None)
+
+    def _release_status(self, lease: TaskAdmissionLease) -> ReleaseStatus:
+        if lease.owner != self._owner:
+            return ReleaseStatus.FOREIGN
+        if lease.released:
+            return ReleaseStatus.DUPLICATE
+        if self._live.get(lease.lease_id) is not lease:
+            return ReleaseStatus.UNKNOWN
+        return ReleaseStatus.RELEASED

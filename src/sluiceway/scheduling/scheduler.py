@@ -1,25 +1,45 @@
-"""The dispatch loop: the only owner of task execution (SPEC §5.3, §5.6 fixed mode).
+"""The dispatch loop: the only owner of task execution (SPEC §5.3 to §5.6).
 
 One synchronous step selects the fairest eligible ready task, takes its task lease and commits the
 selection; the task then runs under a ``TaskGroup`` and releases its lease in ``finally``. The loop
-sleeps on one event that is set by enqueue, lease release, checkpoint and cancellation; it never
-polls. Row groups are admitted in order, at most ``max_concurrent_row_groups`` at a time, and a slot
-frees when the row group is checkpointed.
+sleeps on one event that is set by lease release, checkpoint, cancellation and stop; it never
+polls. Row groups are admitted in order (``row_group_admission``); each is checkpointed as soon as
+it is complete, independently of the others (there is no global drain barrier).
+
+Stopping: ``cancel()`` stops admission, cancels running tasks (each releases its lease on the way
+out) and lets checkpoints already started finish; row groups in flight are not written. An early
+shutdown (error window) or a stop error raised by a task stops admission, lets (early shutdown) or
+makes (stop error) running tasks end, salvages every finished row of the row groups in flight,
+checkpoints them, and then ``run`` raises the ``RunStoppedError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from sluiceway.context import TaskCorrelation, current_task
-from sluiceway.errors import EngineError
+from sluiceway.errors import EarlyShutdownError, EngineError, RunCancelledError, RunStoppedError
 from sluiceway.fair_queue import QueueEntry, QueueSelection, WeightedFairQueue
 from sluiceway.scheduling.admission import TaskAdmissionController, TaskAdmissionLease
+from sluiceway.scheduling.failures import (
+    EarlyShutdownSettings,
+    ErrorRateWindow,
+    TaskRetryBudget,
+)
 from sluiceway.scheduling.resolver import ResolvedTaskScheduling
-from sluiceway.scheduling.tasks import SchedulableTask, Task
+from sluiceway.scheduling.row_group_admission import (
+    RowGroupAdmissionReason,
+    RowGroupHorizon,
+    RowGroupHorizonMode,
+    decide_row_group_admission,
+    is_admitted,
+)
+from sluiceway.scheduling.tasks import SchedulableTask, SchedulerResourceRequest, Task
 from sluiceway.scheduling.tracker import CompletionTracker
 
 
@@ -27,6 +47,7 @@ class TaskOutcomeKind(enum.Enum):
     SUCCEEDED = "succeeded"
     RETRY = "retry"
     DROPPED = "dropped"
+    STOP = "stop"  # the task raised a RunStoppedError: stop the run in order
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,9 +57,16 @@ class TaskOutcome:
     kind: TaskOutcomeKind
     dropped_rows: tuple[int, ...] = ()
     reason: str | None = None
+    error: RunStoppedError | None = None
 
 
 SUCCEEDED = TaskOutcome(kind=TaskOutcomeKind.SUCCEEDED)
+
+
+class StopReason(enum.Enum):
+    CANCELLED = "cancelled"
+    EARLY_SHUTDOWN = "early_shutdown"
+    STOP_ERROR = "stop_error"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +76,12 @@ class SchedulerSettings:
     max_concurrent_row_groups: int
     max_task_attempts: int
     run_id: str
+    max_task_wall_seconds: float | None = None
+    horizon_mode: RowGroupHorizonMode = RowGroupHorizonMode.FIXED
+    max_rows_in_flight: int | None = None
+    early_shutdown: EarlyShutdownSettings | None = None
+    # Row groups already written by an earlier run (resume): never admitted again.
+    completed_row_groups: frozenset[int] = frozenset()
 
 
 class RowGroupHandler:
@@ -65,20 +99,78 @@ class RowGroupHandler:
     async def checkpoint(self, row_group: int, live_rows: Sequence[int]) -> None:
         raise NotImplementedError
 
+    def row_group_salvaged(self, row_group: int) -> None:
+        """Called before the checkpoint of a row group written incomplete because the run
+        stopped (its unfinished rows were dropped); a resumed run generates it again."""
 
-@dataclass(slots=True, kw_only=True)
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerStatistics:
-    row_groups_admitted: int = 0
-    row_groups_checkpointed: int = 0
-    max_row_groups_in_flight: int = 0
-    tasks_dispatched: int = 0
-    tasks_succeeded: int = 0
-    tasks_retried: int = 0
-    tasks_dropped: int = 0
-    rows_dropped: int = 0
-    max_queued_tasks: int = 0
-    stale_selections: int = 0
-    max_queued_by_group: dict[str, int] = field(default_factory=dict)
+    """A frozen snapshot of the scheduler's counters (``AsyncTaskScheduler.statistics()``)."""
+
+    row_groups_total: int
+    row_groups_admitted: int
+    row_groups_checkpointed: int
+    row_groups_resumed: int
+    row_groups_salvaged: int
+    row_groups_in_flight: int
+    max_row_groups_in_flight: int
+    max_rows_in_flight: int
+    tasks_dispatched: int
+    tasks_running: int
+    tasks_succeeded: int
+    tasks_retried: int
+    tasks_dropped: int
+    tasks_cancelled: int
+    rows_dropped: int
+    queued_tasks: int
+    max_queued_tasks: int
+    stale_selections: int
+    blocked_dispatches: int
+    max_queued_by_group: Mapping[str, int]
+    row_group_admission: Mapping[RowGroupAdmissionReason, int]
+    stop_reason: StopReason | None
+
+
+class _Counters:
+    """The scheduler's mutable counters; only ``statistics()`` lets them out, frozen."""
+
+    __slots__ = (
+        "blocked_dispatches",
+        "max_queued_by_group",
+        "max_queued_tasks",
+        "max_row_groups_in_flight",
+        "max_rows_in_flight",
+        "row_group_admission",
+        "row_groups_admitted",
+        "row_groups_checkpointed",
+        "row_groups_salvaged",
+        "rows_dropped",
+        "stale_selections",
+        "tasks_cancelled",
+        "tasks_dispatched",
+        "tasks_dropped",
+        "tasks_retried",
+        "tasks_succeeded",
+    )
+
+    def __init__(self) -> None:
+        self.row_groups_admitted = 0
+        self.row_groups_checkpointed = 0
+        self.row_groups_salvaged = 0
+        self.max_row_groups_in_flight = 0
+        self.max_rows_in_flight = 0
+        self.tasks_dispatched = 0
+        self.tasks_succeeded = 0
+        self.tasks_retried = 0
+        self.tasks_dropped = 0
+        self.tasks_cancelled = 0
+        self.rows_dropped = 0
+        self.max_queued_tasks = 0
+        self.stale_selections = 0
+        self.blocked_dispatches = 0
+        self.max_queued_by_group: dict[str, int] = {}
+        self.row_group_admission: dict[RowGroupAdmissionReason, int] = {}
 
 
 def commit_selection(
@@ -95,7 +187,13 @@ def commit_selection(
 
 
 class AsyncTaskScheduler:
-    """Runs every task of a plan through readiness -> fair queue -> task admission -> execution."""
+    """Runs every task of a plan through readiness -> fair queue -> task admission -> execution.
+
+    ``run`` returns when every row group is checkpointed, raises the ``RunStoppedError`` of an
+    orderly stop (cancellation, early shutdown, a stop error from a task) once every task has
+    ended and every started checkpoint has finished, and lets any other error of a task or a
+    checkpoint propagate (wrapped in an ``ExceptionGroup`` by the task group).
+    """
 
     def __init__(
         self,
@@ -106,6 +204,7 @@ class AsyncTaskScheduler:
         admission: TaskAdmissionController,
         handler: RowGroupHandler,
         on_progress: Callable[[], None] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._settings = settings
         self._tracker = tracker
@@ -113,21 +212,46 @@ class AsyncTaskScheduler:
         self._admission = admission
         self._handler = handler
         self._on_progress = on_progress
+        self._clock = clock
+        self._horizon = RowGroupHorizon(
+            mode=settings.horizon_mode,
+            max_concurrent_row_groups=settings.max_concurrent_row_groups,
+            max_rows_in_flight=settings.max_rows_in_flight,
+        )
+        self._budget = TaskRetryBudget(
+            max_attempts=settings.max_task_attempts,
+            max_wall_seconds=settings.max_task_wall_seconds,
+        )
+        self._errors = ErrorRateWindow(settings.early_shutdown) if settings.early_shutdown else None
+        self._root_requests: list[SchedulerResourceRequest] = [
+            scheduling[index].request for index in tracker.root_generators()
+        ]
         self._queue: WeightedFairQueue[SchedulableTask] = WeightedFairQueue()
         self._wake = asyncio.Event()
         self._attempts: dict[str, int] = {}
+        self._first_started: dict[str, float] = {}  # task id -> clock at its first attempt
         self._next_row_group = 0
         self._row_groups_total = -(-settings.num_records // settings.buffer_size)
         self._in_flight_row_groups = 0
-        self._running = 0
+        self._rows_in_flight = 0
+        self._row_group_sizes: dict[int, int] = {}
+        self._running = 0  # running tasks
+        self._checkpointing = 0  # checkpoints in progress
         # Running tasks per row group: a group is checkpointed only once none of its tasks
         # runs (a task of a dropped row may still be finishing).
         self._running_by_group: dict[int, int] = {}
         self._checkpoint_pending: set[int] = set()
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._started: set[int] = set()  # execution ids whose task body began
         self._execution_ids = 0
         self._task_group: asyncio.TaskGroup | None = None
-        self._cancelled = False
-        self.statistics = SchedulerStatistics()
+        self._stop: StopReason | None = None
+        self._stop_error: RunStoppedError | None = None
+        self._cancelling_workers = False
+        self._salvaged = False
+        self._counters = _Counters()
+        self._row_groups_resumed = 0
+        self._skip_completed_row_groups()
 
     @property
     def queue(self) -> WeightedFairQueue[SchedulableTask]:
@@ -137,56 +261,158 @@ class AsyncTaskScheduler:
     def row_groups_total(self) -> int:
         return self._row_groups_total
 
+    @property
+    def stop_reason(self) -> StopReason | None:
+        return self._stop
+
+    def statistics(self) -> SchedulerStatistics:
+        counters = self._counters
+        return SchedulerStatistics(
+            row_groups_total=self._row_groups_total,
+            row_groups_admitted=counters.row_groups_admitted,
+            row_groups_checkpointed=counters.row_groups_checkpointed,
+            row_groups_resumed=self._row_groups_resumed,
+            row_groups_salvaged=counters.row_groups_salvaged,
+            row_groups_in_flight=self._in_flight_row_groups,
+            max_row_groups_in_flight=counters.max_row_groups_in_flight,
+            max_rows_in_flight=counters.max_rows_in_flight,
+            tasks_dispatched=counters.tasks_dispatched,
+            tasks_running=self._running,
+            tasks_succeeded=counters.tasks_succeeded,
+            tasks_retried=counters.tasks_retried,
+            tasks_dropped=counters.tasks_dropped,
+            tasks_cancelled=counters.tasks_cancelled,
+            rows_dropped=counters.rows_dropped,
+            queued_tasks=len(self._queue),
+            max_queued_tasks=counters.max_queued_tasks,
+            stale_selections=counters.stale_selections,
+            blocked_dispatches=counters.blocked_dispatches,
+            max_queued_by_group=MappingProxyType(dict(counters.max_queued_by_group)),
+            row_group_admission=MappingProxyType(dict(counters.row_group_admission)),
+            stop_reason=self._stop,
+        )
+
     def cancel(self) -> None:
-        """Stop admitting work; running tasks are cancelled by the caller's cancellation."""
-        self._cancelled = True
-        self._admission.shutdown()
-        self._wake.set()
+        """Stop admission and cancel running tasks; started checkpoints finish. Idempotent."""
+        self._begin_stop(
+            StopReason.CANCELLED,
+            RunCancelledError("the run was cancelled; row groups already written are kept"),
+            cancel_workers=True,
+        )
 
     async def run(self) -> None:
-        """Run until every row group is checkpointed. Exceptions from tasks propagate."""
+        """Run until every row group is checkpointed or the run stops (see the class doc)."""
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().time
         async with asyncio.TaskGroup() as task_group:
             self._task_group = task_group
             self._admit_row_groups()
             while not self._is_finished():
-                self._dispatch()
+                if self._stop is None:
+                    self._dispatch()
+                    if self._extend_horizon():
+                        continue
+                elif not self._running and not self._salvaged:
+                    self._salvage()
+                    continue
                 if self._is_finished():
                     break
                 self._check_liveness()
                 await self._wake.wait()
                 self._wake.clear()
         self._task_group = None
+        if self._stop_error is not None:
+            raise self._stop_error
 
     # -- the loop ----------------------------------------------------------------------------
 
     def _is_finished(self) -> bool:
-        if self._cancelled:
-            return self._running == 0
+        if self._stop is not None:
+            return (
+                self._running == 0
+                and self._checkpointing == 0
+                and (self._salvaged or self._stop is StopReason.CANCELLED)
+            )
         return (
             self._next_row_group >= self._row_groups_total
             and self._in_flight_row_groups == 0
             and self._running == 0
+            and self._checkpointing == 0
         )
 
+    def _begin_stop(
+        self, reason: StopReason, error: RunStoppedError, *, cancel_workers: bool
+    ) -> None:
+        if self._stop is None:
+            self._stop = reason
+            self._stop_error = error
+            self._admission.shutdown()
+        if cancel_workers and not self._cancelling_workers:
+            self._cancelling_workers = True
+            for worker in list(self._workers.values()):
+                worker.cancel()
+        self._wake.set()
+
     def _admit_row_groups(self) -> None:
-        settings = self._settings
-        while (
-            not self._cancelled
-            and self._in_flight_row_groups < settings.max_concurrent_row_groups
-            and self._next_row_group < self._row_groups_total
+        while self._next_row_group < self._row_groups_total:
+            reason = self._row_group_decision(capacity_idle=False)
+            if not is_admitted(reason):
+                return
+            self._admit_next_row_group()
+
+    def _extend_horizon(self) -> bool:
+        """Adaptive horizon: admit one more row group while capacity idles. True if admitted."""
+        if (
+            self._horizon.mode is not RowGroupHorizonMode.ADAPTIVE
+            or self._next_row_group >= self._row_groups_total
         ):
-            row_group = self._next_row_group
-            first = row_group * settings.buffer_size
-            size = min(settings.buffer_size, settings.num_records - first)
+            return False
+        has_capacity = self._admission.has_capacity
+        idle = bool(self._root_requests) and all(has_capacity(r) for r in self._root_requests)
+        reason = self._row_group_decision(capacity_idle=idle)
+        if not is_admitted(reason):
+            return False
+        self._admit_next_row_group()
+        return True
+
+    def _row_group_decision(self, *, capacity_idle: bool) -> RowGroupAdmissionReason:
+        first = self._next_row_group * self._settings.buffer_size
+        reason = decide_row_group_admission(
+            self._horizon,
+            in_flight_row_groups=self._in_flight_row_groups,
+            rows_in_flight=self._rows_in_flight,
+            next_size=min(self._settings.buffer_size, self._settings.num_records - first),
+            capacity_idle=capacity_idle,
+            stopping=self._stop is not None,
+        )
+        counts = self._counters.row_group_admission
+        counts[reason] = counts.get(reason, 0) + 1
+        return reason
+
+    def _admit_next_row_group(self) -> None:
+        settings = self._settings
+        row_group = self._next_row_group
+        first = row_group * settings.buffer_size
+        size = min(settings.buffer_size, settings.num_records - first)
+        self._next_row_group += 1
+        self._skip_completed_row_groups()
+        self._in_flight_row_groups += 1
+        self._rows_in_flight += size
+        self._row_group_sizes[row_group] = size
+        counters = self._counters
+        counters.row_groups_admitted += 1
+        counters.max_row_groups_in_flight = max(
+            counters.max_row_groups_in_flight, self._in_flight_row_groups
+        )
+        counters.max_rows_in_flight = max(counters.max_rows_in_flight, self._rows_in_flight)
+        self._handler.admit(row_group, first, size)
+        self._tracker.add_row_group(row_group, size)
+
+    def _skip_completed_row_groups(self) -> None:
+        completed = self._settings.completed_row_groups
+        while self._next_row_group in completed:
             self._next_row_group += 1
-            self._in_flight_row_groups += 1
-            stats = self.statistics
-            stats.row_groups_admitted += 1
-            stats.max_row_groups_in_flight = max(
-                stats.max_row_groups_in_flight, self._in_flight_row_groups
-            )
-            self._handler.admit(row_group, first, size)
-            self._tracker.add_row_group(row_group, size)
+            self._row_groups_resumed += 1
 
     def _dispatch(self) -> None:
         tracker = self._tracker
@@ -199,31 +425,42 @@ class AsyncTaskScheduler:
         task_group = self._task_group
         assert task_group is not None
         is_eligible = self._is_eligible
+        view = queue.view()
         while True:
             selection = queue.select_next(is_eligible)
             if selection is None:
+                if len(queue):
+                    self._counters.blocked_dispatches += 1
                 return
-            lease = admission.try_acquire(selection.entry.item)
+            lease = admission.try_acquire(selection.entry.item, view)
             if not isinstance(lease, TaskAdmissionLease):
                 return
             item = commit_selection(queue, admission, selection, lease)
             if item is None:
-                self.statistics.stale_selections += 1
+                self._counters.stale_selections += 1
                 continue
             self._running += 1
             row_group = item.task.row_group
             self._running_by_group[row_group] = self._running_by_group.get(row_group, 0) + 1
-            self.statistics.tasks_dispatched += 1
+            self._counters.tasks_dispatched += 1
             self._execution_ids += 1
+            execution_id = self._execution_ids
+            if item.task.task_id not in self._first_started:
+                assert self._clock is not None
+                self._first_started[item.task.task_id] = self._clock()
             try:
-                task_group.create_task(self._run_one(item, lease, self._execution_ids))
+                worker = task_group.create_task(self._run_one(item, lease, execution_id))
             except BaseException:
                 self._task_finished(row_group)
                 admission.release(lease)
                 raise
+            self._workers[execution_id] = worker
+            worker.add_done_callback(
+                functools.partial(self._worker_done, item, lease, execution_id)
+            )
 
     def _is_eligible(self, entry: QueueEntry[SchedulableTask]) -> bool:
-        return self._admission.is_eligible(entry.item)
+        return self._admission.is_eligible(entry.item, self._queue.view())
 
     def _entries(self, tasks: Sequence[Task]) -> list[QueueEntry[SchedulableTask]]:
         entries = []
@@ -246,12 +483,12 @@ class AsyncTaskScheduler:
         return entries
 
     def _note_queue_depth(self) -> None:
-        stats = self.statistics
+        counters = self._counters
         queued = len(self._queue)
-        if queued > stats.max_queued_tasks:
-            stats.max_queued_tasks = queued
+        if queued > counters.max_queued_tasks:
+            counters.max_queued_tasks = queued
         view = self._queue.view()
-        maxima = stats.max_queued_by_group
+        maxima = counters.max_queued_by_group
         for group in view.backlogged_groups():
             depth = view.queued_in_group(group)
             key = str(group)
@@ -259,14 +496,17 @@ class AsyncTaskScheduler:
                 maxima[key] = depth
 
     def _check_liveness(self) -> None:
-        if self._running or self._cancelled or not len(self._queue):
+        """Queued work that can never start while nothing runs is an error, not a hang."""
+        if self._running or self._checkpointing or self._stop is not None or not len(self._queue):
             return
-        if self._queue.select_next(self._is_eligible) is not None:
+        summary = self._admission.explain_blocked(self._queue.view())
+        if not summary.is_stuck:
             return
-        view = self._admission.view()
         raise EngineError(
-            f"{len(self._queue)} ready task(s) can never be admitted while nothing runs: "
-            f"scheduler resource limits {dict(view.limits)} are below what a single task needs"
+            "ready tasks can never be admitted while nothing runs: "
+            + summary.describe()
+            + "\nraise the scheduler limits in the run config (max_in_flight_tasks, "
+            "max_local_tasks) to at least what a single task needs"
         )
 
     # -- one task ----------------------------------------------------------------------------
@@ -274,6 +514,7 @@ class AsyncTaskScheduler:
     async def _run_one(
         self, item: SchedulableTask, lease: TaskAdmissionLease, execution_id: int
     ) -> None:
+        self._started.add(execution_id)
         task = item.task
         token = current_task.set(
             TaskCorrelation(
@@ -288,19 +529,47 @@ class AsyncTaskScheduler:
                 execution_id=execution_id,
             )
         )
+        finished = False
         try:
             outcome = await self._handler.run_task(item)
+            finished = True
         finally:
             current_task.reset(token)
+            self._workers.pop(execution_id, None)
             self._admission.release(lease)
             self._task_finished(task.row_group)
             self._wake.set()
+            if not finished and self._cancelling_workers:
+                # Cancelled by ``cancel()``: a complete row group that only waited for this
+                # task is still written.
+                self._counters.tasks_cancelled += 1
+                self._checkpoint_if_pending(task.row_group)
         self._settle(item, outcome)
-        if task.row_group in self._checkpoint_pending and not self._running_by_group.get(
-            task.row_group
-        ):
-            self._checkpoint_pending.discard(task.row_group)
-            self._start_checkpoint(task.row_group)
+        self._checkpoint_if_pending(task.row_group)
+
+    def _worker_done(
+        self,
+        item: SchedulableTask,
+        lease: TaskAdmissionLease,
+        execution_id: int,
+        worker: asyncio.Task[None],
+    ) -> None:
+        """A task cancelled before its body ran never reached its ``finally``: clean up here."""
+        if execution_id in self._started:
+            self._started.discard(execution_id)
+            return
+        self._workers.pop(execution_id, None)
+        self._admission.release(lease)
+        self._task_finished(item.task.row_group)
+        self._counters.tasks_cancelled += 1
+        if self._cancelling_workers:
+            self._checkpoint_if_pending(item.task.row_group)
+        self._wake.set()
+
+    def _checkpoint_if_pending(self, row_group: int) -> None:
+        if row_group in self._checkpoint_pending and not self._running_by_group.get(row_group):
+            self._checkpoint_pending.discard(row_group)
+            self._start_checkpoint(row_group)
 
     def _task_finished(self, row_group: int) -> None:
         self._running -= 1
@@ -313,27 +582,37 @@ class AsyncTaskScheduler:
     def _settle(self, item: SchedulableTask, outcome: TaskOutcome) -> None:
         task = item.task
         tracker = self._tracker
-        stats = self.statistics
+        counters = self._counters
         completed: list[int]
-        if outcome.kind is TaskOutcomeKind.SUCCEEDED:
-            stats.tasks_succeeded += 1
-            self._attempts.pop(task.task_id, None)
-            completed = tracker.mark_complete(task)
-        elif (
-            outcome.kind is TaskOutcomeKind.RETRY
-            and item.attempt < self._settings.max_task_attempts
-        ):
-            stats.tasks_retried += 1
-            self._attempts[task.task_id] = item.attempt + 1
-            tracker.mark_ready_again(task)
+        if outcome.kind is TaskOutcomeKind.STOP:
+            assert outcome.error is not None
+            self._begin_stop(StopReason.STOP_ERROR, outcome.error, cancel_workers=True)
             return
+        if outcome.kind is TaskOutcomeKind.SUCCEEDED:
+            counters.tasks_succeeded += 1
+            self._forget_attempts(task.task_id)
+            completed = tracker.mark_complete(task)
+            self._record_outcome(failed=False, reason=None)
         else:
-            stats.tasks_dropped += 1
-            self._attempts.pop(task.task_id, None)
-            rows: Sequence[int]
+            exhausted: str | None = None
             if outcome.kind is TaskOutcomeKind.RETRY:
-                reason = f"retry budget of {self._settings.max_task_attempts} attempts exhausted"
-                reason += f": {outcome.reason}" if outcome.reason else ""
+                assert self._clock is not None
+                elapsed = self._clock() - self._first_started.get(task.task_id, self._clock())
+                exhausted = self._budget.exhausted_reason(
+                    attempt=item.attempt, elapsed_seconds=elapsed
+                )
+                if exhausted is None:
+                    if self._stop is not None:
+                        return  # not retried while stopping; salvage accounts for the row
+                    counters.tasks_retried += 1
+                    self._attempts[task.task_id] = item.attempt + 1
+                    tracker.mark_ready_again(task)
+                    return
+            counters.tasks_dropped += 1
+            self._forget_attempts(task.task_id)
+            rows: Sequence[int]
+            if exhausted is not None:
+                reason = exhausted + (f": {outcome.reason}" if outcome.reason else "")
                 rows = (task.row_index,) if task.row_index is not None else ()
             else:
                 reason = outcome.reason or "dropped"
@@ -346,33 +625,81 @@ class AsyncTaskScheduler:
                 )
             rows = [row for row in rows if tracker.is_live(task.row_group, row)]
             self._handler.rows_dropped(task.row_group, rows, task.column, reason)
-            stats.rows_dropped += len(rows)
+            counters.rows_dropped += len(rows)
             withdrawn, completed = tracker.drop_rows(task.row_group, rows)
             for task_id in withdrawn:
                 self._queue.remove(task_id)
             if task.row_index is None:
                 completed = tracker.mark_complete(task)
+            self._record_outcome(failed=True, reason=reason)
         for row_group in completed:
             if self._running_by_group.get(row_group):
                 self._checkpoint_pending.add(row_group)
             else:
                 self._start_checkpoint(row_group)
 
-    def _start_checkpoint(self, row_group: int) -> None:
+    def _forget_attempts(self, task_id: str) -> None:
+        self._attempts.pop(task_id, None)
+        self._first_started.pop(task_id, None)
+
+    def _record_outcome(self, *, failed: bool, reason: str | None) -> None:
+        window = self._errors
+        if window is None:
+            return
+        window.record(failed=failed)
+        if self._stop is None and window.is_tripped():
+            settings = window.settings
+            self._begin_stop(
+                StopReason.EARLY_SHUTDOWN,
+                EarlyShutdownError(
+                    f"stopped early: {window.error_rate:.0%} of the last {window.observed} task "
+                    f"outcomes were non-retryable failures (threshold "
+                    f"{settings.max_error_rate:.0%} over a window of {settings.window}); last "
+                    f"reason: {reason}. Fix the cause, or raise "
+                    "run.early_shutdown.max_error_rate"
+                ),
+                cancel_workers=False,
+            )
+
+    def _salvage(self) -> None:
+        """After an orderly stop: write every finished row of the row groups still in flight."""
+        self._salvaged = True
+        tracker = self._tracker
+        reason = f"not finished: the run stopped ({self._stop.value if self._stop else ''})"
+        for row_group in tracker.tracked_row_groups():
+            if row_group in self._checkpoint_pending:
+                continue
+            by_column: dict[str, list[int]] = {}
+            for row, column in tracker.unfinished_rows(row_group).items():
+                by_column.setdefault(column, []).append(row)
+            for column, rows in by_column.items():
+                self._handler.rows_dropped(row_group, rows, column, reason)
+                self._counters.rows_dropped += len(rows)
+                withdrawn, _ = tracker.drop_rows(row_group, rows)
+                for task_id in withdrawn:
+                    self._queue.remove(task_id)
+            self._counters.row_groups_salvaged += 1
+            self._handler.row_group_salvaged(row_group)
+            self._start_checkpoint(row_group, salvaged=True)
+        self._wake.set()
+
+    def _start_checkpoint(self, row_group: int, *, salvaged: bool = False) -> None:
         live_rows = self._tracker.live_rows(row_group)
-        self._tracker.forget_row_group(row_group)
+        self._tracker.forget_row_group(row_group, salvaged=salvaged)
         assert self._task_group is not None
-        self._running += 1
+        self._checkpointing += 1
         self._task_group.create_task(self._checkpoint(row_group, live_rows))
 
     async def _checkpoint(self, row_group: int, live_rows: Sequence[int]) -> None:
         try:
             await self._handler.checkpoint(row_group, live_rows)
         finally:
-            self._running -= 1
+            self._checkpointing -= 1
             self._wake.set()
         self._in_flight_row_groups -= 1
-        self.statistics.row_groups_checkpointed += 1
+        self._rows_in_flight -= self._row_group_sizes.pop(row_group)
+        self._counters.row_groups_checkpointed += 1
         if self._on_progress is not None:
             self._on_progress()
-        self._admit_row_groups()
+        if self._stop is None:
+            self._admit_row_groups()

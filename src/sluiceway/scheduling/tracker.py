@@ -61,6 +61,7 @@ class _RowGroup:
 
     __slots__ = (
         "completed",
+        "done_nodes",
         "group_deps_waiting",
         "live",
         "live_count",
@@ -87,6 +88,7 @@ class _RowGroup:
         # Per cell node: live rows that still lack it (0 -> the node is done for the group).
         self.rows_remaining = [size if node.is_cell else 0 for node in nodes]
         self.nodes_remaining = len(nodes)
+        self.done_nodes = [False] * len(nodes)
         self.reported_complete = False
 
 
@@ -129,11 +131,35 @@ class CompletionTracker:
     def is_row_group_complete(self, row_group: int) -> bool:
         return self._groups[row_group].nodes_remaining == 0
 
-    def forget_row_group(self, row_group: int) -> None:
-        """Drop the state of a checkpointed row group."""
+    def forget_row_group(self, row_group: int, *, salvaged: bool = False) -> None:
+        """Drop the state of a checkpointed row group (``salvaged``: work may be left)."""
         state = self._groups.pop(row_group)
-        if state.nodes_remaining:
+        if state.nodes_remaining and not salvaged:
             raise EngineError(f"row group {row_group} forgotten with work left")
+
+    def root_generators(self) -> list[int]:
+        """Generators without dependencies: the first tasks of every row group."""
+        return [
+            node.index for node in self._nodes if not node.n_cell_deps and not node.n_group_deps
+        ]
+
+    def unfinished_rows(self, row_group: int) -> dict[int, str]:
+        """Live rows that some generator has not finished, each with the first such generator."""
+        state = self._groups[row_group]
+        unfinished: dict[int, str] = {}
+        for row in range(state.size):
+            if not state.live[row]:
+                continue
+            for node in self._nodes:
+                completed = state.completed[node.index]
+                done = completed[row] if completed is not None else state.done_nodes[node.index]
+                if not done:
+                    unfinished[row] = node.name
+                    break
+        return unfinished
+
+    def tracked_row_groups(self) -> list[int]:
+        return list(self._groups)
 
     def live_rows(self, row_group: int) -> list[int]:
         state = self._groups[row_group]
@@ -262,6 +288,7 @@ class CompletionTracker:
     def _finish_node(self, row_group: int, state: _RowGroup, node: _Node) -> None:
         """``node`` is done for every live row of the row group."""
         state.nodes_remaining -= 1
+        state.done_nodes[node.index] = True
         if state.nodes_remaining < 0:
             raise EngineError(f"node {node.name!r} finished twice in row group {row_group}")
         for dependent in node.group_dependents:

@@ -32,6 +32,7 @@ from sluiceway.storage.manifest import (
 )
 from sluiceway.storage.parquet_writer import KINDS_METADATA_KEY, ROW_INDEX_COLUMN
 
+_WITH_FILE = frozenset({RowGroupStatus.WRITTEN, RowGroupStatus.PARTIAL})
 _REBUILD_HINT = (
     "delete it and continue the run with --resume, or re-run the dataset with --overwrite"
 )
@@ -63,7 +64,7 @@ def load_dataset(directory: str | Path) -> pd.DataFrame:
     files = [
         _read_file(_file_in(root, group.file), columns=columns, expected_rows=group.rows_written)
         for group in sorted(manifest.row_groups, key=lambda group: group.index)
-        if group.status is RowGroupStatus.WRITTEN and group.file is not None
+        if group.status in _WITH_FILE and group.file is not None
     ]
     final_kinds = dict.fromkeys(columns, ColumnKind.NULL)
     for loaded in files:

@@ -34,6 +34,9 @@ class RunStatus(enum.StrEnum):
 class RowGroupStatus(enum.StrEnum):
     WRITTEN = "written"  # its Parquet file is on disk and listed in ``files``
     EMPTY = "empty"  # every row was dropped; no file
+    # The run stopped before the group was complete: its finished rows are in ``file`` (None if
+    # there were none) and a resumed run generates the whole group again.
+    PARTIAL = "partial"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -373,10 +376,16 @@ class ManifestWriter:
         return self._manifest
 
     def record_row_group(
-        self, *, row_group: int, written: WrittenFile | None, rows_dropped: int
+        self,
+        *,
+        row_group: int,
+        written: WrittenFile | None,
+        rows_dropped: int,
+        partial: bool = False,
     ) -> None:
         """Records a checkpointed row group: ``written`` is its file, or None if every row was
-        dropped. ``rows_dropped`` counts the rows of this group that were dropped."""
+        dropped. ``rows_dropped`` counts the rows of this group that were dropped. ``partial``:
+        the run stopped before the group was complete (status ``partial``)."""
         if any(group.index == row_group for group in self._manifest.row_groups):
             raise EngineError(
                 f"row group {row_group} is already in the manifest; each row group is "
@@ -393,7 +402,13 @@ class ManifestWriter:
             file=None if written is None else written.path.name,
             rows_written=0 if written is None else written.rows,
             rows_dropped=rows_dropped,
-            status=RowGroupStatus.EMPTY if written is None else RowGroupStatus.WRITTEN,
+            status=(
+                RowGroupStatus.PARTIAL
+                if partial
+                else RowGroupStatus.EMPTY
+                if written is None
+                else RowGroupStatus.WRITTEN
+            ),
         )
         groups = tuple(sorted((*self._manifest.row_groups, record), key=lambda g: g.index))
         self._update(
@@ -447,15 +462,19 @@ class ManifestWriter:
         written: WrittenFile | None,
         dropped: Iterable[DroppedRowRecord] = (),
         rows_dropped: int | None = None,
+        partial: bool = False,
     ) -> RunManifest:
-        """Records a completed row group and its dropped rows, then persists the manifest.
+        """Records a completed (or, with ``partial``, salvaged) row group and its dropped rows,
+        then persists the manifest.
 
         ``rows_dropped`` defaults to the number of distinct row indices in ``dropped``.
         """
         reasons = list(dropped)
         if rows_dropped is None:
             rows_dropped = len({row.row_index for row in reasons})
-        self.record_row_group(row_group=row_group, written=written, rows_dropped=rows_dropped)
+        self.record_row_group(
+            row_group=row_group, written=written, rows_dropped=rows_dropped, partial=partial
+        )
         self.record_dropped_rows(reasons)
         return await self.write()
 

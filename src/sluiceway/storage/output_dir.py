@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from sluiceway.errors import StorageError
+from sluiceway.storage.journal import JOURNAL_FILE_NAME, JOURNAL_SIDE_SUFFIXES
 from sluiceway.storage.manifest import MANIFEST_FILE_NAME
 
 # Every file name Sluiceway writes into an output directory. Overwrite deletes exactly these
@@ -15,16 +16,20 @@ TOOL_FILE_PATTERNS: tuple[str, ...] = (
     "part-*.parquet",
     MANIFEST_FILE_NAME,
     "capacity_plan.json",
+    "run_config.json",
+    JOURNAL_FILE_NAME,
+    *(JOURNAL_FILE_NAME + suffix for suffix in JOURNAL_SIDE_SUFFIXES),
     "report.md",
     "*.png",
     "events*.jsonl",
     "*.tmp",
 )
-_DATASET_PATTERNS: tuple[str, ...] = (MANIFEST_FILE_NAME, "part-*.parquet")
+_DATASET_PATTERNS: tuple[str, ...] = (MANIFEST_FILE_NAME, "part-*.parquet", JOURNAL_FILE_NAME)
 
 
 def holds_dataset(directory: Path) -> bool:
-    """True when ``directory`` holds a previous dataset (a manifest or row-group files)."""
+    """True when ``directory`` holds a previous dataset (a manifest, row-group files or a cell
+    journal)."""
     return any(path.is_file() for pattern in _DATASET_PATTERNS for path in directory.glob(pattern))
 
 
@@ -68,9 +73,9 @@ def prepare_output_directory(path: str | Path, *, overwrite: bool) -> Path:
     if not overwrite:
         if holds_dataset(directory):
             raise StorageError(
-                f"output directory {directory} already holds a dataset ({MANIFEST_FILE_NAME} "
-                "or part-*.parquet files); pass --overwrite to replace it, or choose another "
-                "output path."
+                f"output directory {directory} already holds a dataset ({MANIFEST_FILE_NAME}, "
+                "part-*.parquet or journal files); continue it with --resume, pass --overwrite "
+                "to replace it, or choose another output path."
             )
         return directory
     for file in tool_files(directory):

@@ -85,6 +85,18 @@ class FakeModelCalls:
     ) -> str:
         return self._text(alias, prompt, system_prompt, parameters, is_sync=False)
 
+    async def generate_text_with_reasoning(
+        self,
+        alias: str,
+        prompt: str,
+        *,
+        system_prompt: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> tuple[str, str | None]:
+        """The fake text plus a fixed trace, ``"reasoning for <alias>"``."""
+        text = self._text(alias, prompt, system_prompt, parameters, is_sync=False)
+        return text, f"reasoning for {alias}"
+
     async def generate_structured(
         self,
         alias: str,
@@ -94,9 +106,17 @@ class FakeModelCalls:
         system_prompt: str | None = None,
         max_reasks: int = 2,
         generation_kind: str = "structured",
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         return self._structured(
-            alias, prompt, schema, system_prompt, max_reasks, generation_kind, is_sync=False
+            alias,
+            prompt,
+            schema,
+            system_prompt,
+            max_reasks,
+            generation_kind,
+            parameters,
+            is_sync=False,
         )
 
     async def embed(self, alias: str, texts: Sequence[str]) -> list[list[float]]:
@@ -122,9 +142,10 @@ class FakeModelCalls:
         *,
         system_prompt: str | None = None,
         max_reasks: int = 2,
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         return self._structured(
-            alias, prompt, schema, system_prompt, max_reasks, "structured", is_sync=True
+            alias, prompt, schema, system_prompt, max_reasks, "structured", parameters, is_sync=True
         )
 
     def embed_sync(self, alias: str, texts: Sequence[str]) -> list[list[float]]:
@@ -162,6 +183,7 @@ class FakeModelCalls:
         system_prompt: str | None,
         max_reasks: int,
         generation_kind: str,
+        parameters: Mapping[str, Any] | None,
         *,
         is_sync: bool,
     ) -> dict[str, Any]:
@@ -174,6 +196,7 @@ class FakeModelCalls:
                 schema=schema,
                 max_reasks=max_reasks,
                 generation_kind=generation_kind,
+                parameters=None if parameters is None else MappingProxyType(dict(parameters)),
                 is_sync=is_sync,
                 thread_id=threading.get_ident(),
             )

@@ -66,13 +66,13 @@ async def test_text_without_system_prompt_or_parameters_sends_none() -> None:
     assert (models.calls[0].system_prompt, models.calls[0].parameters) == (None, None)
 
 
-async def test_reasoning_column_is_written_as_none() -> None:
+async def test_reasoning_column_holds_the_reasoning_trace() -> None:
     gen = LLMTextColumnGenerator(
         name="story", endpoint=ENDPOINT, prompt=template("Hi"), reasoning_column="story_trace"
     )
     assert gen.output_columns == ("story", "story_trace")
     result = await gen.generate_cell(ROW, ctx(FakeModelCalls()))
-    assert result == {"story": "[writer] Hi", "story_trace": None}
+    assert result == {"story": "[writer] Hi", "story_trace": "reasoning for writer"}
 
 
 async def test_structured_passes_the_schema_and_reask_budget() -> None:

@@ -55,7 +55,7 @@ async def test_a_skipped_cell_gets_skip_value_in_every_output_without_a_model_ca
     assert skipped == {"story": "n/a", "story_trace": "n/a"}
     assert models.calls == []
     kept = await gen.generate_cell({"lang": "en"}, ctx(models, (1,)))
-    assert kept == {"story": "[writer] About en", "story_trace": None}
+    assert kept == {"story": "[writer] About en", "story_trace": "reasoning for writer"}
     assert len(models.calls) == 1
 
 

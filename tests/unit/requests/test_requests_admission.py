@@ -353,6 +353,11 @@ class _ScriptedLimit:
         self.limit = limit
         self.next_limit = limit
         self.reports: list[tuple[RequestReleaseOutcome, int, float | None]] = []
+        self.blocked_until: float | None = None
+        self.ceiling: int | None = None
+
+    def advance(self, now: float) -> float | None:
+        return None
 
     def on_outcome(
         self,
@@ -360,7 +365,9 @@ class _ScriptedLimit:
         *,
         now: float,
         limit_at_grant: int,
+        in_flight: int,
         retry_after_seconds: float | None,
+        latency_seconds: float | None = None,
     ) -> None:
         self.reports.append((outcome, limit_at_grant, retry_after_seconds))
         self.limit = self.next_limit

@@ -76,7 +76,7 @@ def test_the_facade_matches_the_model_calls_protocol_signatures() -> None:
         for name, value in vars(ModelCalls).items()
         if inspect.isfunction(value) and not name.startswith("_")
     ]
-    assert len(names) == 6
+    assert len(names) == 7
     for name in names:
         expected = inspect.signature(getattr(ModelCalls, name))
         actual = inspect.signature(getattr(ModelFacade, name))

@@ -1,0 +1,285 @@
+"""Resume and the cell journal on the engine side (SPEC §8).
+
+``plan_resume`` checks, before anything is written, that a stopped run can be continued with this
+config: same fingerprint (else a readable diff of what changed), sound files, the run's own
+journal. ``CellReplay`` and ``JournaledGenerator`` journal the results of model-backed generators
+as their tasks complete and, on resume, hand a journaled result back instead of calling the
+generator again, so no paid request is repeated and the dataset equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sluiceway.columns.base import ColumnGenerator, GenerationContext
+from sluiceway.config.fingerprint import config_diff, config_fingerprint
+from sluiceway.config.models import DatasetConfig
+from sluiceway.errors import StorageError
+from sluiceway.scheduling.metadata import SchedulingKind, SchedulingMetadata
+from sluiceway.scheduling.resolver import ResolvedTaskScheduling
+from sluiceway.storage.journal import (
+    GROUP_ROW_INDEX,
+    CellJournal,
+    CellKey,
+    decode_payload,
+    encode_payload,
+)
+from sluiceway.storage.manifest import RunManifest
+from sluiceway.storage.recovery import RecoveredOutput, inspect_output, read_run_config
+
+_JOURNALED_KINDS = frozenset({SchedulingKind.MODEL, SchedulingKind.CUSTOM_MODEL})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumePlan:
+    """A checked, stopped run: what is on disk, and its journal (opened, not started) with the
+    entries of every row group still to be generated."""
+
+    recovered: RecoveredOutput
+    journal: CellJournal | None
+    entries: Mapping[int, Mapping[CellKey, str]]
+
+    @property
+    def manifest(self) -> RunManifest:
+        return self.recovered.manifest
+
+    @property
+    def completed_row_groups(self) -> frozenset[int]:
+        return self.recovered.completed_row_groups
+
+
+def plan_resume(
+    directory: Path, *, config: DatasetConfig, fingerprint: str, use_journal: bool = True
+) -> ResumePlan | None:
+    """Checks that the run in ``directory`` can be continued with ``config`` (blocks).
+
+    Returns ``None`` when the directory holds no dataset (a new run starts). Raises
+    ``StorageError`` naming the path and the fix when the config changed (with a diff of what
+    changed), a listed file is damaged, or the journal is damaged or belongs to another run.
+    Writes nothing.
+    """
+    recovered = inspect_output(directory)
+    if recovered is None:
+        return None
+    manifest = recovered.manifest
+    if manifest.config_fingerprint != fingerprint:
+        raise StorageError(_refusal(directory, manifest, config))
+    journal: CellJournal | None = None
+    entries: dict[int, dict[CellKey, str]] = {}
+    if use_journal and recovered.has_journal:
+        journal = CellJournal.open_existing(
+            directory, run_id=manifest.run_id, config_fingerprint=fingerprint
+        )
+        total = -(-manifest.num_records // manifest.buffer_size)
+        todo = set(range(total)) - recovered.completed_row_groups
+        try:
+            entries = journal.read_entries(todo)
+        except BaseException:
+            journal.close()
+            raise
+    return ResumePlan(recovered=recovered, journal=journal, entries=entries)
+
+
+def _refusal(directory: Path, manifest: RunManifest, config: DatasetConfig) -> str:
+    saved = read_run_config(directory)
+    lines = config_diff(saved, config) if saved is not None else []
+    head = (
+        f"cannot resume the run in {directory}: its config differs from the one the run was "
+        f"started with (fingerprint {manifest.config_fingerprint[:12]} in the manifest, "
+        f"{_short_fingerprint(config)} now)"
+    )
+    if lines:
+        shown = "\n".join(f"  {line}" for line in lines[:20])
+        more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+        head += f". What changed:\n{shown}{more}\n"
+    else:
+        head += " (the original config was not saved, so what changed cannot be shown). "
+    return head + (
+        "Resuming would mix rows of two configs. Restore the original config to continue, or "
+        "pass --overwrite (without --resume) to start over with this one."
+    )
+
+
+def _short_fingerprint(config: DatasetConfig) -> str:
+    return config_fingerprint(config)[:12]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CellReplayStatistics:
+    """``replayed``: results handed back from the journal (cells; a group result counts its
+    rows); ``recorded``: results journaled; ``not_journaled``: results whose values could not be
+    encoded (the Parquet writer reports them)."""
+
+    replayed: int
+    recorded: int
+    not_journaled: int
+
+
+class CellReplay:
+    """The engine's view of the journal: record completed results, replay journaled ones.
+
+    Runs on the event loop and never blocks: recording queues work for the journal's writer
+    thread. A journaled entry is handed back at most once and forgotten with its row group.
+    """
+
+    def __init__(
+        self, journal: CellJournal, entries: Mapping[int, Mapping[CellKey, str]] | None = None
+    ) -> None:
+        self._journal = journal
+        # Mutable state: payloads still to replay, by row group; counters.
+        self._entries: dict[int, dict[CellKey, str]] = {
+            row_group: dict(cells) for row_group, cells in (entries or {}).items()
+        }
+        self._replayed = 0
+        self._recorded = 0
+        self._not_journaled = 0
+
+    @property
+    def journal(self) -> CellJournal:
+        return self._journal
+
+    def take_cell(self, row_group: int, column: str, row_index: int) -> Mapping[str, Any] | None:
+        cells = self._entries.get(row_group)
+        payload = None if cells is None else cells.pop((column, row_index), None)
+        if payload is None:
+            return None
+        value = decode_payload(payload)
+        if not isinstance(value, dict):
+            return None
+        self._replayed += 1
+        return value
+
+    def take_group(
+        self, row_group: int, column: str, row_indices: Sequence[int]
+    ) -> list[Mapping[str, Any]] | None:
+        cells = self._entries.get(row_group)
+        payload = None if cells is None else cells.pop((column, GROUP_ROW_INDEX), None)
+        if payload is None:
+            return None
+        value = decode_payload(payload)
+        # A batch result is reused only for exactly the rows it was made for.
+        if not isinstance(value, dict) or value.get("rows") != list(row_indices):
+            return None
+        results = value.get("values")
+        if not isinstance(results, list) or len(results) != len(row_indices):
+            return None
+        self._replayed += len(results)
+        return results
+
+    def record_cell(
+        self, row_group: int, column: str, row_index: int, values: Mapping[str, Any]
+    ) -> None:
+        self._record(row_group, column, row_index, dict(values))
+
+    def record_group(
+        self,
+        row_group: int,
+        column: str,
+        row_indices: Sequence[int],
+        results: Sequence[Mapping[str, Any]],
+    ) -> None:
+        self._record(
+            row_group,
+            column,
+            GROUP_ROW_INDEX,
+            {"rows": list(row_indices), "values": [dict(values) for values in results]},
+        )
+
+    def _record(self, row_group: int, column: str, row_index: int, value: object) -> None:
+        try:
+            payload = encode_payload(value)
+        except (TypeError, ValueError):
+            self._not_journaled += 1
+            return
+        self._journal.record(row_group, column, row_index, payload)
+        self._recorded += 1
+
+    def row_group_checkpointed(self, row_group: int) -> None:
+        """Its file and the manifest are on disk: its journal entries are no longer needed."""
+        self._entries.pop(row_group, None)
+        self._journal.forget_row_group(row_group)
+
+    def statistics(self) -> CellReplayStatistics:
+        return CellReplayStatistics(
+            replayed=self._replayed, recorded=self._recorded, not_journaled=self._not_journaled
+        )
+
+
+class JournaledGenerator(ColumnGenerator):
+    """Wraps a model-backed generator: same name, outputs, dependencies, strategy and metadata.
+
+    Before calling ``inner`` it asks the replay for a journaled result of the same column and
+    rows; after ``inner`` returns it records the result. Errors from ``inner`` pass through
+    unchanged and nothing is recorded for them (a dropped row is tried again on resume).
+    """
+
+    def __init__(self, inner: ColumnGenerator, replay: CellReplay) -> None:
+        self.inner = inner
+        self.replay = replay
+        self.name = inner.name
+        self.output_columns = inner.output_columns
+        self.dependencies = inner.dependencies
+        self.strategy = inner.strategy
+        self.model_aliases = inner.model_aliases
+
+    def get_scheduling_metadata(self) -> SchedulingMetadata | None:
+        return self.inner.get_scheduling_metadata()
+
+    async def generate_cell(
+        self, row: Mapping[str, Any], ctx: GenerationContext
+    ) -> Mapping[str, Any]:
+        row_index = ctx.row_indices[0]
+        stored = self.replay.take_cell(ctx.row_group, self.name, row_index)
+        if stored is not None:
+            return stored
+        values = await self.inner.generate_cell(row, ctx)
+        self.replay.record_cell(ctx.row_group, self.name, row_index, values)
+        return values
+
+    async def generate_batch(
+        self, rows: Sequence[Mapping[str, Any]], ctx: GenerationContext
+    ) -> Sequence[Mapping[str, Any]]:
+        stored = self.replay.take_group(ctx.row_group, self.name, ctx.row_indices)
+        if stored is not None:
+            return stored
+        results = await self.inner.generate_batch(rows, ctx)
+        self.replay.record_group(ctx.row_group, self.name, ctx.row_indices, results)
+        return results
+
+    async def generate_from_scratch(self, ctx: GenerationContext) -> Sequence[Mapping[str, Any]]:
+        stored = self.replay.take_group(ctx.row_group, self.name, ctx.row_indices)
+        if stored is not None:
+            return stored
+        results = await self.inner.generate_from_scratch(ctx)
+        self.replay.record_group(ctx.row_group, self.name, ctx.row_indices, results)
+        return results
+
+
+def journal_model_generators(
+    generators: Sequence[ColumnGenerator],
+    scheduling: Sequence[ResolvedTaskScheduling],
+    replay: CellReplay,
+) -> list[ColumnGenerator]:
+    """``generators`` with every model-backed one (``model`` or ``custom_model`` scheduling)
+    wrapped in a ``JournaledGenerator``; local generators are cheap and deterministic and are
+    simply run again."""
+    return [
+        JournaledGenerator(generator, replay)
+        if resolved.metadata.kind in _JOURNALED_KINDS
+        else generator
+        for generator, resolved in zip(generators, scheduling, strict=True)
+    ]
+
+
+def resumed_config(config: DatasetConfig, plan: ResumePlan) -> DatasetConfig:
+    """``config`` with the stopped run's ``buffer_size`` (row groups must line up with the files
+    on disk; the rows themselves do not depend on it)."""
+    buffer_size = plan.manifest.buffer_size
+    if config.run.buffer_size == buffer_size:
+        return config
+    return config.model_copy(
+        update={"run": config.run.model_copy(update={"buffer_size": buffer_size})}
+    )

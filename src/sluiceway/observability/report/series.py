@@ -1,0 +1,221 @@
+"""Time series and totals of one run, read from its events in one pass.
+
+Times are seconds since the run's first event (``scheduler_job_started`` when present).
+Per-model state is per provider/model and domain: in flight and the limit in force come from
+the request lease events, the cap from registration and cap changes. Queue depth per task group
+comes from health snapshots when the run emitted them, otherwise from ``ready_enqueued`` (the
+group's depth after the enqueue) minus one per ``worker_spawned``/``worker_spawn_failed``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from sluiceway.observability.codes import RequestOutcomeCode
+from sluiceway.observability.events import Event, RequestEvent, TaskEvent
+from sluiceway.observability.kinds import EventKind, EventStream
+from sluiceway.observability.request_events import (
+    ModelRequestCompleted,
+    RequestEffectiveCapChanged,
+    RequestLeaseAcquired,
+    RequestLeaseReleased,
+    RequestLimitDecreased,
+    RequestLimitIncreased,
+    RequestResourceRegistered,
+    RequestWaitCompleted,
+)
+from sluiceway.observability.scheduler_events import (
+    ReadyEnqueued,
+    RowGroupCheckpointed,
+    SchedulerHealthSnapshot,
+    SchedulerJobCompleted,
+    SchedulerJobStarted,
+    TaskCompleted,
+)
+
+
+@dataclass(slots=True)
+class StepSeries:
+    """A value that holds from each time until the next one."""
+
+    times: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def append(self, at: float, value: float) -> None:
+        self.times.append(at)
+        self.values.append(value)
+
+    @property
+    def maximum(self) -> float:
+        return max(self.values, default=0.0)
+
+    @property
+    def last(self) -> float | None:
+        return self.values[-1] if self.values else None
+
+
+@dataclass(slots=True)
+class ResourceSeries:
+    """One provider/model and domain over the run."""
+
+    provider: str
+    model: str
+    domain: str
+    in_flight: StepSeries = field(default_factory=StepSeries)
+    limit: StepSeries = field(default_factory=StepSeries)
+    cap: StepSeries = field(default_factory=StepSeries)
+    rate_limited_at: list[float] = field(default_factory=list)
+    completed: int = 0
+    wait_seconds: list[float] = field(default_factory=list)
+    latency_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}/{self.model} ({self.domain})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Throughput:
+    """Completions per second in consecutive buckets starting at ``bucket_starts``."""
+
+    bucket_seconds: float
+    bucket_starts: tuple[float, ...]
+    requests_per_second: tuple[float, ...]
+    tasks_per_second: tuple[float, ...]
+    rows_per_second: tuple[float, ...]
+
+
+@dataclass(slots=True)
+class RunSeries:
+    """Everything the report plots and totals, from one pass over the events."""
+
+    origin: float = 0.0
+    wall_seconds: float = 0.0
+    run_id: str | None = None
+    status: str | None = None
+    records_total: int | None = None
+    rows_written: int = 0
+    rows_dropped: int = 0
+    events_by_stream: Counter[str] = field(default_factory=Counter)
+    tasks_by_outcome: Counter[str] = field(default_factory=Counter)
+    requests_by_outcome: Counter[str] = field(default_factory=Counter)
+    rate_limited: int = 0
+    resources: dict[tuple[str, str, str], ResourceSeries] = field(default_factory=dict)
+    queue_depth: dict[str, StepSeries] = field(default_factory=dict)
+    request_completions: list[float] = field(default_factory=list)
+    task_completions: list[float] = field(default_factory=list)
+    row_checkpoints: list[tuple[float, int]] = field(default_factory=list)
+
+    def throughput(self, buckets: int = 60) -> Throughput:
+        width = max(self.wall_seconds / buckets, 1e-3) if self.wall_seconds > 0 else 1.0
+        count = max(1, min(buckets, int(self.wall_seconds / width) + 1))
+        requests = [0.0] * count
+        tasks = [0.0] * count
+        rows = [0.0] * count
+        for at in self.request_completions:
+            requests[min(count - 1, int(at / width))] += 1
+        for at in self.task_completions:
+            tasks[min(count - 1, int(at / width))] += 1
+        for at, written in self.row_checkpoints:
+            rows[min(count - 1, int(at / width))] += written
+        return Throughput(
+            bucket_seconds=width,
+            bucket_starts=tuple(i * width for i in range(count)),
+            requests_per_second=tuple(v / width for v in requests),
+            tasks_per_second=tuple(v / width for v in tasks),
+            rows_per_second=tuple(v / width for v in rows),
+        )
+
+
+def build_series(events: Iterable[Event]) -> RunSeries:
+    """Reads ``events`` (in sequence order within each stream) into a :class:`RunSeries`."""
+    ordered = sorted(events, key=lambda e: (e.captured_at, e.stream != EventStream.SCHEDULER))
+    series = RunSeries()
+    if not ordered:
+        return series
+    started = next((e for e in ordered if isinstance(e, SchedulerJobStarted)), None)
+    origin = started.captured_at if started is not None else ordered[0].captured_at
+    series.origin = origin
+    series.wall_seconds = max(0.0, ordered[-1].captured_at - origin)
+    depth: dict[str, int] = {}
+    has_snapshots = any(isinstance(e, SchedulerHealthSnapshot) for e in ordered)
+    for event in ordered:
+        at = event.captured_at - origin
+        series.events_by_stream[event.stream.value] += 1
+        if isinstance(event, RequestEvent):
+            _request_event(series, event, at)
+        elif isinstance(event, TaskEvent):
+            if not has_snapshots:
+                _queue_event(series, depth, event, at)
+            if isinstance(event, TaskCompleted):
+                series.tasks_by_outcome[event.outcome.value] += 1
+                series.task_completions.append(at)
+        elif isinstance(event, SchedulerHealthSnapshot):
+            for group in set(event.queued_by_group) | set(series.queue_depth):
+                value = event.queued_by_group.get(group, 0)
+                series.queue_depth.setdefault(group, StepSeries()).append(at, value)
+        elif isinstance(event, RowGroupCheckpointed):
+            series.rows_written += event.rows_written
+            series.rows_dropped += event.rows_dropped
+            series.row_checkpoints.append((at, event.rows_written))
+        elif isinstance(event, SchedulerJobStarted):
+            series.run_id = event.run_id
+            series.records_total = event.records_total
+        elif isinstance(event, SchedulerJobCompleted):
+            series.run_id = series.run_id or event.run_id
+            series.status = event.status.value
+    return series
+
+
+def _queue_event(series: RunSeries, depth: dict[str, int], event: TaskEvent, at: float) -> None:
+    kind = event.kind
+    if isinstance(event, ReadyEnqueued):
+        depth[event.group] = event.group_depth
+    elif kind in (EventKind.WORKER_SPAWNED, EventKind.WORKER_SPAWN_FAILED):
+        depth[event.group] = max(0, depth.get(event.group, 0) - 1)
+    else:
+        return
+    series.queue_depth.setdefault(event.group, StepSeries()).append(at, depth[event.group])
+
+
+def _request_event(series: RunSeries, event: RequestEvent, at: float) -> None:
+    key = (event.provider, event.model, event.domain.value)
+    resource = series.resources.get(key)
+    if resource is None:
+        resource = series.resources[key] = ResourceSeries(
+            provider=event.provider, model=event.model, domain=event.domain.value
+        )
+    if isinstance(event, RequestLeaseAcquired):
+        resource.in_flight.append(at, event.in_flight)
+        resource.limit.append(at, event.limit)
+        if resource.cap.last != event.cap:
+            resource.cap.append(at, event.cap)
+    elif isinstance(event, RequestLeaseReleased):
+        resource.in_flight.append(at, event.in_flight)
+        resource.limit.append(at, event.limit)
+    elif isinstance(event, RequestResourceRegistered):
+        resource.cap.append(at, event.static_cap)
+        resource.limit.append(at, event.initial_limit)
+        resource.in_flight.append(at, 0)
+    elif isinstance(event, RequestEffectiveCapChanged):
+        resource.cap.append(at, event.cap)
+    elif isinstance(event, RequestLimitDecreased | RequestLimitIncreased):
+        resource.limit.append(at, event.limit)
+    elif isinstance(event, RequestWaitCompleted):
+        resource.wait_seconds.append(event.waited_seconds)
+    elif isinstance(event, ModelRequestCompleted):
+        resource.completed += 1
+        resource.latency_seconds.append(event.latency_seconds)
+        series.requests_by_outcome[event.outcome.value] += 1
+        if event.outcome is RequestOutcomeCode.SUCCESS:
+            series.request_completions.append(at)
+        if event.outcome is RequestOutcomeCode.RATE_LIMITED:
+            series.rate_limited += 1
+            resource.rate_limited_at.append(at)
+
+
+def read_only_counts(counter: Counter[str]) -> Mapping[str, int]:
+    return MappingProxyType(dict(sorted(counter.items())))

@@ -1,0 +1,283 @@
+"""Crash safety end to end: ``sluiceway run`` as a real subprocess, killed (SIGKILL) or
+interrupted (SIGINT) at seeded random points, then ``sluiceway run --resume``. The final dataset
+must equal an uninterrupted run with the same seed, and no model request whose result was
+already kept (journaled, or in a checkpointed row group) may be sent again. Requests are counted
+by content hash where the generator receives the answer: a custom column appends one line per
+completed call to a log file named by an environment variable."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from sluiceway.storage.dataset import load_dataset, read_manifest
+from sluiceway.storage.journal import JOURNAL_FILE_NAME, read_journal_keys
+from sluiceway.storage.manifest import RowGroupStatus, RunStatus
+
+NUM_RECORDS = 240
+BUFFER_SIZE = 20
+DEADLINE_SECONDS = 60.0
+LOG_ENV = "SLUICEWAY_CRASH_REQUEST_LOG"
+
+COLUMN_MODULE = f'''
+import hashlib
+import os
+
+
+async def counted(row, ctx):
+    # The row index makes every request distinct, so a content hash names one cell.
+    prompt = f"Summarize record {{ctx.row_indices[0]}}: {{row['title']}}"
+    text = await ctx.models.generate_text("writer", prompt)
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
+    line = f"{{ctx.column}} {{ctx.row_indices[0]}} {{digest}}\\n".encode()
+    fd = os.open(os.environ["{LOG_ENV}"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return text
+'''
+
+
+def _config() -> dict[str, object]:
+    return {
+        "providers": [
+            {"name": "sim", "type": "simulated", "simulation": {"latency_seconds": 0.01}}
+        ],
+        "models": [
+            {"alias": "writer", "provider": "sim", "model": "sim-w", "max_parallel_requests": 8}
+        ],
+        "columns": [
+            {
+                "name": "topic",
+                "type": "sampler",
+                "sampler": {"kind": "category", "values": ["a", "b", "c"]},
+            },
+            {"name": "n", "type": "sampler", "sampler": {"kind": "integer", "low": 0, "high": 99}},
+            {"name": "title", "type": "expression", "template": "{{ n }} on {{ topic }}"},
+            {"name": "text", "type": "llm_text", "model": "writer", "prompt": "Write {{ title }}"},
+            {
+                "name": "summary",
+                "type": "custom",
+                "function": "crash_columns:counted",
+                "models": ["writer"],
+                "depends_on": ["title"],
+            },
+        ],
+        "run": {
+            "num_records": NUM_RECORDS,
+            "seed": 5,
+            "buffer_size": BUFFER_SIZE,
+            "max_concurrent_row_groups": 2,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    config: Path
+
+
+def _workspace(root: Path) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "crash_columns.py").write_text(COLUMN_MODULE)
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(_config()))
+    return Workspace(root=root, config=config)
+
+
+def _start(ws: Workspace, out: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, LOG_ENV: str(log), "COLUMNS": "1000"}
+    command = [sys.executable, "-m", "sluiceway.cli.app", "run", str(ws.config)]
+    command += ["-o", str(out), "-q", *extra]
+    with (ws.root / f"{log.stem}.stderr").open("wb") as stderr:
+        return subprocess.Popen(
+            command, cwd=ws.root, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+
+
+def _finish(process: subprocess.Popen[bytes]) -> int:
+    try:
+        return process.wait(timeout=DEADLINE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+        raise
+
+
+def _wait_until(process: subprocess.Popen[bytes], condition: Callable[[], bool], what: str) -> None:
+    """Polls the file system until ``condition`` holds; fails if the run ends first."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (code {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait(timeout=10)
+            pytest.fail(f"no {what} within {DEADLINE_SECONDS} s")
+        time.sleep(0.005)
+
+
+def _log_entries(log: Path) -> list[tuple[str, int, str]]:
+    if not log.exists():
+        return []
+    entries = []
+    for line in log.read_text().splitlines():
+        column, row, digest = line.split()
+        entries.append((column, int(row), digest))
+    return entries
+
+
+def _part_files(out: Path) -> int:
+    return len(list(out.glob("part-*.parquet"))) if out.exists() else 0
+
+
+def _kept_cells(out: Path) -> set[tuple[str, int]]:
+    """Cells whose result survived the stop: journaled, or in a complete row group's file."""
+    kept: set[tuple[str, int]] = set()
+    journal = out / JOURNAL_FILE_NAME
+    if journal.exists():
+        kept |= {(column, row) for _, column, row in read_journal_keys(journal)}
+    for group in read_manifest(out).row_groups:
+        if group.status is RowGroupStatus.PARTIAL:
+            continue  # salvaged at the stop: its finished cells are in the journal
+        first = group.index * BUFFER_SIZE
+        kept |= {("summary", row) for row in range(first, first + BUFFER_SIZE)}
+    return kept
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    ws = _workspace(tmp_path_factory.mktemp("baseline"))
+    out = ws.root / "data"
+    code = _finish(_start(ws, out, ws.root / "baseline.log"))
+    assert code == 0, (ws.root / "baseline.stderr").read_text()
+    assert len(_log_entries(ws.root / "baseline.log")) == NUM_RECORDS
+    return load_dataset(out)
+
+
+@dataclass(frozen=True)
+class StopPoint:
+    signal: signal.Signals
+    trigger: str  # "requests": after N completed requests; "parts": after the k-th part file
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.signal.name}-after-{self.count}-{self.trigger}"
+
+
+def _stop_points() -> list[StopPoint]:
+    rng = random.Random(20250301)
+    return [
+        StopPoint(signal.SIGKILL, "requests", rng.randint(5, 60)),
+        StopPoint(signal.SIGKILL, "requests", rng.randint(100, 200)),
+        StopPoint(signal.SIGKILL, "parts", rng.randint(1, 4)),
+        StopPoint(signal.SIGINT, "requests", rng.randint(20, 150)),
+        StopPoint(signal.SIGINT, "parts", rng.randint(2, 5)),
+    ]
+
+
+@pytest.mark.parametrize("point", _stop_points(), ids=str)
+def test_a_stopped_run_resumes_to_the_uninterrupted_dataset(
+    tmp_path: Path, baseline: pd.DataFrame, point: StopPoint
+) -> None:
+    ws = _workspace(tmp_path)
+    out = tmp_path / "data"
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+
+    first = _start(ws, out, first_log)
+    if point.trigger == "requests":
+        _wait_until(
+            first, lambda: len(_log_entries(first_log)) >= point.count, f"{point.count} requests"
+        )
+    else:
+        _wait_until(first, lambda: _part_files(out) >= point.count, f"{point.count} part files")
+    first.send_signal(point.signal)
+    code = _finish(first)
+    assert code != 0, "the run was stopped, it must not report success"
+    manifest = read_manifest(out)
+    if point.signal is signal.SIGINT:
+        assert manifest.status is RunStatus.CANCELLED
+    kept = _kept_cells(out)
+    before = _log_entries(first_log)
+
+    second = _start(ws, out, second_log, "--resume")
+    assert _finish(second) == 0, (tmp_path / "second.stderr").read_text()
+
+    pd.testing.assert_frame_equal(load_dataset(out), baseline)
+    assert read_manifest(out).status is RunStatus.COMPLETED
+    after = _log_entries(second_log)
+    repeated_kept = [entry for entry in after if (entry[0], entry[1]) in kept]
+    assert repeated_kept == [], "a request whose result was kept was sent again"
+    # Every row's request was made in one of the two runs; only cells still unfinished at the
+    # stop may have been requested twice.
+    assert {row for _, row, _ in before} | {row for _, row, _ in after} == set(range(NUM_RECORDS))
+    repeated = {digest for *_, digest in before} & {digest for *_, digest in after}
+    if point.signal is signal.SIGINT:
+        assert repeated == set(), "an interrupt must keep every completed request"
+    assert not (out / JOURNAL_FILE_NAME).exists()
+
+
+def _run_with_file_size_limit(ws: Workspace, out: Path, *extra: str) -> tuple[int, str]:
+    """RLIMIT_FSIZE makes writes past 5,000 bytes fail (EFBIG), as a full disk makes them fail:
+    a part file (about 6 KB here) or the journal's write-ahead log cannot be written."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sluiceway.cli.app", "run", str(ws.config), "-o", str(out), "-q"]
+        + list(extra),
+        cwd=ws.root,
+        env={**os.environ, LOG_ENV: str(ws.root / "limited.log"), "COLUMNS": "1000"},
+        capture_output=True,
+        timeout=DEADLINE_SECONDS,
+        preexec_fn=_limit_file_size,
+        check=False,
+    )
+    return result.returncode, result.stderr.decode()
+
+
+def _limit_file_size() -> None:
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (5_000, 5_000))
+
+
+def test_a_full_disk_fails_loudly_and_resume_completes_once_space_is_free(
+    tmp_path: Path, baseline: pd.DataFrame
+) -> None:
+    ws = _workspace(tmp_path)
+    out = tmp_path / "data"
+    code, stderr = _run_with_file_size_limit(ws, out, "--no-journal")
+    assert code == 1, stderr
+    flat = " ".join(stderr.split())
+    assert "could not write" in flat and "part-000000.parquet" in flat
+    manifest = read_manifest(out)
+    assert manifest.status is RunStatus.FAILED
+    assert manifest.row_groups == ()  # the row group that failed is not listed as written
+    assert list(out.glob("*.tmp")) == []
+    assert len(load_dataset(out)) == 0
+
+    resumed = _start(ws, out, tmp_path / "resumed.log", "--resume")
+    assert _finish(resumed) == 0, (tmp_path / "resumed.stderr").read_text()
+    pd.testing.assert_frame_equal(load_dataset(out), baseline)
+
+
+def test_a_journal_that_cannot_be_written_fails_loudly(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path)
+    out = tmp_path / "data"
+    code, stderr = _run_with_file_size_limit(ws, out)
+    assert code == 1, stderr
+    flat = " ".join(stderr.split())
+    assert "cell journal" in flat and JOURNAL_FILE_NAME in flat
+    assert read_manifest(out).status is RunStatus.FAILED

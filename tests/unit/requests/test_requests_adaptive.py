@@ -1,0 +1,191 @@
+"""Adaptive request admission: cooldown timers, AIMD through the controller, pressure
+snapshots, the circuit breaker, weighted fairness and the worker-thread acquire."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from sluiceway.errors import EngineError, RequestAdmissionError
+from sluiceway.requests import (
+    ProviderModelKey,
+    RequestAdmissionItem,
+    RequestAdmissionLease,
+    RequestDomain,
+    RequestReleaseOutcome,
+    RequestResourceKey,
+)
+from sluiceway.requests.admission import (
+    AdaptiveRequestAdmissionController,
+    BreakerState,
+    DenialReason,
+    RequestAdmissionDenied,
+    RequestAdmissionSettings,
+)
+from sluiceway.requests.limits import AdaptiveLimitSettings
+from sluiceway.testing import FakeClock
+
+KEY = ProviderModelKey(provider="p", model_id="m")
+CHAT = RequestResourceKey(provider_model=KEY, domain=RequestDomain.CHAT)
+OK = RequestReleaseOutcome.SUCCESS
+LIMITED = RequestReleaseOutcome.RATE_LIMITED
+
+
+def _controller(
+    cap: int = 4, clock: FakeClock | None = None, **limit_settings: object
+) -> tuple[AdaptiveRequestAdmissionController, FakeClock]:
+    clock = clock or FakeClock(start=10.0)
+    controller = AdaptiveRequestAdmissionController(
+        {KEY: cap},
+        limit_settings=AdaptiveLimitSettings(**limit_settings),  # type: ignore[arg-type]
+        clock=clock,
+        timers=clock,
+        aliases={KEY: ("fast", "also-fast")},
+    )
+    return controller, clock
+
+
+def _item(group: str = "g", weight: int = 1) -> RequestAdmissionItem:
+    return RequestAdmissionItem(resource=CHAT, group=group, weight=weight)
+
+
+def _lease(result: object) -> RequestAdmissionLease:
+    assert isinstance(result, RequestAdmissionLease), result
+    return result
+
+
+async def _settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_a_rate_limit_cools_the_domain_down_and_the_timer_wakes_the_waiter() -> None:
+    controller, clock = _controller(cap=4)
+    leases = [_lease(controller.try_acquire(_item())) for _ in range(4)]
+    controller.release(leases[0], LIMITED, retry_after_seconds=3.0)
+    assert controller.try_acquire(_item()) == RequestAdmissionDenied(reason=DenialReason.COOLDOWN)
+    waiter = asyncio.create_task(controller.acquire(_item()))
+    await _settle()
+    assert not waiter.done()
+    domain = controller.pressure.snapshot().domain(CHAT)
+    assert domain is not None
+    assert (domain.limit, domain.blocked_until, domain.rate_limit_ceiling) == (3, 13.0, 4)
+    assert domain.consecutive_rate_limits == 1 and domain.waiters == 1
+    clock.advance(2.9)
+    await _settle()
+    assert not waiter.done()
+    clock.advance(0.1)  # the cooldown timer fires; 3 in flight is at the new limit of 3
+    await _settle()
+    assert not waiter.done()
+    controller.release(leases[1], OK)
+    await _settle()
+    assert waiter.done()
+    for lease in (*leases[2:], waiter.result()):
+        controller.release(lease, OK)
+    assert controller.statistics().in_flight == 0
+
+
+async def test_one_burst_of_rate_limits_decreases_the_limit_once() -> None:
+    controller, _ = _controller(cap=8)
+    leases = [_lease(controller.try_acquire(_item())) for _ in range(8)]
+    for lease in leases:
+        controller.release(lease, LIMITED, retry_after_seconds=1.0)
+    stats = controller.statistics().provider_models[KEY].domains[RequestDomain.CHAT]
+    assert (stats.limit, stats.limit_decreases, stats.cooldowns) == (6, 1, 1)
+
+
+def test_snapshots_are_immutable_and_sequenced() -> None:
+    controller, _ = _controller()
+    controller.try_acquire(_item())
+    first = controller.pressure.snapshot()
+    second = controller.pressure.snapshot()
+    assert second.sequence == first.sequence + 1
+    pool = first.provider_models[KEY]
+    assert pool.aliases == ("fast", "also-fast")
+    assert (pool.in_flight, pool.headroom, pool.breaker) == (1, 3, BreakerState.CLOSED)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pool.in_flight = 0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        pool.domains[RequestDomain.EMBEDDING] = pool.domains[RequestDomain.CHAT]  # type: ignore[index]
+
+
+async def test_the_startup_ramp_grows_the_limit_by_timer() -> None:
+    controller, clock = _controller(cap=4, startup_ramp_seconds=3.0)
+    first = _lease(controller.try_acquire(_item()))
+    waiter = asyncio.create_task(controller.acquire(_item()))
+    await _settle()
+    assert not waiter.done()
+    clock.advance(1.0)
+    await _settle()
+    assert waiter.done()
+    for lease in (first, waiter.result()):
+        controller.release(lease, OK)
+
+
+async def test_the_breaker_opens_after_continuous_failure_and_fails_waiters_fast() -> None:
+    clock = FakeClock(start=0.0)
+    controller = AdaptiveRequestAdmissionController(
+        {KEY: 1},
+        clock=clock,
+        timers=clock,
+        settings=RequestAdmissionSettings(
+            breaker_open_after_seconds=10.0, breaker_probe_interval_seconds=5.0
+        ),
+    )
+    controller.release(
+        _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
+    )
+    clock.advance(11.0)
+    lease = _lease(controller.try_acquire(_item()))
+    waiter = asyncio.create_task(controller.acquire(_item()))
+    await _settle()
+    controller.release(lease, RequestReleaseOutcome.PROVIDER_TIMEOUT)
+    await _settle()
+    with pytest.raises(RequestAdmissionError, match="provider 'p' model 'm' is unavailable"):
+        await waiter
+    snapshot = controller.pressure.snapshot()
+    assert snapshot.provider_models[KEY].breaker is BreakerState.OPEN
+    assert controller.try_acquire(_item()) == RequestAdmissionDenied(
+        reason=DenialReason.BREAKER_OPEN
+    )
+    clock.advance(5.0)  # one probe may go; its success closes the breaker
+    probe = _lease(controller.try_acquire(_item()))
+    controller.release(probe, OK)
+    assert controller.statistics().provider_models[KEY].breaker is BreakerState.CLOSED
+
+
+async def test_waiters_of_groups_sharing_a_cap_are_served_in_weighted_fair_order() -> None:
+    controller, _ = _controller(cap=1)
+    held = _lease(controller.try_acquire(_item()))
+    order: list[str] = []
+
+    async def wait(group: str, weight: int) -> None:
+        lease = await controller.acquire(_item(group, weight))
+        order.append(group)
+        controller.release(lease, OK)
+
+    tasks = [asyncio.create_task(wait("heavy", 3)) for _ in range(6)]
+    tasks += [asyncio.create_task(wait("light", 1)) for _ in range(2)]
+    await _settle()
+    controller.release(held, OK)
+    await asyncio.gather(*tasks)
+    assert order[:4].count("heavy") == 3
+    assert sorted(order) == ["heavy"] * 6 + ["light"] * 2
+
+
+async def test_acquire_sync_gets_a_lease_for_a_worker_thread() -> None:
+    controller, _ = _controller(cap=1)
+    loop = asyncio.get_running_loop()
+    lease = await asyncio.to_thread(controller.acquire_sync, _item(), loop=loop)
+    assert controller.statistics().live_leases == 1
+    await asyncio.to_thread(controller.release_threadsafe, lease, OK)
+    await _settle()
+    assert controller.statistics().live_leases == 0
+
+
+async def test_acquire_sync_on_the_loop_thread_is_refused() -> None:
+    controller, _ = _controller()
+    with pytest.raises(EngineError, match="loop's own thread"):
+        controller.acquire_sync(_item(), loop=asyncio.get_running_loop())

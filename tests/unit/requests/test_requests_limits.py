@@ -1,0 +1,150 @@
+"""Pure tests of the limit algorithms: one sample per test, time passed in explicitly."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluiceway.errors import EngineError
+from sluiceway.requests.limits import (
+    AdaptiveLimitSettings,
+    AdaptiveRequestLimit,
+    AimdLimit,
+    AimdState,
+    CooldownPolicy,
+    GradientLimit,
+    GradientState,
+    LimitChange,
+    StartupRamp,
+)
+from sluiceway.requests.outcomes import RequestReleaseOutcome
+
+OK = RequestReleaseOutcome.SUCCESS
+LIMITED = RequestReleaseOutcome.RATE_LIMITED
+
+AIMD = AimdLimit(max_limit=32, successes_until_increase=2)
+
+
+def test_a_rate_limit_decreases_multiplicatively_and_remembers_the_ceiling() -> None:
+    state = AIMD.on_rate_limited(AimdState(limit=32), limit_at_grant=32)
+    assert state == AimdState(limit=24, successes=0, ceiling=32)
+
+
+def test_a_lease_granted_above_the_current_limit_does_not_decrease_again() -> None:
+    state = AimdState(limit=24, ceiling=32)
+    assert AIMD.on_rate_limited(state, limit_at_grant=32) is state
+
+
+def test_the_decrease_never_goes_below_one() -> None:
+    assert AIMD.on_rate_limited(AimdState(limit=1), limit_at_grant=1).limit == 1
+
+
+def test_successes_grow_the_limit_by_one_step_after_the_threshold() -> None:
+    state = AIMD.on_success(AimdState(limit=10, successes=1), in_flight=10)
+    assert state == AimdState(limit=11, successes=0)
+
+
+def test_a_success_below_the_threshold_only_counts() -> None:
+    assert AIMD.on_success(AimdState(limit=10), in_flight=10) == AimdState(limit=10, successes=1)
+
+
+def test_no_growth_while_the_limit_is_not_in_use() -> None:
+    state = AimdState(limit=10, successes=1)
+    assert AIMD.on_success(state, in_flight=3) is state
+
+
+def test_growth_stops_at_the_effective_max() -> None:
+    state = AimdState(limit=32, successes=1)
+    assert AIMD.on_success(state, in_flight=32) is state
+
+
+def test_crossing_the_remembered_ceiling_needs_more_successes() -> None:
+    aimd = AimdLimit(max_limit=32, successes_until_increase=2, ceiling_caution=3)
+    state = AimdState(limit=20, successes=2, ceiling=20)
+    assert aimd.on_success(state, in_flight=20) == AimdState(limit=20, successes=3, ceiling=20)
+    assert aimd.on_success(AimdState(limit=20, successes=5, ceiling=20), in_flight=20).limit == 21
+
+
+def test_reaching_the_ceiling_is_a_soft_recovery() -> None:
+    change = AIMD.change(AimdState(limit=19, ceiling=20), AimdState(limit=20, ceiling=20))
+    assert change is LimitChange.SOFT_CEILING_RECOVERED
+
+
+def test_reaching_the_max_is_a_full_recovery() -> None:
+    change = AIMD.change(AimdState(limit=31), AimdState(limit=32))
+    assert change is LimitChange.FULLY_RECOVERED
+
+
+def test_invalid_aimd_settings_are_refused() -> None:
+    with pytest.raises(EngineError, match="decrease_factor must be in"):
+        AimdLimit(max_limit=4, decrease_factor=1.5)
+
+
+def test_the_startup_ramp_is_linear_from_one_to_the_target() -> None:
+    ramp = StartupRamp(target=9, ramp_seconds=8.0, start_at=100.0)
+    assert [ramp.limit_at(100.0 + t) for t in (0, 1, 4, 7.99, 8, 50)] == [1, 2, 5, 8, 9, 9]
+
+
+def test_the_startup_ramp_says_when_it_next_steps() -> None:
+    ramp = StartupRamp(target=9, ramp_seconds=8.0, start_at=100.0)
+    assert ramp.next_step_at(100.5) == 101.0
+    assert ramp.next_step_at(108.0) is None
+
+
+def test_cooldown_follows_retry_after_clamped_to_the_max() -> None:
+    policy = CooldownPolicy(default_seconds=2.0, max_seconds=60.0)
+    assert policy.until(10.0, 5.0) == 15.0
+    assert policy.until(10.0, 3600.0) == 70.0
+
+
+def test_cooldown_without_retry_after_uses_the_default() -> None:
+    assert CooldownPolicy(default_seconds=2.0).until(10.0, None) == 12.0
+
+
+def test_the_gradient_limit_shrinks_when_latency_inflates() -> None:
+    gradient = GradientLimit(max_limit=64, short_alpha=1.0, long_alpha=0.0)
+    state = GradientState(limit=32.0, short_latency_seconds=0.2, long_latency_seconds=0.2)
+    assert gradient.on_sample(state, latency_seconds=2.0).limit < 32.0
+
+
+def test_the_gradient_limit_grows_while_latency_is_steady() -> None:
+    gradient = GradientLimit(max_limit=64)
+    state = GradientState(limit=16.0, short_latency_seconds=0.2, long_latency_seconds=0.2)
+    assert gradient.on_sample(state, latency_seconds=0.2).limit > 16.0
+
+
+def _adaptive(**settings: object) -> AdaptiveRequestLimit:
+    return AdaptiveRequestLimit(AdaptiveLimitSettings(**settings), static_cap=32)  # type: ignore[arg-type]
+
+
+def test_adaptive_limit_starts_at_the_clamped_initial_limit() -> None:
+    assert _adaptive(initial_limit=100).limit == 32
+    assert _adaptive(initial_limit=0).limit == 1
+    assert _adaptive(max_limit=8).limit == 8
+
+
+def test_adaptive_rate_limit_cools_down_until_retry_after() -> None:
+    limit = _adaptive()
+    limit.on_outcome(LIMITED, now=5.0, limit_at_grant=32, in_flight=32, retry_after_seconds=3.0)
+    assert (limit.limit, limit.blocked_until, limit.ceiling) == (24, 8.0, 32)
+    assert limit.advance(6.0) == 8.0
+    assert limit.advance(8.0) is None
+    assert limit.blocked_until is None
+
+
+def test_adaptive_successes_in_cooldown_do_not_grow_the_limit() -> None:
+    limit = _adaptive(successes_until_increase=1)
+    limit.on_outcome(LIMITED, now=0.0, limit_at_grant=32, in_flight=32, retry_after_seconds=None)
+    limit.on_outcome(OK, now=1.0, limit_at_grant=24, in_flight=24, retry_after_seconds=None)
+    assert limit.limit == 24
+
+
+def test_adaptive_ramp_starts_at_the_first_advance_and_a_rate_limit_aborts_it() -> None:
+    limit = _adaptive(startup_ramp_seconds=31.0)
+    assert limit.advance(10.0) == 11.0
+    assert limit.limit == 1
+    limit.advance(20.0)
+    assert limit.limit == 11
+    limit.on_outcome(LIMITED, now=20.0, limit_at_grant=11, in_flight=11, retry_after_seconds=0)
+    assert limit.limit == 8
+    assert limit.advance(40.0) is None
+    assert limit.limit == 8

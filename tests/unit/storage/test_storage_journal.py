@@ -1,0 +1,162 @@
+"""The cell journal: exact value round trips, batched commits by the writer thread, deletion of
+checkpointed row groups, refusal of another run's journal, and failures that are loud."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sluiceway.errors import StorageError
+from sluiceway.storage.journal import (
+    GROUP_ROW_INDEX,
+    JOURNAL_FILE_NAME,
+    CellJournal,
+    count_entries,
+    decode_payload,
+    encode_payload,
+    journal_files,
+    read_journal_keys,
+    remove_journal,
+)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"text": "Ünïcode ✓", "n": 3, "ok": True, "none": None},
+        {"score": 0.1 + 0.2, "big": 2**62, "tiny": 5e-324},
+        {"facts": {"tone": "warm", "nested": [1, [2, {"x": 3.5}]]}},
+        {"vec": [0.125, -1.0, 3.0e10]},
+        {"when": dt.datetime(2025, 3, 1, 9, 30, tzinfo=dt.UTC), "day": dt.date(2025, 3, 2)},
+        {"naive": dt.datetime(2025, 3, 1, 9, 30, 15, 123456), "t": dt.time(8, 15)},
+    ],
+)
+def test_payloads_round_trip_exactly(value: dict[str, object]) -> None:
+    assert decode_payload(encode_payload(value)) == value
+
+
+def test_arrays_keep_their_dtype_and_non_finite_floats_survive() -> None:
+    decoded = decode_payload(encode_payload({"a": np.arange(3, dtype=np.float32), "x": math.inf}))
+    assert decoded["a"].dtype == np.float32
+    assert decoded["a"].tolist() == [0.0, 1.0, 2.0]
+    assert decoded["x"] == math.inf
+
+
+def test_unknown_objects_are_refused() -> None:
+    with pytest.raises(TypeError, match="not journaled"):
+        encode_payload({"x": object()})
+
+
+def _journal(tmp_path: Path, run_id: str = "run-a", fingerprint: str = "f1") -> CellJournal:
+    return CellJournal.create(tmp_path, run_id=run_id, config_fingerprint=fingerprint)
+
+
+def test_recorded_entries_are_committed_by_the_writer_and_read_back(tmp_path: Path) -> None:
+    journal = _journal(tmp_path)
+    journal.start()
+    for row in range(50):
+        journal.record(row // 10, "text", row, encode_payload({"text": f"t{row}"}))
+    journal.record(4, "batch", GROUP_ROW_INDEX, encode_payload({"rows": [40], "values": []}))
+    journal.close()
+    stats = journal.statistics()
+    assert stats.recorded == stats.committed == 51
+    assert 1 <= stats.batches <= 51
+    again = CellJournal.open_existing(tmp_path, run_id="run-a", config_fingerprint="f1")
+    entries = again.read_entries({1, 4})
+    again.close()
+    assert sorted(entries) == [1, 4]
+    assert decode_payload(entries[1][("text", 13)]) == {"text": "t13"}
+    assert ("batch", GROUP_ROW_INDEX) in entries[4]
+    assert count_entries(tmp_path / JOURNAL_FILE_NAME) == 51
+
+
+def test_forgetting_a_row_group_deletes_its_entries_after_its_puts(tmp_path: Path) -> None:
+    journal = _journal(tmp_path)
+    journal.start()
+    journal.record(0, "text", 0, "{}")
+    journal.record(1, "text", 5, "{}")
+    journal.forget_row_group(0)
+    journal.close()
+    assert read_journal_keys(tmp_path / JOURNAL_FILE_NAME) == {(1, "text", 5)}
+    assert journal.statistics().forgotten_row_groups == 1
+
+
+def test_the_journal_is_in_wal_mode(tmp_path: Path) -> None:
+    _journal(tmp_path).close()
+    connection = sqlite3.connect(tmp_path / JOURNAL_FILE_NAME)
+    try:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        connection.close()
+
+
+def test_a_second_journal_in_the_same_directory_is_refused(tmp_path: Path) -> None:
+    _journal(tmp_path).close()
+    with pytest.raises(StorageError, match="already exists"):
+        _journal(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("run_id", "fingerprint", "problem"),
+    [("run-b", "f1", "run 'run-a'"), ("run-a", "f2", "another fingerprint")],
+)
+def test_a_journal_of_another_run_is_refused(
+    tmp_path: Path, run_id: str, fingerprint: str, problem: str
+) -> None:
+    _journal(tmp_path).close()
+    with pytest.raises(StorageError, match="belongs to another run") as caught:
+        CellJournal.open_existing(tmp_path, run_id=run_id, config_fingerprint=fingerprint)
+    assert problem in str(caught.value)
+    assert str(tmp_path / JOURNAL_FILE_NAME) in str(caught.value)
+
+
+def test_a_file_that_is_not_a_journal_is_reported(tmp_path: Path) -> None:
+    (tmp_path / JOURNAL_FILE_NAME).write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StorageError, match="not a readable cell journal"):
+        CellJournal.open_existing(tmp_path, run_id="run-a", config_fingerprint="f1")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_a_read_only_directory_fails_loudly_naming_the_journal(tmp_path: Path) -> None:
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(StorageError, match=JOURNAL_FILE_NAME):
+            _journal(tmp_path)
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_a_failed_commit_is_raised_by_the_next_record_and_by_close(tmp_path: Path) -> None:
+    journal = _journal(tmp_path)
+    journal.start()
+    journal.record(0, "text", 0, "{}")
+    journal.close()
+    # A journal whose table is gone: the writer's next commit fails.
+    broken = CellJournal.open_existing(tmp_path, run_id="run-a", config_fingerprint="f1")
+    connection = sqlite3.connect(tmp_path / JOURNAL_FILE_NAME)
+    connection.execute("DROP TABLE cells")
+    connection.commit()
+    connection.close()
+    broken.start()
+    broken.record(0, "text", 1, "{}")
+    with pytest.raises(StorageError, match="could not write the cell journal"):
+        broken.close()
+    with pytest.raises(StorageError):
+        broken.record(0, "text", 2, "{}")
+
+
+def test_remove_journal_deletes_the_side_files(tmp_path: Path) -> None:
+    journal = _journal(tmp_path)
+    journal.start()
+    journal.record(0, "text", 0, "{}")
+    journal.close()
+    (tmp_path / (JOURNAL_FILE_NAME + "-wal")).write_bytes(b"")
+    assert journal_files(tmp_path)
+    remove_journal(tmp_path)
+    assert journal_files(tmp_path) == []
