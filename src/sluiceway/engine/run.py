@@ -23,7 +23,6 @@ from sluiceway.config.graph import ColumnGraph
 from sluiceway.config.models import DatasetConfig, ProviderConfig
 from sluiceway.engine.cancellation import RunCancellation
 from sluiceway.engine.capacity import build_capacity_plan
-from sluiceway.engine.circuit_breaker import BreakerClient, CircuitBreaker
 from sluiceway.engine.progress import ProgressListener, ProgressSnapshot
 from sluiceway.engine.resume import (
     ResumePlan,
@@ -200,11 +199,6 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     for provider in config.providers:
         if provider.name not in clients:
             clients[provider.name] = _provider_client(provider, config)
-    if run.circuit_breaker_seconds is not None:
-        breaker = CircuitBreaker(run.circuit_breaker_seconds)
-        clients = {
-            name: BreakerClient(client, breaker, provider=name) for name, client in clients.items()
-        }
     request_resolver = RequestResourceResolver(config.models)
     request_admission = build_request_admission(run, request_resolver)
     executor = ModelRequestExecutor(

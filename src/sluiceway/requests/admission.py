@@ -1033,8 +1033,7 @@ class RequestAdmissionController:
             DenialReason.BREAKER_OPEN.value,
             f"provider {pool.key.provider!r} model {pool.key.model_id!r} is unavailable: no "
             f"request succeeded for {open_after:g}s while requests failed or were rate limited; "
-            "check the endpoint, its credentials and quota, or raise "
-            "run.request_admission.breaker_open_after_seconds",
+            "check the endpoint, its credentials and quota, or raise run.circuit_breaker_seconds",
         )
 
 

@@ -30,8 +30,8 @@ def build_request_admission(
     return RequestAdmissionController(
         caps,
         limits=limits,
-        # The engine's circuit breaker (run.circuit_breaker_seconds) wraps the provider clients
-        # and ends the run; a second breaker here would race it, so this one stays off.
-        settings=RequestAdmissionSettings(breaker_open_after_seconds=None),
+        # An open breaker fails the waiters of its provider/model at once; the executor turns that
+        # into ProviderCircuitOpenError, which stops the run naming the provider and model.
+        settings=RequestAdmissionSettings(breaker_open_after_seconds=run.circuit_breaker_seconds),
         aliases={key: resolver.aliases_of(key) for key in caps},
     )
