@@ -155,3 +155,39 @@ def test_dropped_column_is_not_written() -> None:
 @pytest.mark.parametrize("records", [1, 7])
 def test_small_runs(records: int) -> None:
     assert _run(base_config(num_records=records, buffer_size=3), None).info.rows_written == records
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.snapshots: list[Any] = []
+
+    def on_start(self, snapshot: Any) -> None:
+        self.snapshots.append(snapshot)
+
+    def on_progress(self, snapshot: Any) -> None:
+        self.snapshots.append(snapshot)
+
+    def on_finish(self, snapshot: Any) -> None:
+        self.snapshots.append(snapshot)
+
+
+def test_progress_reports_rows_per_column_and_requests_per_model() -> None:
+    listener = RecordingProgress()
+    cfg = DatasetConfig.model_validate(base_config(num_records=12, buffer_size=5))
+    outcome = asyncio.run(
+        run_dataset(
+            cfg, RunOptions(output_dir=None, progress=listener, progress_interval_seconds=0)
+        )
+    )
+    first, last = listener.snapshots[0], listener.snapshots[-1]
+    assert all(column.rows_done == 0 for column in first.columns)
+    assert all(column.rows_done == 12 for column in last.columns)
+    assert {"title", "text", "facts", "score", "vec"} <= {c.name for c in last.columns}
+    assert sum(model.requests for model in last.models) == outcome.info.model_requests == 48
+    for model in last.models:
+        assert model.in_flight == 0 and model.waiters == 0
+        assert 1 <= model.limit <= model.cap
+        assert model.breaker == "closed"
+    assert [s.records_done for s in listener.snapshots] == sorted(
+        s.records_done for s in listener.snapshots
+    )

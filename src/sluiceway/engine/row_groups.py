@@ -78,6 +78,8 @@ class EngineRowGroupHandler(RowGroupHandler):
         self._buffers: dict[int, _Buffer] = {}
         self.written_count = 0
         self.dropped_count = 0
+        # Rows each generator has finished, resumed work excluded: per-column progress.
+        self.rows_done_by_generator: dict[str, int] = {}
 
     def admit(self, row_group: int, first_record: int, size: int) -> None:
         self._buffers[row_group] = _Buffer(first_record, size)
@@ -101,8 +103,12 @@ class EngineRowGroupHandler(RowGroupHandler):
                     models=self._models,
                 )
                 row.update(await generator.generate_cell(row, ctx))
-                return SUCCEEDED
-            return await self._run_group_task(generator, spec.row_group, buffer, spec.kind)
+                done = 1
+            else:
+                done = await self._run_group_task(generator, spec.row_group, buffer, spec.kind)
+            counts = self.rows_done_by_generator
+            counts[generator.name] = counts.get(generator.name, 0) + done
+            return SUCCEEDED
         except SluicewayError as error:
             error_class = classify_task_error(error)
             if error_class is TaskErrorClass.NON_RETRYABLE:
@@ -115,10 +121,11 @@ class EngineRowGroupHandler(RowGroupHandler):
 
     async def _run_group_task(
         self, generator: ColumnGenerator, row_group: int, buffer: _Buffer, kind: TaskKind
-    ) -> TaskOutcome:
+    ) -> int:
+        """Run a batch or from-scratch task over the live rows; returns how many it filled."""
         live = [i for i, row in enumerate(buffer.rows) if row is not _DEAD]
         if not live:
-            return SUCCEEDED
+            return 0
         ctx = GenerationContext(
             seed=self._seed,
             column=generator.name,
@@ -138,7 +145,7 @@ class EngineRowGroupHandler(RowGroupHandler):
             )
         for row, values in zip(rows, results, strict=True):
             row.update(values)
-        return SUCCEEDED
+        return len(rows)
 
     def rows_dropped(self, row_group: int, rows: Sequence[int], column: str, reason: str) -> None:
         buffer = self._buffers[row_group]

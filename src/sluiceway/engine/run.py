@@ -23,7 +23,12 @@ from sluiceway.config.graph import ColumnGraph
 from sluiceway.config.models import DatasetConfig, ProviderConfig
 from sluiceway.engine.cancellation import RunCancellation
 from sluiceway.engine.capacity import build_capacity_plan
-from sluiceway.engine.progress import ProgressListener, ProgressSnapshot
+from sluiceway.engine.progress import (
+    ProgressListener,
+    ProgressSnapshot,
+    column_progress,
+    model_progress,
+)
 from sluiceway.engine.resume import (
     ResumePlan,
     journal_model_generators,
@@ -166,6 +171,11 @@ class _ProgressTicker:
             self._last = now
             self._listener.on_progress(self._snapshot())
 
+    async def run_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self.tick()
+
 
 async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     """Generate the dataset described by ``config``. Raises on fatal errors; rows that fail
@@ -260,8 +270,13 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             + scheduler.statistics().row_groups_resumed,
             model_requests=stats.attempts,
             elapsed_seconds=time.monotonic() - started,
+            columns=column_progress(generator_names, handler.rows_done_by_generator),
+            models=model_progress(
+                request_admission.pressure.snapshot(), request_admission.statistics()
+            ),
         )
 
+    generator_names = tuple(generator.name for generator in generators)
     ticker = _ProgressTicker(options.progress, options.progress_interval_seconds, snapshot)
     scheduler = AsyncTaskScheduler(
         SchedulerSettings(
@@ -299,6 +314,10 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     stopped: RunStoppedError | None = None
     if options.cancellation is not None:
         options.cancellation.bind(asyncio.get_running_loop(), scheduler.cancel)
+    # A display refresh on a timer: in-flight counts and rates move between checkpoints.
+    refresher = (
+        asyncio.create_task(ticker.run_periodically()) if options.progress is not None else None
+    )
     try:
         try:
             await scheduler.run()
@@ -313,6 +332,8 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         status = "cancelled"
         raise
     finally:
+        if refresher is not None:
+            refresher.cancel()
         if options.cancellation is not None:
             options.cancellation.unbind()
         request_admission.shutdown()
