@@ -59,14 +59,11 @@ def measure(
         assert isinstance(lease, TaskAdmissionLease)
         held.append(lease)
 
-    def eligible(entry: QueueEntry[SchedulableTask]) -> bool:
-        return controller.is_eligible(entry.item, view)
-
     samples: list[int] = []
     next_id = queued
     for _ in range(cycles):
         start = time.perf_counter_ns()
-        selection = queue.select_next(eligible)
+        selection = controller.select_next(queue)
         assert selection is not None
         lease = controller.try_acquire(selection.entry.item, view)
         assert isinstance(lease, TaskAdmissionLease)

@@ -9,10 +9,18 @@ group skipped because its head is ineligible.
 
 ``select_next`` does not change the logical state; ``commit`` is the only removal and refuses a
 selection made before any later change (``sequence_version``).
+
+Parking (an index, not logical state): ``select_next_or_park`` lets the judge answer ``PARK`` for
+a head that stays ineligible until someone calls ``unpark`` / ``unpark_all``. A parked group
+keeps its tags and tie order but leaves the heap, so later selections do not visit it again. The
+queue itself unparks a group when its head changes and every group when the demand shape changes
+(which groups demand which resource, or a group's weight). Invariant the caller keeps: a parked
+group's head is ineligible; then the selection equals the one that evaluates every head.
 """
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
@@ -35,6 +43,14 @@ class QueueEntry(Generic[T]):
     demand: Mapping[str, int] | None = None
 
 
+class HeadVerdict(enum.Enum):
+    """A judge's answer for one group head in :meth:`WeightedFairQueue.select_next_or_park`."""
+
+    ELIGIBLE = "eligible"
+    INELIGIBLE = "ineligible"  # skip now, ask again at the next selection
+    PARK = "park"  # skip until the group is unparked (see the module docstring)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueSelection(Generic[T]):
     """The head that ``select_next`` proposes; valid until the queue changes."""
@@ -53,6 +69,7 @@ class QueueStatistics:
     stale_commits: int
     removed_total: int
     virtual_time: float
+    parked_groups: int = 0
 
 
 class _Group(Generic[T]):
@@ -63,6 +80,7 @@ class _Group(Generic[T]):
         "heap_seq",
         "heap_token",
         "key",
+        "parked",
         "start_tag",
         "weight",
     )
@@ -75,6 +93,7 @@ class _Group(Generic[T]):
         self.finish_tag = 0.0
         self.heap_token = 0
         self.heap_seq = 0  # tie-break order of the group's live heap entry
+        self.parked = False  # out of the heap until unparked; has entries while parked
         self.demand: dict[str, int] = {}
 
 
@@ -114,6 +133,11 @@ class QueueView(Generic[T]):
         """Changes whenever the queue changes; a cache key for values derived from the view."""
         return self._queue._version
 
+    @property
+    def demand_shape_version(self) -> int:
+        """Changes when a group starts or stops demanding a resource, or changes its weight."""
+        return self._queue._shape_version
+
     def has_other_backlogged_group(self, group: Hashable) -> bool:
         groups = self._queue._groups
         backlogged = self._queue._backlogged
@@ -140,6 +164,9 @@ class WeightedFairQueue(Generic[T]):
         self._removed = 0
         # resource -> total weight of groups with queued demand for it (for weighted shares).
         self._demand_weight: dict[str, float] = {}
+        self._shape_version = 0
+        self._shape_changed = False
+        self._parked: set[Hashable] = set()
         self._view = QueueView(self)
 
     def __len__(self) -> int:
@@ -165,6 +192,7 @@ class WeightedFairQueue(Generic[T]):
                 for resource in group.demand:
                     self._demand_weight[resource] += entry.weight - group.weight
                 group.weight = entry.weight
+                self._shape_changed = True
             was_idle = not group.entries
             group.entries.append(entry)
             if entry.demand:
@@ -175,6 +203,7 @@ class WeightedFairQueue(Generic[T]):
                     if not before:
                         weights = self._demand_weight
                         weights[resource] = weights.get(resource, 0.0) + group.weight
+                        self._shape_changed = True
                     group.demand[resource] = before + amount
             self._ids[entry.item_id] = entry.group
             accepted.append(entry.item_id)
@@ -185,12 +214,18 @@ class WeightedFairQueue(Generic[T]):
         if accepted:
             self._enqueued_total += len(accepted)
             self._version += 1
+        self._note_shape_change()
         return accepted
 
     def select_next(
         self, is_eligible: Callable[[QueueEntry[T]], bool] | None = None
     ) -> QueueSelection[T] | None:
-        """Propose the fairest head whose ``is_eligible`` is true; change nothing logical."""
+        """Propose the fairest head whose ``is_eligible`` is true; change nothing logical.
+
+        ``is_eligible`` knows nothing of parking, so every parked group is unparked first.
+        """
+        if self._parked:
+            self.unpark_all()
         self._drop_stale_top()
         heap = self._heap
         if not heap:
@@ -214,6 +249,67 @@ class WeightedFairQueue(Generic[T]):
                     heapq.heappush(frontier, (heap[child][0], heap[child][1], child))
         return None
 
+    def select_next_or_park(
+        self, judge: Callable[[QueueEntry[T]], HeadVerdict]
+    ) -> QueueSelection[T] | None:
+        """Like ``select_next``, but a head judged ``PARK`` takes its group out of the heap.
+
+        Parked groups are not visited again until unparked, so a run of groups that stay
+        ineligible costs one visit each instead of one per selection. Changes nothing logical.
+        """
+        self._drop_stale_top()
+        heap = self._heap
+        if not heap:
+            return None
+        groups = self._groups
+        frontier: list[tuple[float, int, int]] = [(heap[0][0], heap[0][1], 0)]
+        size = len(heap)
+        while frontier:
+            _, _, index = heapq.heappop(frontier)
+            _start, _seq, token, key = heap[index]
+            group = groups[key]
+            if group.heap_token == token and group.entries:
+                head = group.entries[0]
+                verdict = judge(head)
+                if verdict is HeadVerdict.ELIGIBLE:
+                    return QueueSelection(entry=head, sequence_version=self._version)
+                if verdict is HeadVerdict.PARK:
+                    group.heap_token += 1  # its heap entry goes stale; unpark pushes a new one
+                    group.parked = True
+                    self._parked.add(key)
+            child = 2 * index + 1
+            if child < size:
+                heapq.heappush(frontier, (heap[child][0], heap[child][1], child))
+                child += 1
+                if child < size:
+                    heapq.heappush(frontier, (heap[child][0], heap[child][1], child))
+        return None
+
+    def unpark(self, group: Hashable) -> None:
+        """Put a parked group back in the heap with its tags and tie order; no-op otherwise."""
+        state = self._groups.get(group)
+        if state is None or not state.parked:
+            return
+        self._parked.discard(group)
+        self._restore(state)
+
+    def unpark_all(self) -> None:
+        """Put every parked group back in the heap."""
+        if not self._parked:
+            return
+        groups = self._groups
+        for key in self._parked:
+            self._restore(groups[key])
+        self._parked.clear()
+
+    def is_parked(self, group: Hashable) -> bool:
+        state = self._groups.get(group)
+        return state is not None and state.parked
+
+    @property
+    def parked_count(self) -> int:
+        return len(self._parked)
+
     def commit(self, selection: QueueSelection[T]) -> T | None:
         """Remove the selected head; return ``None`` for a stale selection (nothing changes)."""
         if selection.sequence_version != self._version:
@@ -225,6 +321,7 @@ class WeightedFairQueue(Generic[T]):
             raise EngineError("a selection of the current version is not its group's head")
         group.entries.popleft()
         self._forget(group, entry)
+        self._clear_parked(group)  # its head changes
         self._virtual_time = max(self._virtual_time, group.start_tag)
         group.finish_tag = group.start_tag + 1.0 / group.weight
         group.heap_token += 1  # invalidates the group's heap entry
@@ -235,6 +332,7 @@ class WeightedFairQueue(Generic[T]):
             self._backlogged -= 1
         self._committed += 1
         self._version += 1
+        self._note_shape_change()
         return entry.item
 
     def remove(self, item_id: Hashable) -> T | None:
@@ -247,6 +345,8 @@ class WeightedFairQueue(Generic[T]):
         was_head = group.entries[0] is entry
         group.entries.remove(entry)
         self._forget(group, entry)
+        if was_head or not group.entries:
+            self._clear_parked(group)
         if not group.entries:
             group.heap_token += 1
             self._backlogged -= 1
@@ -255,6 +355,7 @@ class WeightedFairQueue(Generic[T]):
             self._push(group)
         self._removed += 1
         self._version += 1
+        self._note_shape_change()
         return entry.item
 
     def view(self) -> QueueView[T]:
@@ -270,6 +371,7 @@ class WeightedFairQueue(Generic[T]):
             stale_commits=self._stale,
             removed_total=self._removed,
             virtual_time=self._virtual_time,
+            parked_groups=len(self._parked),
         )
 
     def _forget(self, group: _Group[T], entry: QueueEntry[T]) -> None:
@@ -283,12 +385,31 @@ class WeightedFairQueue(Generic[T]):
                     group.demand[resource] = left
                 else:
                     del group.demand[resource]
+                    self._shape_changed = True
                     weight_left = self._demand_weight[resource] - group.weight
                     # Float sums of integer weights stay exact; clear residue from odd weights.
                     if abs(weight_left) < 1e-9:
                         del self._demand_weight[resource]
                     else:
                         self._demand_weight[resource] = weight_left
+
+    def _note_shape_change(self) -> None:
+        """After a change: a new demand shape may make any parked head eligible again."""
+        if self._shape_changed:
+            self._shape_changed = False
+            self._shape_version += 1
+            self.unpark_all()
+
+    def _clear_parked(self, group: _Group[T]) -> None:
+        """Forget that ``group`` is parked; the caller pushes it back if it stays backlogged."""
+        if group.parked:
+            group.parked = False
+            self._parked.discard(group.key)
+
+    def _restore(self, group: _Group[T]) -> None:
+        group.parked = False
+        # Same start tag and tie-break sequence as before parking: the order is unchanged.
+        heapq.heappush(self._heap, (group.start_tag, group.heap_seq, group.heap_token, group.key))
 
     def _push(self, group: _Group[T]) -> None:
         self._seq += 1
@@ -303,7 +424,7 @@ class WeightedFairQueue(Generic[T]):
         self._heap = [
             (group.start_tag, group.heap_seq, group.heap_token, group.key)
             for group in self._groups.values()
-            if group.entries
+            if group.entries and not group.parked
         ]
         heapq.heapify(self._heap)
 

@@ -6,6 +6,13 @@ lease; the lease is released exactly once. ``try_acquire`` checks the ledger, as
 and applies the lease and the policy's ``PolicyStateDelta`` in one synchronous step. Releasing a
 lease twice, one from another controller or one this controller never granted returns a
 diagnostic :class:`ReleaseResult` and changes nothing; ``release`` never raises.
+
+``select_next(queue)`` selects through the queue's parking index when the policy declares
+``stable_denials``: a group whose head the policy denies is parked and not evaluated again until
+a lease change could alter the verdict. Invalidation: a lease acquired or released by group ``g``
+unparks ``g`` (and the group of the policy delta); one by a group without queued demand for a
+leased resource unparks every group (the amount held outside the contenders moved); the queue
+unparks on head and demand-shape changes. Capacity and shutdown denials are never parked.
 """
 
 from __future__ import annotations
@@ -17,7 +24,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from sluiceway.errors import EngineError
-from sluiceway.fair_queue import QueueView, WeightedFairQueue
+from sluiceway.fair_queue import (
+    HeadVerdict,
+    QueueEntry,
+    QueueSelection,
+    QueueView,
+    WeightedFairQueue,
+)
 from sluiceway.scheduling.policies import (
     BoundedBorrowTaskAdmissionPolicy,
     PolicyDecision,
@@ -165,12 +178,20 @@ _owner_ids = itertools.count(1)
 class _LedgerReader:
     """The live, read-only ledger a policy sees (implements ``TaskLedgerReader``)."""
 
-    __slots__ = ("_cache", "_controller")
+    __slots__ = (
+        "_controller",
+        "_leased_only_by_resource",
+        "_leased_only_shape",
+        "_leased_only_view",
+    )
 
     def __init__(self, controller: TaskAdmissionController) -> None:
         self._controller = controller
-        # (queue version, ledger version, resource) -> (weight, held) of leased-only groups
-        self._cache: tuple[int, int, str, float, int] | None = None
+        # resource -> (weight, held) of the groups leasing it without queued demand for it, valid
+        # for one queue view at one demand shape; lease changes update it in place.
+        self._leased_only_by_resource: dict[str, tuple[float, int]] = {}
+        self._leased_only_view: QueueView[SchedulableTask] | None = None
+        self._leased_only_shape = -1
 
     def limit(self, resource: str) -> int:
         return self._controller._limits[resource]
@@ -194,19 +215,43 @@ class _LedgerReader:
     def leased_only_held(self, resource: str, queue_view: QueueView[SchedulableTask]) -> int:
         return self._leased_only(resource, queue_view)[1]
 
+    def forget_leased_only(self) -> None:
+        self._leased_only_by_resource.clear()
+        self._leased_only_view = None
+
+    def note_held_change(
+        self, group: str, resource: str, change: int, weight_change: float
+    ) -> None:
+        """Keep the cached leased-only sums exact after ``group``'s holding of ``resource`` moved
+        by ``change`` (``weight_change``: its weight if it started or stopped leasing it)."""
+        view = self._leased_only_view
+        if view is None:
+            return
+        if view.demand_shape_version != self._leased_only_shape:
+            self.forget_leased_only()
+            return
+        cached = self._leased_only_by_resource.get(resource)
+        if cached is None or view.demand(group, resource):
+            return
+        weight = cached[0] + weight_change
+        held = cached[1] + change
+        # Sums of the same weights added and taken away: clear float residue once nothing is held.
+        self._leased_only_by_resource[resource] = (weight if held else 0.0, held)
+
     def _leased_only(
         self, resource: str, queue_view: QueueView[SchedulableTask]
     ) -> tuple[float, int]:
         """Weight and amount held by groups with leases on ``resource`` and no queued demand."""
+        shape = queue_view.demand_shape_version
+        if queue_view is self._leased_only_view and shape == self._leased_only_shape:
+            cached = self._leased_only_by_resource.get(resource)
+            if cached is not None:
+                return cached
+        else:
+            self._leased_only_by_resource.clear()
+            self._leased_only_view = queue_view
+            self._leased_only_shape = shape
         controller = self._controller
-        cache = self._cache
-        if (
-            cache is not None
-            and cache[0] == queue_view.version
-            and cache[1] == controller._version
-            and cache[2] == resource
-        ):
-            return cache[3], cache[4]
         weight = 0.0
         held = 0
         weights = controller._group_weight
@@ -215,7 +260,7 @@ class _LedgerReader:
             if queue_view.demand(group, resource) == 0:
                 weight += weights[group]
                 held += group_leased[group][resource]
-        self._cache = (queue_view.version, controller._version, resource, weight, held)
+        self._leased_only_by_resource[resource] = (weight, held)
         return weight, held
 
 
@@ -257,6 +302,14 @@ class TaskAdmissionController:
         self._shutting_down = False
         self._reader = _LedgerReader(self)
         self._empty_view: QueueView[SchedulableTask] = WeightedFairQueue[SchedulableTask]().view()
+        # The queue whose parking index ``select_next`` keeps in sync with lease changes.
+        self._parking_queue: WeightedFairQueue[SchedulableTask] | None = None
+        self._stable_denials = bool(getattr(self._policy, "stable_denials", False))
+        # The last head ``select_next`` found admissible: (item, view, queue version, version).
+        # ``evaluate`` is pure, so while neither version moved its verdict still holds.
+        self._admitted_head: tuple[SchedulableTask, QueueView[SchedulableTask], int, int] | None = (
+            None
+        )
 
     @property
     def policy(self) -> TaskAdmissionPolicy:
@@ -279,6 +332,35 @@ class TaskAdmissionController:
         view = queue_view if queue_view is not None else self._empty_view
         return self._policy.evaluate(item, view, self._reader).allowed
 
+    def select_next(
+        self, queue: WeightedFairQueue[SchedulableTask]
+    ) -> QueueSelection[SchedulableTask] | None:
+        """The fairest queued head that may start now (as ``queue.select_next(is_eligible)``).
+
+        Groups denied by a policy with ``stable_denials`` are parked in ``queue``; this
+        controller unparks them on the lease changes that could admit them (module docstring).
+        Using a second queue unparks every group of the first. Changes nothing logical.
+        """
+        if queue is not self._parking_queue:
+            if self._parking_queue is not None:
+                self._parking_queue.unpark_all()
+            self._parking_queue = queue
+        if self._shutting_down:
+            return None
+        return queue.select_next_or_park(self._judge)
+
+    def _judge(self, entry: QueueEntry[SchedulableTask]) -> HeadVerdict:
+        item = entry.item
+        if not self.has_capacity(item.request):
+            return HeadVerdict.INELIGIBLE
+        queue = self._parking_queue
+        assert queue is not None
+        view = queue.view()
+        if self._policy.evaluate(item, view, self._reader).allowed:
+            self._admitted_head = (item, view, view.version, self._version)
+            return HeadVerdict.ELIGIBLE
+        return HeadVerdict.PARK if self._stable_denials else HeadVerdict.INELIGIBLE
+
     def try_acquire(
         self, item: SchedulableTask, queue_view: QueueView[SchedulableTask] | None = None
     ) -> TaskAdmissionLease | TaskAdmissionDenied:
@@ -296,16 +378,23 @@ class TaskAdmissionController:
             self._leased[resource] = now_leased
             if now_leased > self._max_leased[resource]:
                 self._max_leased[resource] = now_leased
+        weight = item.group.weight
+        if self._group_weight.get(group, weight) != weight:
+            self._reader.forget_leased_only()
+        self._group_weight[group] = weight
+        for resource, amount in amounts.items():
             if amount:
-                if not held.get(resource):
+                before = held.get(resource, 0)
+                if not before:
                     self._leasing_groups.setdefault(resource, set()).add(group)
-                held[resource] = held.get(resource, 0) + amount
+                held[resource] = before + amount
+                self._reader.note_held_change(group, resource, amount, 0.0 if before else weight)
         self._group_leases[group] = self._group_leases.get(group, 0) + 1
-        self._group_weight[group] = item.group.weight
         self._apply(delta)
         self._next_id += 1
         self._acquired += 1
         self._version += 1
+        self._unpark_after_lease_change(group, amounts, delta)
         lease = TaskAdmissionLease(self._next_id, item.task_id, group, amounts, self._owner)
         self._live[lease.lease_id] = lease
         return lease
@@ -321,6 +410,7 @@ class TaskAdmissionController:
         group = lease.group
         delta = self._policy.on_release(group, self._reader)
         held = self._group_leased[group]
+        weight = self._group_weight[group]
         for resource, amount in lease.amounts.items():
             self._leased[resource] -= amount
             if amount:
@@ -330,6 +420,7 @@ class TaskAdmissionController:
                 else:
                     del held[resource]
                     self._leasing_groups[resource].discard(group)
+                self._reader.note_held_change(group, resource, -amount, 0.0 if left else -weight)
         leases_left = self._group_leases[group] - 1
         if leases_left:
             self._group_leases[group] = leases_left
@@ -340,6 +431,7 @@ class TaskAdmissionController:
         self._apply(delta)
         self._released += 1
         self._version += 1
+        self._unpark_after_lease_change(group, lease.amounts, delta)
         return ReleaseResult(status=ReleaseStatus.RELEASED, lease_id=lease.lease_id)
 
     def shutdown(self) -> None:
@@ -425,6 +517,15 @@ class TaskAdmissionController:
                 )
             if self._leased[resource] + amount > limit:
                 return TaskAdmissionDenied(reason=TaskDenialReason.NO_CAPACITY, resource=resource)
+        admitted = self._admitted_head
+        if (
+            admitted is not None
+            and admitted[0] is item
+            and admitted[1] is queue_view
+            and admitted[2] == queue_view.version
+            and admitted[3] == self._version
+        ):
+            return None
         decision: PolicyDecision = self._policy.evaluate(item, queue_view, self._reader)
         if decision.allowed:
             return None
@@ -447,6 +548,22 @@ class TaskAdmissionController:
             self._debt[delta.group] = debt
         else:
             self._debt.pop(delta.group, None)
+
+    def _unpark_after_lease_change(
+        self, group: str, amounts: Mapping[str, int], delta: PolicyStateDelta
+    ) -> None:
+        queue = self._parking_queue
+        if queue is None or not queue.parked_count:
+            return
+        view = queue.view()
+        for resource, amount in amounts.items():
+            if amount and view.demand(group, resource) == 0:
+                # Held outside the groups with queued demand: every share may have moved.
+                queue.unpark_all()
+                return
+        queue.unpark(group)
+        if delta.group != group:
+            queue.unpark(delta.group)
 
     def _release_status(self, lease: TaskAdmissionLease) -> ReleaseStatus:
         if lease.owner != self._owner:

@@ -27,6 +27,13 @@ groups with queued demand, so the caps of the waiting groups add up to what is n
   completions repay the debt (one unit per release), and a group at its pressure share is capped.
 
 Debt never exceeds the group's live leases, so with nothing in flight no policy denies anything.
+
+Both built-in policies have *stable denials* (``stable_denials = True``): a denial of group
+``g``'s head can only turn into an admission when ``g``'s head, leases or debt change, when a group
+without queued demand for a resource acquires or releases it (``H``, leased-only weight), or when
+the queue's demand shape changes (``Q``, pressure). Under pressure, with ``g`` demanding ``r``,
+the cap reads ``held(g, r) / w(g) >= (limit(r) - H(r)) / Q(r)``: leases of other contenders do not
+move it. The controller uses this to park denied groups instead of evaluating them every cycle.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from sluiceway.fair_queue import QueueView
 from sluiceway.scheduling.tasks import SchedulableTask
@@ -173,6 +180,8 @@ def pressure_share(
 class StrictFairTaskAdmissionPolicy:
     """Group caps at the weighted share, biting only while a peer group has queued demand."""
 
+    stable_denials: ClassVar[bool] = True
+
     @property
     def kind(self) -> TaskAdmissionPolicyKind:
         return TaskAdmissionPolicyKind.STRICT_FAIR
@@ -213,6 +222,8 @@ class StrictFairTaskAdmissionPolicy:
 
 class BoundedBorrowTaskAdmissionPolicy:
     """Borrow beyond the share while no peer waits; repay the debt before peers are crowded out."""
+
+    stable_denials: ClassVar[bool] = True
 
     def __init__(self, *, borrow_ceiling_fraction: float = 0.5) -> None:
         if not 0.0 < borrow_ceiling_fraction <= 1.0:

@@ -424,10 +424,9 @@ class AsyncTaskScheduler:
         admission = self._admission
         task_group = self._task_group
         assert task_group is not None
-        is_eligible = self._is_eligible
         view = queue.view()
         while True:
-            selection = queue.select_next(is_eligible)
+            selection = admission.select_next(queue)
             if selection is None:
                 if len(queue):
                     self._counters.blocked_dispatches += 1
@@ -458,9 +457,6 @@ class AsyncTaskScheduler:
             worker.add_done_callback(
                 functools.partial(self._worker_done, item, lease, execution_id)
             )
-
-    def _is_eligible(self, entry: QueueEntry[SchedulableTask]) -> bool:
-        return self._admission.is_eligible(entry.item, self._queue.view())
 
     def _entries(self, tasks: Sequence[Task]) -> list[QueueEntry[SchedulableTask]]:
         entries = []
