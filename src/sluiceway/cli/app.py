@@ -262,6 +262,9 @@ def mock_server(
         str | None, typer.Option(help="Require the key held by this environment variable.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of content and faults.")] = 0,
+    count_by_content: Annotated[
+        bool, typer.Option(help="Count requests per content hash in /stats.")
+    ] = False,
 ) -> None:
     """Serve an OpenAI-compatible mock endpoint on 127.0.0.1 (GET /stats for counters)."""
     from sluiceway.providers.behaviour import SimulationSettings
@@ -286,6 +289,7 @@ def mock_server(
             hang_rate=hang_rate,
             reset_rate=reset_rate,
             malformed_rate=malformed_rate,
+            count_by_content=count_by_content,
         )
     except ValueError:
         err.print(

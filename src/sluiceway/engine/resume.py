@@ -5,6 +5,11 @@ config: same fingerprint (else a readable diff of what changed), sound files, th
 journal. ``CellReplay`` and ``JournaledGenerator`` journal the results of model-backed generators
 as their tasks complete and, on resume, hand a journaled result back instead of calling the
 generator again, so no paid request is repeated and the dataset equals an uninterrupted run.
+A row dropped for a reason that is permanent for the row itself (the request was rejected as
+invalid, or the generator failed for good after its requests) is journaled as a drop with its
+error, and resume drops it again with the same reason without calling the model. Drops for
+account or transient reasons (credentials, quota, a spent retry budget) are not journaled: a
+resumed run, once the cause is fixed, tries those rows again.
 """
 
 from __future__ import annotations
@@ -17,7 +22,17 @@ from typing import Any
 from sluiceway.columns.base import ColumnGenerator, GenerationContext
 from sluiceway.config.fingerprint import config_diff, config_fingerprint
 from sluiceway.config.models import DatasetConfig
-from sluiceway.errors import StorageError
+from sluiceway.errors import (
+    BadRequestError,
+    ContextLengthError,
+    NonRetryableGenerationError,
+    ProviderError,
+    RequestAdmissionError,
+    RetryableGenerationError,
+    SluicewayError,
+    StorageError,
+)
+from sluiceway.scheduling.failures import TaskErrorClass, classify_task_error
 from sluiceway.scheduling.metadata import SchedulingKind, SchedulingMetadata
 from sluiceway.scheduling.resolver import ResolvedTaskScheduling
 from sluiceway.storage.journal import (
@@ -31,6 +46,53 @@ from sluiceway.storage.manifest import RunManifest
 from sluiceway.storage.recovery import RecoveredOutput, inspect_output, read_run_config
 
 _JOURNALED_KINDS = frozenset({SchedulingKind.MODEL, SchedulingKind.CUSTOM_MODEL})
+# A journaled drop: {_DROP_TAG: {"error": class name, "message": text}} (plus "rows" for groups).
+_DROP_TAG = "__sluiceway_dropped__"
+# Drops are journaled only for these exact classes, so replay raises an equal error and the
+# dropped-row reason (class name and message) is the same as in the run that made the request.
+_REPLAYABLE_DROPS: dict[str, type[SluicewayError]] = {
+    cls.__name__: cls for cls in (NonRetryableGenerationError, BadRequestError, ContextLengthError)
+}
+# A cause of one of these kinds means the drop may not happen again (credentials, quota, an
+# outage that spent the retry budget, a local I/O problem): such drops are not journaled.
+_PASSING_CAUSES = (ProviderError, RequestAdmissionError, RetryableGenerationError, OSError)
+
+
+def is_permanent_drop(error: BaseException) -> bool:
+    """Whether ``error`` drops its rows for a reason that a later attempt would meet again.
+
+    An exception raised by user code (a custom column's function) is never one: the user may
+    fix the function before resuming, and the row must then be generated again.
+    """
+    if _REPLAYABLE_DROPS.get(type(error).__name__) is not type(error):
+        return False
+    if classify_task_error(error) is not TaskErrorClass.NON_RETRYABLE:
+        return False
+    seen: set[int] = set()
+    cause = error.__cause__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if not isinstance(cause, SluicewayError):
+            return False
+        if isinstance(cause, _PASSING_CAUSES) and not isinstance(cause, BadRequestError):
+            return False
+        cause = cause.__cause__
+    return True
+
+
+def _drop_payload(error: BaseException) -> dict[str, str]:
+    return {"error": type(error).__name__, "message": str(error)}
+
+
+def _replayed_drop(data: object) -> SluicewayError | None:
+    """The error a journaled drop stands for, or None when the entry is not a usable drop."""
+    if not isinstance(data, dict):
+        return None
+    cls = _REPLAYABLE_DROPS.get(str(data.get("error")))
+    message = data.get("message")
+    if cls is None or not isinstance(message, str):
+        return None
+    return cls(message)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +204,7 @@ class CellReplay:
         return self._journal
 
     def take_cell(self, row_group: int, column: str, row_index: int) -> Mapping[str, Any] | None:
+        """The journaled values of one cell, or None; raises the journaled error of a drop."""
         cells = self._entries.get(row_group)
         payload = None if cells is None else cells.pop((column, row_index), None)
         if payload is None:
@@ -149,6 +212,12 @@ class CellReplay:
         value = decode_payload(payload)
         if not isinstance(value, dict):
             return None
+        if _DROP_TAG in value:
+            error = _replayed_drop(value[_DROP_TAG])
+            if error is None:
+                return None
+            self._replayed += 1
+            raise error
         self._replayed += 1
         return value
 
@@ -163,6 +232,12 @@ class CellReplay:
         # A batch result is reused only for exactly the rows it was made for.
         if not isinstance(value, dict) or value.get("rows") != list(row_indices):
             return None
+        if _DROP_TAG in value:
+            error = _replayed_drop(value[_DROP_TAG])
+            if error is None:
+                return None
+            self._replayed += len(row_indices)
+            raise error
         results = value.get("values")
         if not isinstance(results, list) or len(results) != len(row_indices):
             return None
@@ -187,6 +262,23 @@ class CellReplay:
             GROUP_ROW_INDEX,
             {"rows": list(row_indices), "values": [dict(values) for values in results]},
         )
+
+    def record_drop(
+        self,
+        row_group: int,
+        column: str,
+        row_indices: Sequence[int] | int,
+        error: BaseException,
+    ) -> None:
+        """Journals a permanent drop (``is_permanent_drop``) of one cell (an ``int`` row index)
+        or of a group task's rows; other errors are not journaled."""
+        if not is_permanent_drop(error):
+            return
+        if isinstance(row_indices, int):
+            self._record(row_group, column, row_indices, {_DROP_TAG: _drop_payload(error)})
+            return
+        value = {"rows": list(row_indices), _DROP_TAG: _drop_payload(error)}
+        self._record(row_group, column, GROUP_ROW_INDEX, value)
 
     def _record(self, row_group: int, column: str, row_index: int, value: object) -> None:
         try:
@@ -213,7 +305,8 @@ class JournaledGenerator(ColumnGenerator):
 
     Before calling ``inner`` it asks the replay for a journaled result of the same column and
     rows; after ``inner`` returns it records the result. Errors from ``inner`` pass through
-    unchanged and nothing is recorded for them (a dropped row is tried again on resume).
+    unchanged; a permanent drop (``is_permanent_drop``) is recorded, and replaying it raises the
+    same error again, so the rows are dropped with the same reason and no request is sent.
     """
 
     def __init__(self, inner: ColumnGenerator, replay: CellReplay) -> None:
@@ -235,7 +328,11 @@ class JournaledGenerator(ColumnGenerator):
         stored = self.replay.take_cell(ctx.row_group, self.name, row_index)
         if stored is not None:
             return stored
-        values = await self.inner.generate_cell(row, ctx)
+        try:
+            values = await self.inner.generate_cell(row, ctx)
+        except SluicewayError as error:
+            self.replay.record_drop(ctx.row_group, self.name, row_index, error)
+            raise
         self.replay.record_cell(ctx.row_group, self.name, row_index, values)
         return values
 
@@ -245,7 +342,11 @@ class JournaledGenerator(ColumnGenerator):
         stored = self.replay.take_group(ctx.row_group, self.name, ctx.row_indices)
         if stored is not None:
             return stored
-        results = await self.inner.generate_batch(rows, ctx)
+        try:
+            results = await self.inner.generate_batch(rows, ctx)
+        except SluicewayError as error:
+            self.replay.record_drop(ctx.row_group, self.name, ctx.row_indices, error)
+            raise
         self.replay.record_group(ctx.row_group, self.name, ctx.row_indices, results)
         return results
 
@@ -253,7 +354,11 @@ class JournaledGenerator(ColumnGenerator):
         stored = self.replay.take_group(ctx.row_group, self.name, ctx.row_indices)
         if stored is not None:
             return stored
-        results = await self.inner.generate_from_scratch(ctx)
+        try:
+            results = await self.inner.generate_from_scratch(ctx)
+        except SluicewayError as error:
+            self.replay.record_drop(ctx.row_group, self.name, ctx.row_indices, error)
+            raise
         self.replay.record_group(ctx.row_group, self.name, ctx.row_indices, results)
         return results
 

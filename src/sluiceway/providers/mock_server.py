@@ -5,7 +5,9 @@ RPM are per model: beyond them it answers 429 with ``Retry-After`` (seconds, HTT
 ``retry-after-ms``) and ``x-ratelimit-*`` headers, or, in queueing mode, slows down instead.
 Faults (500, 503, hang, connection reset, malformed body) are injected by rate or forced per
 request with the ``x-mock-fault`` header. ``GET /stats`` returns counters per model and an
-in-flight time series, so utilization is measured at the server.
+in-flight time series, so utilization is measured at the server. With ``count_by_content`` it
+also counts the requests received per content hash (:func:`content_hash`), so a test can tell
+whether the same request was sent twice.
 
 The HTTP/1.1 layer is a small ``asyncio.Protocol`` (keep-alive, Content-Length bodies only):
 answers are written from ``loop.call_later`` callbacks, with no task per request.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
+import hashlib
 import json
 import random
 import socket
@@ -74,6 +77,7 @@ class MockServerSettings:
     reset_rate: float = 0.0
     malformed_rate: float = 0.0
     stats_interval_seconds: float = 0.1
+    count_by_content: bool = False  # /stats gains ``requests_by_content``
 
     def __post_init__(self) -> None:
         for name in ("error_500_rate", "error_503_rate", "hang_rate", "reset_rate"):
@@ -97,10 +101,11 @@ class _Request:
 
 
 class _Counters:
-    __slots__ = ("faults", "http_requests", "responses_by_status")
+    __slots__ = ("by_content", "faults", "http_requests", "responses_by_status")
 
     def __init__(self) -> None:
         self.http_requests = 0
+        self.by_content: dict[str, int] = {}
         self.responses_by_status: dict[int, int] = {}
         self.faults: dict[str, int] = {}
 
@@ -187,7 +192,9 @@ class MockProviderServer:
             per_model[model] = asdict(behaviour.statistics())
         total = combine_statistics([b.statistics() for b in self._behaviours.values()])
         counters = self._counters
+        extra = {"requests_by_content": dict(counters.by_content)}
         return {
+            **(extra if self.settings.count_by_content else {}),
             "uptime_seconds": now - self._started_at,
             "http_requests": counters.http_requests,
             "responses_by_status": {str(k): v for k, v in counters.responses_by_status.items()},
@@ -229,6 +236,10 @@ class MockProviderServer:
         except BadRequestError as exc:
             connection.respond(400, _error("invalid_request_error", str(exc)), request.keep_alive)
             return
+        if self.settings.count_by_content:
+            by_content = self._counters.by_content
+            digest = content_hash(model_request)
+            by_content[digest] = by_content.get(digest, 0) + 1
         forced = request.headers.get("x-mock-fault")
         fault = self._fault(forced)
         if fault is Fault.RATE_LIMIT:
@@ -509,6 +520,19 @@ def _json(data: Any) -> bytes:
 
 def _error(code: str, message: str) -> bytes:
     return _json({"error": {"message": message, "type": code, "code": code}})
+
+
+def content_hash(request: ModelRequest) -> str:
+    """Hash of what a request asks (model, kind, messages, inputs, schema), not how it is sent."""
+    content = {
+        "model": request.model_id,
+        "kind": request.kind.value,
+        "messages": [[message.role, message.content] for message in request.messages],
+        "inputs": list(request.inputs),
+        "schema": request.json_schema,
+    }
+    encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()[:32]
 
 
 def _model_request(request: _Request) -> ModelRequest:

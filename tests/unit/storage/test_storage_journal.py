@@ -7,6 +7,8 @@ import datetime as dt
 import math
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,14 +124,54 @@ def test_a_file_that_is_not_a_journal_is_reported(tmp_path: Path) -> None:
         CellJournal.open_existing(tmp_path, run_id="run-a", config_fingerprint="f1")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+_CREATE_IN_READ_ONLY_DIRECTORY = """
+import sys
+from pathlib import Path
+from sluiceway.errors import StorageError
+from sluiceway.storage.journal import CellJournal
+try:
+    CellJournal.create(Path(sys.argv[1]), run_id="run-a", config_fingerprint="f1")
+except StorageError as error:
+    print(error)
+    sys.exit(3)
+"""
+
+
+def _without_permission_override() -> None:
+    """In the child before exec: root without these capabilities obeys permission bits."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
 def test_a_read_only_directory_fails_loudly_naming_the_journal(tmp_path: Path) -> None:
-    tmp_path.chmod(0o500)
+    directory = tmp_path / "read-only"
+    directory.mkdir()
+    directory.chmod(0o555)
     try:
-        with pytest.raises(StorageError, match=JOURNAL_FILE_NAME):
-            _journal(tmp_path)
+        if os.geteuid() != 0:
+            with pytest.raises(StorageError, match=JOURNAL_FILE_NAME):
+                _journal(directory)
+            return
+        # Root ignores permission bits: create the journal in a subprocess that cannot.
+        try:
+            result = subprocess.run(
+                [sys.executable, "-c", _CREATE_IN_READ_ONLY_DIRECTORY, str(directory)],
+                preexec_fn=_without_permission_override,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+        except subprocess.SubprocessError as exc:
+            pytest.skip(f"cannot drop the permission override of root: {exc}")
+        assert result.returncode == 3, result.stderr.decode()
+        assert str(directory / JOURNAL_FILE_NAME) in " ".join(result.stdout.decode().split())
+        assert list(directory.iterdir()) == []
     finally:
-        tmp_path.chmod(0o700)
+        directory.chmod(0o755)
 
 
 def test_a_failed_commit_is_raised_by_the_next_record_and_by_close(tmp_path: Path) -> None:
