@@ -713,6 +713,7 @@ class RequestAdmissionConfig(ConfigModel):
     initial_limit: int | None = Field(default=None, ge=1)
     decrease_factor: float = Field(default=0.75, gt=0.0, lt=1.0)
     successes_until_increase: int = Field(default=25, ge=1)
+    ceiling_hold_seconds: float = Field(default=30.0, ge=0.0)
     startup_ramp_seconds: float = Field(default=0.0, ge=0.0)
     default_cooldown_seconds: float = Field(default=2.0, ge=0.0)
     max_cooldown_seconds: float = Field(default=60.0, ge=0.0)

@@ -4,19 +4,94 @@
 model config, ``retries=0``), sends one request and maps every transport failure and non-2xx
 answer to a typed error. Credentials live only in the request headers; they are never put into
 messages, ``repr`` or logs.
+
+httpcore's pool does work quadratic in its connection count on every request, so the connections
+are split over small pools (:class:`ShardedTransport`) and each request goes to the least busy one.
+(``sniffio`` is a declared dependency: without it httpcore retries a failing import, a scan of
+``sys.path``, each time it creates a lock.)
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
 
 from sluiceway.errors import ProviderTimeoutError, ProviderUnavailableError
 from sluiceway.providers.http_errors import error_for_response, redact
+
+SHARD_CONNECTIONS = 8  # connections per pool of a ShardedTransport
+
+
+class _CountedStream(httpx.AsyncByteStream):
+    """A response body that frees its shard's slot once, when it is closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, owner: ShardedTransport, index: int) -> None:
+        self._inner = inner
+        self._owner = owner
+        self._index = index
+        self._open = True
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            if self._open:
+                self._open = False
+                self._owner._busy[self._index] -= 1
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """``max_connections`` split over pools of at most ``shard_connections``; no retries.
+
+    A request goes to the pool with the fewest requests in flight (response bodies included),
+    so while fewer than ``max_connections`` requests are in flight none waits for a connection.
+    """
+
+    def __init__(self, max_connections: int, shard_connections: int = SHARD_CONNECTIONS) -> None:
+        if max_connections < 1 or shard_connections < 1:
+            raise ValueError(
+                "ShardedTransport needs max_connections >= 1 and shard_connections >= 1, got "
+                f"{max_connections} and {shard_connections}"
+            )
+        count = -(-max_connections // shard_connections)
+        size = -(-max_connections // count)
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        self._shards = [httpx.AsyncHTTPTransport(retries=0, limits=limits) for _ in range(count)]
+        self._busy = [0] * count
+
+    @property
+    def shard_count(self) -> int:
+        return len(self._shards)
+
+    @property
+    def in_flight(self) -> tuple[int, ...]:
+        return tuple(self._busy)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        busy = self._busy
+        index = min(range(len(busy)), key=busy.__getitem__)
+        busy[index] += 1
+        try:
+            response = await self._shards[index].handle_async_request(request)
+        except BaseException:
+            busy[index] -= 1
+            raise
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        response.stream = _CountedStream(stream, self, index)
+        return response
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
 
 
 class HttpProviderBase:
@@ -46,7 +121,7 @@ class HttpProviderBase:
             limits=limits,
             timeout=httpx.Timeout(default_timeout_seconds),
             # No retries underneath: every attempt is admitted and counted by the executor.
-            transport=transport or httpx.AsyncHTTPTransport(retries=0, limits=limits),
+            transport=transport or ShardedTransport(max_connections),
         )
 
     def __repr__(self) -> str:

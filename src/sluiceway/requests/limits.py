@@ -11,16 +11,21 @@ pure classes that take ``now`` and samples and return a new state:
   in force is remembered as the *ceiling*. On a success outside cooldown while the limit is in
   use (``in_flight >= ceil(limit * usage_ratio)``): after ``successes_until_increase``
   successes ``limit += increase_step`` up to the effective max. At or above the remembered
-  ceiling each increase needs ``ceiling_caution`` times as many successes, so the limit
-  approaches the last known rate-limit point slowly instead of sawtoothing back to the cap.
+  ceiling each increase needs ``ceiling_caution`` times as many successes, and a step that
+  would reach the ceiling waits until ``ceiling_hold_seconds`` have passed since the last rate
+  limit, so the limit settles just below the last known rate-limit point instead of
+  sawtoothing back into it (each probe costs a 429 and a cooldown).
 - :class:`StartupRamp`: from 1 to the initial limit linearly over ``ramp_seconds``;
   ``limit_at(now) = 1 + floor((target - 1) * (now - start) / ramp_seconds)``.
 - :class:`CooldownPolicy`: ``now + min(retry_after, max_seconds)``, or ``now + default_seconds``
   when the provider gave no Retry-After.
 - :class:`GradientLimit` (opt-in, for servers that queue instead of refusing): the limit moves
-  by the ratio of the long-term to the short-term latency,
-  ``new = limit * clamp(long / short, 0.5, 1) + sqrt(limit)``, smoothed; it only shrinks while
-  latency inflates above ``tolerance * long``.
+  by the ratio of a long-term baseline to the short-term latency,
+  ``new = limit * clamp(tolerance * baseline / short, 0.5, 1) + sqrt(limit)``, smoothed; it
+  only shrinks while latency inflates above ``tolerance * baseline``. The baseline is the
+  lowest latency seen, drifting slowly up toward the long-term average (so a server that gets
+  slower for good is followed), and the gradient limit starts at a quarter of the initial
+  limit, so its first samples show the latency of a server that is not queueing yet.
 
 :class:`AdaptiveRequestLimit` composes them into a :class:`RequestLimit`.
 """
@@ -141,6 +146,7 @@ class AimdState:
     limit: int
     successes: int = 0
     ceiling: int | None = None
+    rate_limited_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,8 +159,13 @@ class AimdLimit:
     increase_step: int = 1
     usage_ratio: float = 0.8
     ceiling_caution: int = 4
+    ceiling_hold_seconds: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.ceiling_hold_seconds < 0:
+            raise EngineError(
+                f"AimdLimit.ceiling_hold_seconds must be >= 0, got {self.ceiling_hold_seconds}"
+            )
         if self.max_limit < 1:
             raise EngineError(f"AimdLimit.max_limit must be >= 1, got {self.max_limit}")
         if not 0.0 < self.decrease_factor < 1.0:
@@ -172,22 +183,39 @@ class AimdLimit:
                 f"{self.usage_ratio} and {self.ceiling_caution}"
             )
 
-    def on_rate_limited(self, state: AimdState, *, limit_at_grant: int) -> AimdState:
+    def on_rate_limited(
+        self, state: AimdState, *, limit_at_grant: int, now: float | None = None
+    ) -> AimdState:
         if limit_at_grant > state.limit:
             return state  # this burst already decreased the limit
         return AimdState(
             limit=max(1, math.floor(state.limit * self.decrease_factor)),
             successes=0,
             ceiling=state.limit,
+            rate_limited_at=now,
         )
 
-    def on_success(self, state: AimdState, *, in_flight: int) -> AimdState:
-        """``in_flight`` counts the requests in flight while this one was, itself included."""
+    def on_success(
+        self, state: AimdState, *, in_flight: int, now: float | None = None
+    ) -> AimdState:
+        """``in_flight`` counts the requests in flight while this one was, itself included.
+
+        Without ``now`` (or without a recorded rate-limit time) the ceiling hold is skipped.
+        """
         limit = state.limit
         if limit >= self.max_limit or in_flight < math.ceil(limit * self.usage_ratio):
             return state  # growth only while the limit is actually used
         needed = self.successes_until_increase
-        if state.ceiling is not None and limit + self.increase_step > state.ceiling:
+        ceiling = state.ceiling
+        if ceiling is not None and limit + self.increase_step >= ceiling:
+            held_since = state.rate_limited_at
+            if (
+                held_since is not None
+                and now is not None
+                and now - held_since < self.ceiling_hold_seconds
+            ):
+                return state  # stay below the last rate-limit point for a while
+        if ceiling is not None and limit + self.increase_step > ceiling:
             needed *= self.ceiling_caution
         successes = state.successes + 1
         if successes < needed:
@@ -259,6 +287,7 @@ class GradientState:
     limit: float
     short_latency_seconds: float | None = None
     long_latency_seconds: float | None = None
+    baseline_latency_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,19 +295,27 @@ class GradientLimit:
     """Delay-based limit (Gradient2 style) for servers that queue instead of returning 429.
 
     Short- and long-term latencies are exponential moving averages (``short_alpha``,
-    ``long_alpha``). ``gradient = clamp(tolerance * long / short, 0.5, 1)``;
-    ``new = gradient * limit + sqrt(limit)`` (the queue allowance), smoothed by ``smoothing``
+    ``long_alpha``); the baseline is ``min(sample, baseline + baseline_drift * (long -
+    baseline))``, a no-load estimate that follows lasting changes slowly. Latencies below
+    ``floor_seconds`` count as the floor.
+    ``gradient = clamp(tolerance * baseline / short, 0.5, 1)``;
+    ``new = gradient * limit + sqrt(limit)`` (the queue allowance), taken with weight
+    ``smoothing / limit`` per sample (about ``smoothing`` per round trip of ``limit`` requests)
     and kept in ``[1, max_limit]``. With steady latency the limit grows by about
-    ``sqrt(limit)`` per sample; with inflated latency it shrinks toward what the server serves.
+    ``smoothing * sqrt(limit)`` per round trip; with inflated latency it shrinks toward what
+    the server serves.
     """
 
     max_limit: int
     tolerance: float = 1.5
     short_alpha: float = 0.2
     long_alpha: float = 0.02
-    smoothing: float = 0.2
+    smoothing: float = 0.5
+    baseline_drift: float = 0.00002
+    floor_seconds: float = 0.001
 
     def on_sample(self, state: GradientState, *, latency_seconds: float) -> GradientState:
+        prior_long = state.long_latency_seconds
         short = state.short_latency_seconds
         long = state.long_latency_seconds
         short = (
@@ -289,11 +326,24 @@ class GradientLimit:
         long = (
             latency_seconds if long is None else long + self.long_alpha * (latency_seconds - long)
         )
-        gradient = 1.0 if short <= 0 else max(0.5, min(1.0, self.tolerance * long / short))
+        baseline = state.baseline_latency_seconds
+        if baseline is None:
+            baseline = latency_seconds if prior_long is None else prior_long
+        baseline = min(latency_seconds, baseline + self.baseline_drift * (long - baseline))
+        ratio = max(baseline, self.floor_seconds) / max(short, self.floor_seconds)
+        gradient = max(0.5, min(1.0, self.tolerance * ratio))
         target = gradient * state.limit + math.sqrt(state.limit)
-        limit = state.limit * (1 - self.smoothing) + target * self.smoothing
+        # One sample per request: with ``limit`` requests per round trip, each sample carries
+        # 1/limit of the ``smoothing`` step, so the limit moves about once per round trip.
+        weight = self.smoothing / max(1.0, state.limit)
+        limit = state.limit + (target - state.limit) * weight
         limit = max(1.0, min(float(self.max_limit), limit))
-        return GradientState(limit=limit, short_latency_seconds=short, long_latency_seconds=long)
+        return GradientState(
+            limit=limit,
+            short_latency_seconds=short,
+            long_latency_seconds=long,
+            baseline_latency_seconds=baseline,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,6 +362,7 @@ class AdaptiveLimitSettings:
     increase_step: int = 1
     usage_ratio: float = 0.8
     ceiling_caution: int = 4
+    ceiling_hold_seconds: float = 30.0
     startup_ramp_seconds: float = 0.0
     default_cooldown_seconds: float = 2.0
     max_cooldown_seconds: float = 60.0
@@ -352,6 +403,7 @@ class AdaptiveRequestLimit:
             increase_step=settings.increase_step,
             usage_ratio=settings.usage_ratio,
             ceiling_caution=settings.ceiling_caution,
+            ceiling_hold_seconds=settings.ceiling_hold_seconds,
         )
         self._cooldown = CooldownPolicy(
             default_seconds=settings.default_cooldown_seconds,
@@ -364,7 +416,8 @@ class AdaptiveRequestLimit:
         self._gradient = (
             GradientLimit(max_limit=effective_max) if settings.latency_gradient else None
         )
-        self._gradient_state = GradientState(limit=float(initial))
+        # A quarter of the initial limit: the first samples see a server that is not queueing.
+        self._gradient_state = GradientState(limit=float(max(1, initial // 4)))
         self._changes = dict.fromkeys(LimitChange, 0)
 
     @property
@@ -425,14 +478,16 @@ class AdaptiveRequestLimit:
         if outcome in PRESSURE_OUTCOMES:
             self._ramp = None  # a rate limit aborts the startup ramp
             self._ramp_seconds = 0.0
-            self._state = self._aimd.on_rate_limited(self._state, limit_at_grant=limit_at_grant)
+            self._state = self._aimd.on_rate_limited(
+                self._state, limit_at_grant=limit_at_grant, now=now
+            )
             until = self._cooldown.until(now, retry_after_seconds)
             if self._blocked_until is None or until > self._blocked_until:
                 self._blocked_until = until
         elif outcome is RequestReleaseOutcome.SUCCESS:
             cooling = self._blocked_until is not None and now < self._blocked_until
             if not cooling and self._ramp is None:
-                self._state = self._aimd.on_success(self._state, in_flight=in_flight)
+                self._state = self._aimd.on_success(self._state, in_flight=in_flight, now=now)
             if self._gradient is not None and latency_seconds is not None:
                 self._gradient_state = self._gradient.on_sample(
                     self._gradient_state, latency_seconds=latency_seconds

@@ -148,3 +148,96 @@ def test_adaptive_ramp_starts_at_the_first_advance_and_a_rate_limit_aborts_it() 
     assert limit.limit == 8
     assert limit.advance(40.0) is None
     assert limit.limit == 8
+
+
+def test_a_step_reaching_the_ceiling_waits_for_the_hold_after_a_rate_limit() -> None:
+    aimd = AimdLimit(max_limit=64, successes_until_increase=1, ceiling_hold_seconds=30.0)
+    state = aimd.on_rate_limited(AimdState(limit=33), limit_at_grant=33, now=100.0)
+    assert (state.limit, state.ceiling, state.rate_limited_at) == (24, 33, 100.0)
+    state = AimdState(limit=32, ceiling=33, rate_limited_at=100.0)
+    assert aimd.on_success(state, in_flight=32, now=129.9) is state
+
+
+def test_a_step_below_the_ceiling_is_not_held() -> None:
+    aimd = AimdLimit(max_limit=64, successes_until_increase=1, ceiling_hold_seconds=30.0)
+    state = AimdState(limit=30, ceiling=33, rate_limited_at=100.0)
+    assert aimd.on_success(state, in_flight=30, now=100.5).limit == 31
+
+
+def test_after_the_hold_the_ceiling_is_probed_again() -> None:
+    aimd = AimdLimit(max_limit=64, successes_until_increase=1, ceiling_hold_seconds=30.0)
+    state = AimdState(limit=32, ceiling=33, rate_limited_at=100.0)
+    assert aimd.on_success(state, in_flight=32, now=130.0).limit == 33
+
+
+def test_the_adaptive_limit_settles_below_the_ceiling_it_learned() -> None:
+    limit = AdaptiveRequestLimit(
+        AdaptiveLimitSettings(successes_until_increase=1, default_cooldown_seconds=1.0), 64
+    )
+    limit.on_outcome(LIMITED, now=0.0, limit_at_grant=33, in_flight=33, retry_after_seconds=None)
+    assert limit.limit == 48
+    limit.advance(1.0)
+    for step in range(40):  # plenty of successes, well inside the hold
+        now = 1.0 + step * 0.1
+        limit.on_outcome(
+            OK, now=now, limit_at_grant=64, in_flight=limit.limit, retry_after_seconds=None
+        )
+    assert limit.limit == 63  # ceiling 64 (the limit when limited): held one below it
+
+
+def test_a_negative_ceiling_hold_is_refused() -> None:
+    with pytest.raises(EngineError):
+        AimdLimit(max_limit=4, ceiling_hold_seconds=-1.0)
+
+
+def test_the_gradient_baseline_is_the_lowest_latency_seen() -> None:
+    gradient = GradientLimit(max_limit=64, baseline_drift=0.0)
+    state = GradientState(limit=32.0, short_latency_seconds=0.4, long_latency_seconds=0.4)
+    state = gradient.on_sample(state, latency_seconds=0.2)
+    assert state.baseline_latency_seconds == 0.2
+    assert gradient.on_sample(state, latency_seconds=0.4).baseline_latency_seconds == 0.2
+
+
+def test_the_gradient_baseline_drifts_up_toward_the_long_term_latency() -> None:
+    gradient = GradientLimit(max_limit=64, long_alpha=0.0, baseline_drift=0.5)
+    state = GradientState(
+        limit=32.0,
+        short_latency_seconds=0.4,
+        long_latency_seconds=0.4,
+        baseline_latency_seconds=0.2,
+    )
+    baseline = gradient.on_sample(state, latency_seconds=0.4).baseline_latency_seconds
+    assert baseline == pytest.approx(0.3)
+
+
+def test_a_queue_above_the_tolerance_shrinks_the_gradient_limit_despite_a_high_long_term() -> None:
+    # The long-term average already shows the queue; the baseline still remembers no load.
+    gradient = GradientLimit(max_limit=64, short_alpha=1.0, baseline_drift=0.0)
+    state = GradientState(
+        limit=64.0,
+        short_latency_seconds=0.4,
+        long_latency_seconds=0.4,
+        baseline_latency_seconds=0.2,
+    )
+    assert gradient.on_sample(state, latency_seconds=0.4).limit < 64.0
+
+
+def test_one_gradient_sample_moves_the_limit_by_a_share_of_one_round_trip() -> None:
+    gradient = GradientLimit(max_limit=64, smoothing=0.5)
+    state = GradientState(limit=16.0, short_latency_seconds=0.2, long_latency_seconds=0.2)
+    # target = 16 + sqrt(16) = 20; weight = 0.5 / 16
+    assert gradient.on_sample(state, latency_seconds=0.2).limit == pytest.approx(16.125)
+
+
+def test_zero_latencies_leave_the_gradient_limit_growing() -> None:
+    gradient = GradientLimit(max_limit=64)
+    state = GradientState(limit=8.0)
+    for _ in range(3):
+        state = gradient.on_sample(state, latency_seconds=0.0)
+    assert state.limit > 8.0
+
+
+def test_the_gradient_cap_starts_at_a_quarter_of_the_initial_limit() -> None:
+    assert _adaptive(latency_gradient=True).limit == 8
+    assert _adaptive(latency_gradient=True, initial_limit=2).limit == 1
+    assert _adaptive(latency_gradient=False).limit == 32
