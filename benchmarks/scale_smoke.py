@@ -1,8 +1,10 @@
 """Scale smoke: N records through sampler -> expression -> llm_text on a zero-latency model.
 
 Reports wall time, model calls per second and peak RSS. ``--no-journal`` turns the cell
-journal off, to measure what it costs. Not a test: run it by hand or with
-``make smoke`` and read the figures (they depend on the machine and on what else runs on it).
+journal off, to measure what it costs; ``--events`` writes every event to ``events.jsonl`` in
+the output directory (no report), to measure what the JSONL sink costs. Not a test: run it by
+hand or with ``make smoke`` and read the figures (they depend on the machine and on what else
+runs on it).
 
     .venv/bin/python benchmarks/scale_smoke.py --records 100000
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from sluiceway.config.models import DatasetConfig
 from sluiceway.engine.run import RunOptions, run_dataset
+from sluiceway.observability import EVENTS_FILE_NAME
 
 
 def smoke_config(records: int, buffer_size: int) -> DatasetConfig:
@@ -81,14 +84,27 @@ def main() -> int:
         default=True,
         help="journal completed model cells in journal.sqlite (default: on)",
     )
+    parser.add_argument(
+        "--events",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="write every event to events.jsonl in the output directory (default: off)",
+    )
     args = parser.parse_args()
     config = smoke_config(args.records, args.buffer_size)
     with tempfile.TemporaryDirectory() as tmp:
         output = args.output or Path(tmp) / "smoke"
         started = time.perf_counter()
+        events_file = output / EVENTS_FILE_NAME if args.events else None
         outcome = asyncio.run(
-            run_dataset(config, RunOptions(output_dir=output, overwrite=True, journal=args.journal))
+            run_dataset(
+                config,
+                RunOptions(
+                    output_dir=output, overwrite=True, journal=args.journal, events_file=events_file
+                ),
+            )
         )
+        events_mib = events_file.stat().st_size / 2**20 if events_file is not None else 0.0
         wall = time.perf_counter() - started
     info = outcome.info
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -96,6 +112,8 @@ def main() -> int:
         "records": args.records,
         "buffer_size": args.buffer_size,
         "journal": args.journal,
+        "events": args.events,
+        "events_file_mib": round(events_mib, 1),
         "rows_written": info.rows_written,
         "rows_dropped": info.rows_dropped,
         "model_calls": info.model_calls_succeeded,

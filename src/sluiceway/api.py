@@ -24,6 +24,7 @@ from sluiceway.config.models import DatasetConfig
 from sluiceway.engine.cancellation import RunCancellation
 from sluiceway.engine.progress import ProgressListener
 from sluiceway.engine.run import RunInfo, RunOptions, run_dataset
+from sluiceway.observability import EventBus
 from sluiceway.storage.dataset import load_dataset
 
 if TYPE_CHECKING:
@@ -51,8 +52,16 @@ async def generate_async(
     resume: bool = False,
     journal: bool = True,
     cancellation: RunCancellation | None = None,
+    events: EventBus | None = None,
+    events_file: str | Path | None = None,
+    report: bool = False,
 ) -> GenerationResult:
     """Run ``config`` and write the dataset to ``output`` (default: the config's output path).
+
+    Observability: ``events`` is a bus whose sinks receive every event of the run (the caller
+    closes it); ``events_file`` writes them as JSON lines (``events.jsonl`` in ``output`` is what
+    ``sluiceway run`` uses); with ``report`` as well, ``report.md`` and its plots are built in
+    ``output`` after the run (a failure to build them is logged, never raised).
 
     After ``cancellation.cancel()`` the run stops in order and raises ``RunCancelledError``
     (``error.partial`` is the ``RunInfo`` of what was written).
@@ -75,6 +84,9 @@ async def generate_async(
             resume=resume,
             journal=journal,
             cancellation=cancellation,
+            events=events,
+            events_file=Path(events_file) if events_file is not None else None,
+            report=report,
         ),
     )
     return GenerationResult(dataframe=load_dataset(output_dir), info=outcome.info)
@@ -141,6 +153,9 @@ def generate(
     progress: ProgressListener | None = None,
     resume: bool = False,
     journal: bool = True,
+    events: EventBus | None = None,
+    events_file: str | Path | None = None,
+    report: bool = False,
 ) -> GenerationResult:
     """Blocking form of :func:`generate_async` (do not call it from a running event loop)."""
     return asyncio.run(
@@ -151,6 +166,9 @@ def generate(
             progress=progress,
             resume=resume,
             journal=journal,
+            events=events,
+            events_file=events_file,
+            report=report,
         )
     )
 

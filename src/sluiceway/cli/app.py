@@ -21,6 +21,7 @@ from sluiceway.engine.cancellation import RunCancellation
 from sluiceway.engine.progress import ProgressListener
 from sluiceway.engine.run import RunInfo, RunOptions, RunOutcome, run_dataset
 from sluiceway.errors import ConfigError, RunCancelledError, RunStoppedError, SluicewayError
+from sluiceway.observability import EVENTS_FILE_NAME
 
 app = typer.Typer(
     name="sluiceway",
@@ -146,9 +147,30 @@ def run(
             help="Journal completed model results (journal.sqlite) so a crash loses no paid work.",
         ),
     ] = True,
+    events: Annotated[
+        Path | None,
+        typer.Option(
+            "--events",
+            help="Write the scheduler and request events here (default: events.jsonl in the "
+            "output directory).",
+        ),
+    ] = None,
+    no_events: Annotated[
+        bool, typer.Option("--no-events", help="Write no events file (and so no report).")
+    ] = False,
+    no_report: Annotated[
+        bool,
+        typer.Option("--no-report", help="Do not build report.md and its plots after the run."),
+    ] = False,
 ) -> None:
-    """Generate the dataset and write one Parquet file per row group plus a manifest."""
+    """Generate the dataset and write one Parquet file per row group plus a manifest.
+
+    Also writes events.jsonl (every scheduler and request event) and, from it, report.md with
+    PNG plots into the output directory, after the run whatever its outcome."""
     err = Console(stderr=True)
+    if events is not None and no_events:
+        err.print("error: --events and --no-events exclude each other; pass one", markup=False)
+        raise typer.Exit(code=2)
     try:
         cfg = load_config(config)
         updates = {}
@@ -159,6 +181,7 @@ def run(
         if updates:
             cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update=updates)})
         output_dir = output or Path(cfg.output.path)
+        events_file = None if no_events else (events or output_dir / EVENTS_FILE_NAME)
         progress: ProgressListener | None = None
         if not quiet:
             progress = RichProgress(err) if err.is_terminal else LogProgress()
@@ -174,6 +197,8 @@ def run(
                     progress=progress,
                     resume=resume,
                     journal=journal,
+                    events_file=events_file,
+                    report=not no_report,
                 ),
                 err,
             )
@@ -191,6 +216,8 @@ def run(
     table.add_row("rate limited", f"{info.rate_limited:,}")
     table.add_row("wall time", f"{info.wall_seconds:.2f} s")
     table.add_row("output", str(info.output_path))
+    if events_file is not None:
+        table.add_row("events", str(events_file))
     Console().print(table)
     if info.dropped_rows:
         reasons: dict[str, int] = {}
@@ -239,6 +266,37 @@ def report(
     except SluicewayError as error:
         raise _fail(error, err) from None
     Console().print(f"wrote {artifacts.report_path}", markup=False, highlight=False)
+
+
+@app.command()
+def bench(
+    scenario: Annotated[
+        str | None, typer.Argument(help="Scenario name, or 'all'.", show_default=False)
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Directory for the result files.")
+    ] = Path("out/bench"),
+    iterations: Annotated[int, typer.Option(min=1, help="Measured iterations.")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="Warmup iterations.")] = 1,
+    records: Annotated[int | None, typer.Option(min=1, help="Override the records.")] = None,
+    smoke: Annotated[bool, typer.Option("--smoke", help="Tiny sizes, one iteration.")] = False,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(help="Compare two git refs (REF_A REF_B), paired iterations."),
+    ] = None,
+) -> None:
+    """Run benchmark scenarios (docs/benchmarks.md) and write JSON, CSV and Markdown results."""
+    from sluiceway.bench.command import run_bench
+    from sluiceway.bench.runner import BenchSettings
+
+    err = Console(stderr=True)
+    settings = BenchSettings(
+        output_dir=output, warmup=warmup, iterations=iterations, smoke=smoke, records=records
+    )
+    try:
+        run_bench(scenario, settings, compare=compare, echo=lambda line: err.print(line))
+    except SluicewayError as error:
+        raise _fail(error, err) from None
 
 
 @app.command("mock-server")

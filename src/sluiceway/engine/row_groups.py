@@ -111,12 +111,22 @@ class EngineRowGroupHandler(RowGroupHandler):
             return SUCCEEDED
         except SluicewayError as error:
             error_class = classify_task_error(error)
+            error_type = type(error).__name__
             if error_class is TaskErrorClass.NON_RETRYABLE:
-                return TaskOutcome(kind=TaskOutcomeKind.DROPPED, reason=_reason(error))
+                return TaskOutcome(
+                    kind=TaskOutcomeKind.DROPPED, reason=_reason(error), error_type=error_type
+                )
             if error_class is TaskErrorClass.RETRYABLE:
-                return TaskOutcome(kind=TaskOutcomeKind.RETRY, reason=_reason(error))
+                return TaskOutcome(
+                    kind=TaskOutcomeKind.RETRY, reason=_reason(error), error_type=error_type
+                )
             if isinstance(error, RunStoppedError):
-                return TaskOutcome(kind=TaskOutcomeKind.STOP, reason=_reason(error), error=error)
+                return TaskOutcome(
+                    kind=TaskOutcomeKind.STOP,
+                    reason=_reason(error),
+                    error=error,
+                    error_type=error_type,
+                )
             raise
 
     async def _run_group_task(

@@ -3,11 +3,14 @@
 It builds the column graph and generators, resolves scheduling, creates providers, request
 admission, the executor and the model facade, and runs the ``AsyncTaskScheduler`` with a sink that
 writes Parquet (or keeps rows in memory for a preview). Nothing here makes scheduling decisions.
+One ``EventBus`` serves the run (``RunOptions.events``); ``RunOptions.events_file`` adds a JSONL
+sink for the run's duration, and ``RunOptions.report`` builds ``report.md`` from it afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -43,6 +46,7 @@ from sluiceway.errors import (
     SluicewayError,
     StorageError,
 )
+from sluiceway.observability import EventBus, JsonlEventSink
 from sluiceway.providers.base import ProviderClient
 from sluiceway.providers.registry import build_provider_client
 from sluiceway.requests.executor import ModelRequestExecutor
@@ -59,6 +63,8 @@ from sluiceway.scheduling.scheduler import AsyncTaskScheduler, SchedulerSettings
 from sluiceway.scheduling.tasks import SchedulerResource, TaskKind
 from sluiceway.scheduling.tracker import CompletionTracker, TrackerNode
 from sluiceway.storage.capacity_plan import CapacityPlan
+
+logger = logging.getLogger(__name__)
 
 _KIND_OF_STRATEGY = {
     GenerationStrategy.CELL: TaskKind.CELL,
@@ -100,6 +106,13 @@ class RunOptions:
     progress_interval_seconds: float = 0.5
     extra_providers: Mapping[str, ProviderClient] = field(default_factory=dict)
     cancellation: RunCancellation | None = None  # cancel() stops the run in order (SPEC §5.5)
+    # Observability (SPEC §9.1): the bus every component emits on (None: a bus with no sinks;
+    # its sinks belong to the caller), a JSONL events file written for this run (truncated at
+    # start; ``events.jsonl`` in the run directory by convention), and whether to build
+    # ``report.md`` in ``output_dir`` from that file after the run, whatever its outcome.
+    events: EventBus | None = None
+    events_file: Path | None = None
+    report: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -177,6 +190,45 @@ class _ProgressTicker:
             self.tick()
 
 
+def _open_events_file(bus: EventBus, path: Path) -> JsonlEventSink | None:
+    """Attach a JSONL sink writing ``path``; a file that cannot be made is logged, not fatal."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sink = JsonlEventSink(path)
+    except OSError as error:
+        logger.error(
+            "cannot write events to %s (%s); the run goes on without them",
+            path,
+            type(error).__name__,
+        )
+        return None
+    bus.add_sink(sink)
+    return sink
+
+
+def _close_events_file(bus: EventBus, sink: JsonlEventSink) -> None:
+    bus.remove_sink(sink)
+    try:
+        sink.close()
+    except Exception as error:
+        logger.error("the events file %s is incomplete (%s)", sink.path, type(error).__name__)
+
+
+def _write_report(run_dir: Path, events_file: Path) -> None:
+    """Build ``report.md`` and its plots; a failure is logged and never fails the run."""
+    try:
+        # Imported here: plotting pulls in matplotlib, which a run without a report never needs.
+        from sluiceway.observability.report import build_report
+
+        build_report(run_dir, events_path=events_file)
+    except Exception:
+        logger.exception(
+            "the run report could not be built from %s; rebuild it with `sluiceway report %s`",
+            events_file,
+            run_dir,
+        )
+
+
 async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     """Generate the dataset described by ``config``. Raises on fatal errors; rows that fail
     permanently are dropped and reported in ``RunInfo.dropped_rows`` and the manifest."""
@@ -204,6 +256,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     generators = build_generators(config, graph)
     resolver = TaskSchedulingResolver()
     scheduling = [resolver.resolve(generator) for generator in generators]
+    bus = options.events if options.events is not None else EventBus()
 
     clients: dict[str, ProviderClient] = dict(options.extra_providers)
     for provider in config.providers:
@@ -243,6 +296,14 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         )
         if sink.replay is not None:
             generators = journal_model_generators(generators, scheduling, sink.replay)
+    # After the output directory is prepared (--overwrite clears old events files), before the
+    # scheduler and task admission are built.
+    events_sink = (
+        _open_events_file(bus, Path(options.events_file))
+        if options.events_file is not None
+        else None
+    )
+
     handler = EngineRowGroupHandler(generators=generators, models=facade, seed=run.seed, sink=sink)
     if resume is not None:
         handler.written_count = resume.manifest.rows_written
@@ -256,6 +317,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             TaskAdmissionPolicyKind(run.task_admission.policy),
             borrow_ceiling_fraction=run.task_admission.borrow_ceiling_fraction,
         ),
+        events=bus,
     )
 
     def snapshot() -> ProgressSnapshot:
@@ -307,6 +369,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         admission=task_admission,
         handler=handler,
         on_progress=ticker.tick,
+        events=bus,
     )
     if options.progress is not None:
         options.progress.on_start(snapshot())
@@ -346,8 +409,17 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             request_admission=request_admission,
             resolution=scheduling,
         )
-        if isinstance(sink, ParquetSink):
-            await sink.finish(status=status, capacity_plan=plan)
+        try:
+            if isinstance(sink, ParquetSink):
+                await sink.finish(status=status, capacity_plan=plan)
+        finally:
+            ended = time.monotonic()  # the report below is not part of the run's wall time
+            if events_sink is not None:
+                await asyncio.to_thread(_close_events_file, bus, events_sink)
+                if options.report and options.output_dir is not None:
+                    await asyncio.to_thread(
+                        _write_report, Path(options.output_dir), events_sink.path
+                    )
     stats = executor.statistics()
     info = RunInfo(
         run_id=run_id,
@@ -361,7 +433,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         model_requests=stats.attempts,
         model_calls_succeeded=stats.successes,
         rate_limited=stats.rate_limited,
-        wall_seconds=time.monotonic() - started,
+        wall_seconds=ended - started,
         columns=columns,
         row_groups_resumed=scheduler.statistics().row_groups_resumed,
         cells_replayed=(

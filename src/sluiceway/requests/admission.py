@@ -5,12 +5,14 @@ queue and a circuit breaker; each domain has a limit read from a :class:`Request
 adaptive) which may also impose a cooldown. Every state change that hands out capacity goes
 through ``_assign`` (synchronous), which resolves waiter futures with their lease before the
 waiters run. Cooldown ends and ramp steps wake waiters by a timer, never by polling. Every lease
-is released exactly once.
+is released exactly once. Request admission events (SPEC §9.1) are built only when a sink of the
+controller's ``EventBus`` listens; events about one acquire are emitted in the caller's context.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import functools
 import itertools
@@ -19,11 +21,38 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from sluiceway.context import TaskCorrelation, current_task
 from sluiceway.errors import EngineError, RequestAdmissionError
 from sluiceway.fair_queue import QueueEntry, WeightedFairQueue
+from sluiceway.observability import EventBus, EventKind
+from sluiceway.observability.codes import (
+    LimitChangeCode,
+    ReleaseDiagnosticCode,
+    RequestDenialCode,
+    RequestDomainCode,
+    RequestOutcomeCode,
+)
+from sluiceway.observability.request_events import (
+    RequestAcquireDenied,
+    RequestEffectiveCapChanged,
+    RequestFullyRecovered,
+    RequestLeaseAcquired,
+    RequestLeaseReleased,
+    RequestLimitDecreased,
+    RequestLimitIncreased,
+    RequestQueueDrained,
+    RequestQueueFormed,
+    RequestRateLimited,
+    RequestReleaseDiagnostic,
+    RequestResourceRegistered,
+    RequestSoftCeilingRecovered,
+    RequestWaitCancelled,
+    RequestWaitCompleted,
+    RequestWaitStarted,
+    RequestWaitTimeout,
+)
 from sluiceway.requests.keys import ProviderModelKey, RequestDomain, RequestResourceKey
 from sluiceway.requests.limits import (
     PRESSURE_OUTCOMES,
@@ -95,7 +124,11 @@ class Timers(Protocol):
 
 
 class _LoopTimers:
-    """Timers on the running event loop, converting from the controller's clock."""
+    """Timers on the running event loop, converting from the controller's clock.
+
+    Callbacks run in an empty context: a cooldown end or ramp step belongs to no task, so the
+    events it causes carry no correlation (not that of the task whose release armed the timer).
+    """
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
@@ -105,7 +138,9 @@ class _LoopTimers:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None  # deadlines are then applied lazily by the next acquire
-        return loop.call_later(max(0.0, when - self._clock()), callback)
+        return loop.call_later(
+            max(0.0, when - self._clock()), callback, context=contextvars.Context()
+        )
 
 
 class ReleaseResult(enum.Enum):
@@ -340,6 +375,24 @@ class _Pool:
         self.probing = False
 
 
+class RequestEventTags(TypedDict):
+    """The fields every request event names its resource with."""
+
+    provider: str
+    model: str
+    domain: RequestDomainCode
+
+
+def request_event_tags(resource: RequestResourceKey) -> RequestEventTags:
+    """``provider``, ``model`` and ``domain`` of a request event about ``resource``."""
+    key = resource.provider_model
+    return RequestEventTags(
+        provider=key.provider,
+        model=key.model_id,
+        domain=RequestDomainCode(resource.domain.value),
+    )
+
+
 class _Domain:
     """Mutable state of one request resource (provider/model + domain)."""
 
@@ -348,6 +401,7 @@ class _Domain:
         "cooldowns",
         "cooling",
         "deadline",
+        "effective_max",
         "granted_total",
         "in_flight",
         "last_outcome",
@@ -360,17 +414,25 @@ class _Domain:
         "min_limit",
         "outcomes",
         "pool",
+        "recovering",
         "released_total",
         "resource",
+        "tags",
         "timer",
         "waiting",
     )
 
     def __init__(self, resource: RequestResourceKey, pool: _Pool, limit: RequestLimit) -> None:
         self.resource = resource
+        self.tags = request_event_tags(resource)
         self.pool = pool
         self.limit_source = limit
         self.limit = _checked_limit(resource, limit.limit)
+        self.effective_max = (
+            limit.effective_max if isinstance(limit, AdaptiveRequestLimit) else pool.cap
+        )
+        # True from a pressure decrease until the limit is back at effective_max.
+        self.recovering = False
         self.min_limit = self.limit
         self.cooling = False
         self.deadline: float | None = None
@@ -395,7 +457,7 @@ class _Domain:
 
 
 class _Waiter:
-    __slots__ = ("domain", "future", "item", "timer", "waiter_id")
+    __slots__ = ("domain", "future", "in_flight_at_grant", "item", "timer", "waiter_id")
 
     def __init__(
         self,
@@ -409,6 +471,7 @@ class _Waiter:
         self.domain = domain
         self.future = future
         self.timer: asyncio.TimerHandle | None = None
+        self.in_flight_at_grant = 0
 
 
 def _checked_limit(resource: RequestResourceKey, limit: int) -> int:
@@ -419,6 +482,34 @@ def _checked_limit(resource: RequestResourceKey, limit: int) -> int:
 
 def _is_eligible(entry: QueueEntry[_Waiter]) -> bool:
     return entry.item.domain.has_capacity()
+
+
+def _breaker_cap(pool: _Pool) -> int:
+    """The provider/model's cap as its breaker lets it be used: 0 open, 1 probing."""
+    if pool.breaker is BreakerState.OPEN:
+        return 0
+    if pool.breaker is BreakerState.HALF_OPEN:
+        return 1
+    return pool.cap
+
+
+def _decrease_reason(cause: RequestReleaseOutcome | None) -> LimitChangeCode:
+    if cause is None:
+        return LimitChangeCode.STARTUP_RAMP  # only a ramp moves the limit as time passes
+    if cause in PRESSURE_OUTCOMES:
+        return LimitChangeCode.RATE_LIMITED
+    return LimitChangeCode.LATENCY_GRADIENT
+
+
+def _increase_reason(source: RequestLimit, cause: RequestReleaseOutcome | None) -> LimitChangeCode:
+    if cause is None:
+        return LimitChangeCode.STARTUP_RAMP
+    if isinstance(source, AdaptiveRequestLimit):
+        if source.ramping:
+            return LimitChangeCode.STARTUP_RAMP
+        if source.latency_bound:
+            return LimitChangeCode.LATENCY_GRADIENT
+    return LimitChangeCode.ADDITIVE_INCREASE
 
 
 _owner_ids = itertools.count(1)
@@ -442,6 +533,10 @@ class RequestAdmissionController:
 
     ``clock`` and ``timers`` are collaborators: the default clock is ``time.monotonic`` and the
     default timers run on the event loop; tests pass a fake clock that also schedules timers.
+    ``events`` receives the request admission events (default: a bus with no sinks, so none is
+    built); their ``captured_at`` is read from ``clock``. Every acquisition, blocking or not,
+    emits ``request_wait_started`` and then exactly one of ``request_wait_completed``,
+    ``request_wait_timeout``, ``request_wait_cancelled`` or ``request_acquire_denied``.
     """
 
     def __init__(
@@ -454,6 +549,7 @@ class RequestAdmissionController:
         timers: Timers | None = None,
         aliases: Mapping[ProviderModelKey, tuple[str, ...]] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        events: EventBus | None = None,
     ) -> None:
         for key, cap in static_caps.items():
             if cap < 1:
@@ -484,6 +580,7 @@ class RequestAdmissionController:
         self._timers: Timers = timers or _LoopTimers(clock)
         self._aliases = dict(aliases or {})
         self._pressure = RequestPressure(self)
+        self._events = events if events is not None else EventBus()
 
     # -- acquiring ---------------------------------------------------------------------------
 
@@ -491,6 +588,17 @@ class RequestAdmissionController:
         self, item: RequestAdmissionItem
     ) -> RequestAdmissionLease | RequestAdmissionDenied:
         """Grant a lease now or say why not; never waits and never overtakes a queued waiter."""
+        result = self._try_acquire(item)
+        if isinstance(result, RequestAdmissionLease):
+            self._emit_granted_at_once(item, result)
+        else:
+            self._emit_denied_at_once(item, RequestDenialCode(result.reason.value))
+        return result
+
+    def _try_acquire(
+        self, item: RequestAdmissionItem
+    ) -> RequestAdmissionLease | RequestAdmissionDenied:
+        """``try_acquire`` without its events (``acquire`` emits its own)."""
         if self._shutting_down:
             return _DENIED_SHUTDOWN
         domain = self._domains.get(item.resource)
@@ -502,7 +610,7 @@ class RequestAdmissionController:
         deadline = domain.deadline
         if deadline is not None and self._clock() >= deadline:
             self._refresh(domain)  # a deadline passed without its timer (no loop running)
-        if pool.breaker is not BreakerState.CLOSED and not self._may_probe(pool):
+        if pool.breaker is not BreakerState.CLOSED and not self._may_probe(domain):
             return _DENIED_BREAKER
         queued = len(pool.queue)
         if queued:
@@ -522,15 +630,19 @@ class RequestAdmissionController:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
-        result = self.try_acquire(item)
+        result = self._try_acquire(item)
         if isinstance(result, RequestAdmissionLease):
+            self._emit_granted_at_once(item, result)
             return result
         reason = result.reason
         if reason is DenialReason.SHUTDOWN:
+            self._emit_denied_at_once(item, RequestDenialCode.SHUTDOWN)
             raise self._shutdown_error(item.resource)
         if reason is DenialReason.BREAKER_OPEN:
+            self._emit_denied_at_once(item, RequestDenialCode.BREAKER_OPEN)
             raise self._breaker_error(self._domains[item.resource].pool)
         if reason is DenialReason.UNKNOWN_RESOURCE:
+            self._emit_denied_at_once(item, RequestDenialCode.UNKNOWN_RESOURCE)
             known = ", ".join(str(key) for key in self._pools) or "none"
             raise RequestAdmissionError(
                 DenialReason.UNKNOWN_RESOURCE.value,
@@ -540,12 +652,35 @@ class RequestAdmissionController:
             )
         timeout_seconds = item.queue_wait_timeout_seconds
         domain = self._domains[item.resource]
+        events = self._events
+        started_at = self._clock()
+        ahead = len(domain.pool.queue)
+        if events.wants(EventKind.REQUEST_WAIT_STARTED):
+            events.emit(
+                RequestWaitStarted(
+                    **domain.tags,
+                    attempt_id=item.attempt_id,
+                    waiters_ahead=ahead,
+                    captured_at=started_at,
+                )
+            )
         if timeout_seconds == 0:
             self._waiters_timed_out += 1
+            if events.wants(EventKind.REQUEST_WAIT_TIMEOUT):
+                events.emit(
+                    RequestWaitTimeout(
+                        **domain.tags,
+                        attempt_id=item.attempt_id,
+                        waited_seconds=0.0,
+                        captured_at=started_at,
+                    )
+                )
             raise self._timeout_error(domain, 0.0)
         self._next_waiter_id += 1
         waiter = _Waiter(self._next_waiter_id, item, domain, loop.create_future())
         self._enqueue(waiter)
+        if ahead == 0 and events.wants(EventKind.REQUEST_QUEUE_FORMED):
+            events.emit(RequestQueueFormed(**domain.tags, waiters=1, captured_at=started_at))
         if domain.pool.in_flight < domain.pool.cap:
             # Free capacity with queued waiters means they are held by their domain limits or
             # cooldowns; the newcomer may still be eligible, in fair order.
@@ -553,13 +688,20 @@ class RequestAdmissionController:
         if timeout_seconds is not None and not waiter.future.done():
             waiter.timer = loop.call_later(timeout_seconds, self._expire, waiter, timeout_seconds)
         try:
-            return await waiter.future
-        except BaseException:
+            lease = await waiter.future
+        except BaseException as error:
+            # The wait's end is emitted before a granted-then-cancelled lease is handed back.
+            self._emit_wait_failed(waiter, started_at, error)
             self._abandon(waiter)
             raise
         finally:
             if waiter.timer is not None:
                 waiter.timer.cancel()
+        if events.wants(EventKind.REQUEST_WAIT_COMPLETED) or events.wants(
+            EventKind.REQUEST_LEASE_ACQUIRED
+        ):
+            self._emit_granted_after_wait(waiter, lease, started_at)
+        return lease
 
     def acquire_sync(
         self, item: RequestAdmissionItem, *, loop: asyncio.AbstractEventLoop | None = None
@@ -567,7 +709,8 @@ class RequestAdmissionController:
         """``acquire`` for a worker thread: blocks the thread until the loop grants a lease.
 
         Runs the wait on ``loop`` (default: the loop of the first async ``acquire`` or the one
-        given to the constructor). Calling it on the loop's own thread raises
+        given to the constructor), in a copy of the calling thread's context, so its events
+        carry the correlation the thread runs under. Calling it on the loop's own thread raises
         :class:`EngineError` (it would deadlock). If the thread is interrupted after the grant,
         the lease is handed back as ``local_cancelled``. Release with ``release_threadsafe``.
         """
@@ -586,6 +729,8 @@ class RequestAdmissionController:
                 "RequestAdmissionController.acquire_sync was called on the event loop's own "
                 f"thread ({threading.current_thread().name}); await acquire() instead"
             )
+        # run_coroutine_threadsafe schedules the task from this thread: the task's context is a
+        # copy of this thread's, so ``current_task`` (and the events' correlation) carries over.
         future = asyncio.run_coroutine_threadsafe(self.acquire(item), target)
         try:
             return future.result()
@@ -632,17 +777,15 @@ class RequestAdmissionController:
         when the controller's own counts are broken.
         """
         if lease.owner != self._owner:
-            self._release_diagnostics += 1
-            return ReleaseResult.FOREIGN
+            return self._diagnose(lease, ReleaseResult.FOREIGN)
         live = self._live.pop(lease.lease_id, None)
         if live is not lease:
-            self._release_diagnostics += 1
             if live is not None:
                 self._live[lease.lease_id] = live
-                return ReleaseResult.UNKNOWN
+                return self._diagnose(lease, ReleaseResult.UNKNOWN)
             if lease.lease_id <= self._next_lease_id:
-                return ReleaseResult.DUPLICATE
-            return ReleaseResult.UNKNOWN
+                return self._diagnose(lease, ReleaseResult.DUPLICATE)
+            return self._diagnose(lease, ReleaseResult.UNKNOWN)
         domain = self._domains[lease.resource]
         pool = domain.pool
         if domain.in_flight < 1 or pool.in_flight < 1:
@@ -671,13 +814,57 @@ class RequestAdmissionController:
             retry_after_seconds=retry_after_seconds,
             latency_seconds=max(0.0, now - lease.granted_at),
         )
-        self._refresh(domain, now=now, assign=False)
+        events = self._events
+        if outcome is RequestReleaseOutcome.RATE_LIMITED and events.wants(
+            EventKind.REQUEST_RATE_LIMITED
+        ):
+            blocked_until = domain.limit_source.blocked_until
+            events.emit(
+                RequestRateLimited(
+                    **domain.tags,
+                    attempt_id=lease.attempt_id,
+                    retry_after_seconds=retry_after_seconds,
+                    cooldown_seconds=(
+                        blocked_until - now
+                        if blocked_until is not None and blocked_until > now
+                        else None
+                    ),
+                    captured_at=now,
+                )
+            )
+        self._refresh(domain, now=now, assign=False, cause=outcome)
         if domain.cooling and not was_cooling:
             domain.cooldowns += 1
-        self._track_breaker(pool, outcome, now)
+        self._track_breaker(domain, outcome, now)
+        if events.wants(EventKind.REQUEST_LEASE_RELEASED):
+            events.emit(
+                RequestLeaseReleased(
+                    **domain.tags,
+                    attempt_id=lease.attempt_id,
+                    lease_id=lease.lease_id,
+                    outcome=RequestOutcomeCode(outcome.value),
+                    in_flight=domain.in_flight,
+                    limit=domain.limit,
+                    captured_at=now,
+                )
+            )
         if pool.queue:
             self._assign(pool)
         return ReleaseResult.OK
+
+    def _diagnose(self, lease: RequestAdmissionLease, result: ReleaseResult) -> ReleaseResult:
+        """Count (and report) a release that changed nothing."""
+        self._release_diagnostics += 1
+        if self._events.wants(EventKind.REQUEST_RELEASE_DIAGNOSTIC):
+            self._events.emit(
+                RequestReleaseDiagnostic(
+                    **request_event_tags(lease.resource),
+                    lease_id=lease.lease_id,
+                    code=ReleaseDiagnosticCode(result.value),
+                    captured_at=self._clock(),
+                )
+            )
+        return result
 
     def shutdown(self) -> None:
         """Deny further acquisitions and fail every waiter; live leases can still be released."""
@@ -698,6 +885,15 @@ class RequestAdmissionController:
     @property
     def shutting_down(self) -> bool:
         return self._shutting_down
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock leases, deadlines and event timestamps are read from."""
+        return self._clock
+
+    @property
+    def events(self) -> EventBus:
+        return self._events
 
     @property
     def pressure(self) -> RequestPressure:
@@ -832,32 +1028,50 @@ class RequestAdmissionController:
         is idle.
         """
         queue = pool.queue
+        last: _Waiter | None = None
         while queue and pool.in_flight < pool.cap:
             selection = queue.select_next(_is_eligible)
             if selection is None:
-                return
+                break
             waiter = queue.commit(selection)
             if waiter is None:
                 raise EngineError("a fresh waiter selection was stale inside one synchronous step")
+            last = waiter
             waiter.domain.waiting -= 1
             if waiter.future.done():
                 # Cancelled but not yet resumed: its own cleanup counts it; it gets nothing.
                 continue
             waiter.future.set_result(self._grant(waiter.domain, waiter.item))
+            waiter.in_flight_at_grant = waiter.domain.in_flight
+        if last is not None and not queue:
+            self._emit_queue_drained(last.domain)
 
-    def _refresh(self, domain: _Domain, *, now: float | None = None, assign: bool = True) -> None:
-        """Apply the limit's time-based changes and (re)arm the timer for the next one."""
+    def _refresh(
+        self,
+        domain: _Domain,
+        *,
+        now: float | None = None,
+        assign: bool = True,
+        cause: RequestReleaseOutcome | None = None,
+    ) -> None:
+        """Apply the limit's time-based changes and (re)arm the timer for the next one.
+
+        ``cause`` is the release outcome just reported to the limit (None: only time passed).
+        """
         if now is None:
             now = self._clock()
         source = domain.limit_source
         deadline = source.advance(now)
         limit = _checked_limit(domain.resource, source.limit)
-        if limit < domain.limit:
+        previous = domain.limit
+        if limit < previous:
             domain.limit_decreases += 1
             domain.min_limit = min(domain.min_limit, limit)
-        elif limit > domain.limit:
+        elif limit > previous:
             domain.limit_increases += 1
         domain.limit = limit
+        if limit != previous:
+            self._limit_changed(domain, previous, cause, now)
         blocked_until = source.blocked_until
         domain.cooling = blocked_until is not None and now < blocked_until
         if deadline != domain.deadline:
@@ -879,24 +1093,29 @@ class RequestAdmissionController:
         if not self._shutting_down:
             self._refresh(domain)
 
-    def _track_breaker(self, pool: _Pool, outcome: RequestReleaseOutcome, now: float) -> None:
+    def _track_breaker(self, domain: _Domain, outcome: RequestReleaseOutcome, now: float) -> None:
+        pool = domain.pool
         open_after = self._settings.breaker_open_after_seconds
         if outcome is RequestReleaseOutcome.SUCCESS:
             pool.failing_since = None
+            if pool.breaker is not BreakerState.CLOSED:
+                self._emit_cap_changed(domain, _breaker_cap(pool), pool.cap, now)
             pool.breaker = BreakerState.CLOSED
             pool.probing = False
             return
         if outcome not in _FAILING_OUTCOMES or open_after is None:
             return
         if pool.breaker is BreakerState.HALF_OPEN:
-            self._open_breaker(pool, now)
+            self._open_breaker(domain, now)
             return
         if pool.failing_since is None:
             pool.failing_since = now
         elif pool.breaker is BreakerState.CLOSED and now - pool.failing_since >= open_after:
-            self._open_breaker(pool, now)
+            self._open_breaker(domain, now)
 
-    def _open_breaker(self, pool: _Pool, now: float) -> None:
+    def _open_breaker(self, domain: _Domain, now: float) -> None:
+        pool = domain.pool
+        self._emit_cap_changed(domain, _breaker_cap(pool), 0, now)
         pool.breaker = BreakerState.OPEN
         pool.breaker_openings += 1
         pool.probing = False
@@ -905,25 +1124,33 @@ class RequestAdmissionController:
             pool, lambda waiter: self._breaker_error(pool)
         )
 
-    def _may_probe(self, pool: _Pool) -> bool:
+    def _may_probe(self, domain: _Domain) -> bool:
         """While not closed: whether one probe request may go now (moves OPEN to HALF_OPEN)."""
-        if pool.breaker is BreakerState.OPEN and self._clock() >= pool.probe_at:
-            pool.breaker = BreakerState.HALF_OPEN
-            pool.probing = False
+        pool = domain.pool
+        if pool.breaker is BreakerState.OPEN:
+            now = self._clock()
+            if now >= pool.probe_at:
+                self._emit_cap_changed(domain, 0, 1, now)
+                pool.breaker = BreakerState.HALF_OPEN
+                pool.probing = False
         return pool.breaker is BreakerState.HALF_OPEN and not pool.probing
 
     def _fail_waiters(self, pool: _Pool, error: Callable[[_Waiter], RequestAdmissionError]) -> int:
         """Fail every queued waiter of ``pool`` with ``error(waiter)``; returns how many."""
         failed = 0
         queue = pool.queue
+        last: _Waiter | None = None
         while (selection := queue.select_next()) is not None:
             waiter = queue.commit(selection)
             if waiter is None:
                 raise EngineError("a fresh waiter selection was stale while failing waiters")
+            last = waiter
             waiter.domain.waiting -= 1
             if not waiter.future.done():
                 failed += 1
                 waiter.future.set_exception(error(waiter))
+        if last is not None:
+            self._emit_queue_drained(last.domain)
         return failed
 
     def _grant(self, domain: _Domain, item: RequestAdmissionItem) -> RequestAdmissionLease:
@@ -974,6 +1201,9 @@ class RequestAdmissionController:
         if pool.queue.remove(waiter.waiter_id) is None:
             return False
         waiter.domain.waiting -= 1
+        if not pool.queue:
+            self._emit_queue_drained(waiter.domain)
+            return True
         # A withdrawn group head may have hidden an eligible waiter of another domain behind it.
         self._assign(pool)
         return True
@@ -1008,8 +1238,214 @@ class RequestAdmissionController:
             return None
         domain = _Domain(resource, pool, self._limits(resource, pool.cap))
         self._domains[resource] = domain
+        events = self._events
+        if events.wants(EventKind.REQUEST_RESOURCE_REGISTERED):
+            events.emit(
+                RequestResourceRegistered(
+                    **domain.tags,
+                    static_cap=pool.cap,
+                    initial_limit=domain.limit,
+                    captured_at=self._clock(),
+                )
+            )
+        if domain.effective_max != pool.cap:
+            # A configured clamp below the static cap bounds this domain from the start.
+            self._emit_cap_changed(domain, pool.cap, domain.effective_max, self._clock())
         self._refresh(domain, assign=False)  # starts a startup ramp, arms its timer
         return domain
+
+    # -- events ------------------------------------------------------------------------------
+    # Each helper checks ``wants`` before building anything; with no sink they build nothing.
+
+    def _emit_granted_at_once(
+        self, item: RequestAdmissionItem, lease: RequestAdmissionLease
+    ) -> None:
+        """A lease granted without queueing: a zero-length wait, all at the grant instant."""
+        events = self._events
+        wants = events.wants
+        if not (
+            wants(EventKind.REQUEST_WAIT_STARTED)
+            or wants(EventKind.REQUEST_WAIT_COMPLETED)
+            or wants(EventKind.REQUEST_LEASE_ACQUIRED)
+        ):
+            return
+        domain = self._domains[lease.resource]
+        at = lease.granted_at
+        if wants(EventKind.REQUEST_WAIT_STARTED):
+            events.emit(
+                RequestWaitStarted(
+                    **domain.tags, attempt_id=item.attempt_id, waiters_ahead=0, captured_at=at
+                )
+            )
+        if wants(EventKind.REQUEST_WAIT_COMPLETED):
+            events.emit(
+                RequestWaitCompleted(
+                    **domain.tags, attempt_id=item.attempt_id, waited_seconds=0.0, captured_at=at
+                )
+            )
+        if wants(EventKind.REQUEST_LEASE_ACQUIRED):
+            events.emit(
+                RequestLeaseAcquired(
+                    **domain.tags,
+                    attempt_id=item.attempt_id,
+                    lease_id=lease.lease_id,
+                    in_flight=domain.in_flight,
+                    limit=lease.limit_at_grant,
+                    cap=domain.pool.cap,
+                    captured_at=at,
+                )
+            )
+
+    def _emit_denied_at_once(self, item: RequestAdmissionItem, reason: RequestDenialCode) -> None:
+        """An acquisition refused without queueing: a zero-length wait ending in a denial."""
+        events = self._events
+        wants = events.wants
+        if not (wants(EventKind.REQUEST_WAIT_STARTED) or wants(EventKind.REQUEST_ACQUIRE_DENIED)):
+            return
+        tags = request_event_tags(item.resource)
+        at = self._clock()
+        if wants(EventKind.REQUEST_WAIT_STARTED):
+            queued = 0
+            pool = self._pools.get(item.resource.provider_model)
+            if pool is not None:
+                queued = len(pool.queue)
+            events.emit(
+                RequestWaitStarted(
+                    **tags, attempt_id=item.attempt_id, waiters_ahead=queued, captured_at=at
+                )
+            )
+        if wants(EventKind.REQUEST_ACQUIRE_DENIED):
+            events.emit(
+                RequestAcquireDenied(
+                    **tags, attempt_id=item.attempt_id, reason=reason, captured_at=at
+                )
+            )
+
+    def _emit_granted_after_wait(
+        self, waiter: _Waiter, lease: RequestAdmissionLease, started_at: float
+    ) -> None:
+        """Emitted by the waiter itself once it resumes, so its own task is the correlation."""
+        events = self._events
+        domain = waiter.domain
+        now = self._clock()
+        if events.wants(EventKind.REQUEST_WAIT_COMPLETED):
+            events.emit(
+                RequestWaitCompleted(
+                    **domain.tags,
+                    attempt_id=waiter.item.attempt_id,
+                    waited_seconds=now - started_at,
+                    captured_at=now,
+                )
+            )
+        if events.wants(EventKind.REQUEST_LEASE_ACQUIRED):
+            events.emit(
+                RequestLeaseAcquired(
+                    **domain.tags,
+                    attempt_id=waiter.item.attempt_id,
+                    lease_id=lease.lease_id,
+                    in_flight=waiter.in_flight_at_grant,
+                    limit=lease.limit_at_grant,
+                    cap=domain.pool.cap,
+                    captured_at=now,
+                )
+            )
+
+    def _emit_wait_failed(self, waiter: _Waiter, started_at: float, error: BaseException) -> None:
+        """The end of a wait that gave the caller no lease: timeout, denial or cancellation."""
+        events = self._events
+        if isinstance(error, RequestAdmissionError):
+            if error.reason == DenialReason.TIMEOUT.value:
+                if not events.wants(EventKind.REQUEST_WAIT_TIMEOUT):
+                    return
+                now = self._clock()
+                events.emit(
+                    RequestWaitTimeout(
+                        **waiter.domain.tags,
+                        attempt_id=waiter.item.attempt_id,
+                        waited_seconds=now - started_at,
+                        captured_at=now,
+                    )
+                )
+                return
+            if events.wants(EventKind.REQUEST_ACQUIRE_DENIED):
+                events.emit(
+                    RequestAcquireDenied(
+                        **waiter.domain.tags,
+                        attempt_id=waiter.item.attempt_id,
+                        reason=RequestDenialCode(error.reason),
+                        captured_at=self._clock(),
+                    )
+                )
+            return
+        if events.wants(EventKind.REQUEST_WAIT_CANCELLED):
+            now = self._clock()
+            events.emit(
+                RequestWaitCancelled(
+                    **waiter.domain.tags,
+                    attempt_id=waiter.item.attempt_id,
+                    waited_seconds=now - started_at,
+                    captured_at=now,
+                )
+            )
+
+    def _emit_queue_drained(self, domain: _Domain) -> None:
+        if self._events.wants(EventKind.REQUEST_QUEUE_DRAINED):
+            self._events.emit(RequestQueueDrained(**domain.tags, captured_at=self._clock()))
+
+    def _emit_cap_changed(self, domain: _Domain, previous_cap: int, cap: int, now: float) -> None:
+        if previous_cap != cap and self._events.wants(EventKind.REQUEST_EFFECTIVE_CAP_CHANGED):
+            self._events.emit(
+                RequestEffectiveCapChanged(
+                    **domain.tags, previous_cap=previous_cap, cap=cap, captured_at=now
+                )
+            )
+
+    def _limit_changed(
+        self,
+        domain: _Domain,
+        previous: int,
+        cause: RequestReleaseOutcome | None,
+        now: float,
+    ) -> None:
+        """Track recovery and emit the limit events of one change of ``domain.limit``."""
+        events = self._events
+        limit = domain.limit
+        if limit < previous:
+            if cause is not None:
+                domain.recovering = True  # a ramp start is not a setback to recover from
+            if events.wants(EventKind.REQUEST_LIMIT_DECREASED):
+                events.emit(
+                    RequestLimitDecreased(
+                        **domain.tags,
+                        previous_limit=previous,
+                        limit=limit,
+                        reason=_decrease_reason(cause),
+                        captured_at=now,
+                    )
+                )
+            return
+        source = domain.limit_source
+        if events.wants(EventKind.REQUEST_LIMIT_INCREASED):
+            events.emit(
+                RequestLimitIncreased(
+                    **domain.tags,
+                    previous_limit=previous,
+                    limit=limit,
+                    reason=_increase_reason(source, cause),
+                    captured_at=now,
+                )
+            )
+        ceiling = source.ceiling
+        if (
+            ceiling is not None
+            and previous < ceiling <= limit
+            and events.wants(EventKind.REQUEST_SOFT_CEILING_RECOVERED)
+        ):
+            events.emit(RequestSoftCeilingRecovered(**domain.tags, limit=limit, captured_at=now))
+        if domain.recovering and limit >= domain.effective_max:
+            domain.recovering = False
+            if events.wants(EventKind.REQUEST_FULLY_RECOVERED):
+                events.emit(RequestFullyRecovered(**domain.tags, limit=limit, captured_at=now))
 
     def _timeout_error(self, domain: _Domain, timeout_seconds: float) -> RequestAdmissionError:
         pool = domain.pool
@@ -1051,6 +1487,7 @@ class AdaptiveRequestAdmissionController(RequestAdmissionController):
         timers: Timers | None = None,
         aliases: Mapping[ProviderModelKey, tuple[str, ...]] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        events: EventBus | None = None,
     ) -> None:
         super().__init__(
             static_caps,
@@ -1060,4 +1497,5 @@ class AdaptiveRequestAdmissionController(RequestAdmissionController):
             timers=timers,
             aliases=aliases,
             loop=loop,
+            events=events,
         )

@@ -2,7 +2,8 @@
 
 One ``execute_attempt`` is one outbound attempt under one request lease. ``execute`` is the
 retry loop around attempts, bounded by a :class:`RetryPolicy`; it holds no lease while it
-sleeps between attempts.
+sleeps between attempts. It emits ``model_request_started`` / ``model_request_completed``
+around each outbound call, timed on the controller's clock like the admission events.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from sluiceway.errors import (
     RequestAdmissionError,
     RetryableGenerationError,
 )
+from sluiceway.observability import EventBus, EventKind
+from sluiceway.observability.codes import RequestOutcomeCode
+from sluiceway.observability.request_events import ModelRequestCompleted, ModelRequestStarted
 from sluiceway.providers.base import ModelRequest, ModelResponse, ProviderClient
 from sluiceway.requests.admission import (
     DenialReason,
     RequestAdmissionController,
     RequestAdmissionItem,
+    request_event_tags,
 )
 from sluiceway.requests.keys import RequestResourceKey
 from sluiceway.requests.outcomes import RequestReleaseOutcome, classify_exception
@@ -58,6 +63,9 @@ class ModelRequestExecutor:
     propagates. ``execute`` raises :class:`NonRetryableGenerationError` for requests the
     provider rejects and for an exhausted retry budget, and :class:`RetryableGenerationError`
     when the admission queue wait timed out.
+
+    ``events`` receives the model call events (default: a bus with no sinks); pass the
+    controller's bus so both share one stream.
     """
 
     def __init__(
@@ -69,8 +77,10 @@ class ModelRequestExecutor:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         queue_wait_timeout_seconds: float | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self._controller = controller
+        self._events = events if events is not None else EventBus()
         self._retry = retry
         self._rng = rng
         self._clock = clock
@@ -97,12 +107,28 @@ class ModelRequestExecutor:
         self, item: RequestAdmissionItem, client: ProviderClient, request: ModelRequest
     ) -> ModelResponse:
         """One outbound attempt under one lease; the lease is released on every path."""
-        lease = await self._controller.acquire(item)
+        controller = self._controller
+        lease = await controller.acquire(item)
         # No suspension point between the grant and ``try``: the lease cannot be orphaned.
         self._attempts += 1
         outcome = RequestReleaseOutcome.UNEXPECTED_EXCEPTION
         retry_after_seconds: float | None = None
+        response: ModelResponse | None = None
+        events = self._events
+        timed = events.wants(EventKind.MODEL_REQUEST_STARTED) or events.wants(
+            EventKind.MODEL_REQUEST_COMPLETED
+        )
+        started_at = controller.clock() if timed else 0.0
         try:
+            if events.wants(EventKind.MODEL_REQUEST_STARTED):
+                events.emit(
+                    ModelRequestStarted(
+                        **request_event_tags(item.resource),
+                        attempt_id=item.attempt_id,
+                        lease_id=lease.lease_id,
+                        captured_at=started_at,
+                    )
+                )
             response = await client.send(request)
             outcome = RequestReleaseOutcome.SUCCESS
             self._successes += 1
@@ -117,9 +143,22 @@ class ModelRequestExecutor:
                 self._failures += 1
             raise
         finally:
-            result = self._controller.release(
-                lease, outcome, retry_after_seconds=retry_after_seconds
-            )
+            if events.wants(EventKind.MODEL_REQUEST_COMPLETED):
+                completed_at = controller.clock()
+                usage = response.usage if response is not None else None
+                events.emit(
+                    ModelRequestCompleted(
+                        **request_event_tags(item.resource),
+                        attempt_id=item.attempt_id,
+                        lease_id=lease.lease_id,
+                        outcome=RequestOutcomeCode(outcome.value),
+                        latency_seconds=completed_at - started_at,
+                        input_tokens=None if usage is None else usage.prompt_tokens,
+                        output_tokens=None if usage is None else usage.completion_tokens,
+                        captured_at=completed_at,
+                    )
+                )
+            result = controller.release(lease, outcome, retry_after_seconds=retry_after_seconds)
             if not result.released:
                 self._release_diagnostics += 1
 
@@ -216,6 +255,10 @@ class ModelRequestExecutor:
             budgets_exhausted=self._budgets_exhausted,
             release_diagnostics=self._release_diagnostics,
         )
+
+    @property
+    def events(self) -> EventBus:
+        return self._events
 
     def _now(self) -> float:
         if self._clock is not None:

@@ -431,11 +431,11 @@ class AdaptiveRequestLimit:
         ramp = self._ramp
         if ramp is None:
             return
+        # While ramping, the AIMD limit follows the ramp; it never exceeds the target. The
+        # last step applies the target before the ramp ends.
+        self._state = replace(self._state, limit=ramp.limit_at(now))
         if ramp.next_step_at(now) is None:
             self._ramp = None
-            return
-        # While ramping, the AIMD limit follows the ramp; it never exceeds the target.
-        self._state = replace(self._state, limit=ramp.limit_at(now))
 
     @property
     def blocked_until(self) -> float | None:
@@ -448,6 +448,16 @@ class AdaptiveRequestLimit:
     @property
     def changes(self) -> dict[LimitChange, int]:
         return dict(self._changes)
+
+    @property
+    def ramping(self) -> bool:
+        """True while the startup ramp sets the limit."""
+        return self._ramp is not None
+
+    @property
+    def latency_bound(self) -> bool:
+        """True when the latency gradient, not AIMD, sets the limit in force."""
+        return self._gradient is not None and self.limit < self._state.limit
 
     def advance(self, now: float) -> float | None:
         if self._ramp_seconds > 0:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from sluiceway.config.models import RunConfig
+from sluiceway.observability import EventBus
 from sluiceway.requests.admission import RequestAdmissionController, RequestAdmissionSettings
 from sluiceway.requests.keys import RequestResourceResolver
 from sluiceway.requests.limits import AdaptiveLimitSettings, adaptive_limits, static_limits
 
 
 def build_request_admission(
-    run: RunConfig, resolver: RequestResourceResolver
+    run: RunConfig, resolver: RequestResourceResolver, *, events: EventBus | None = None
 ) -> RequestAdmissionController:
-    """The controller of one run, with every provider/model the resolver knows."""
+    """The controller of one run, with every provider/model the resolver knows; its request
+    admission events go to ``events`` (default: a bus with no sinks)."""
     tuning = run.request_admission
     limits = static_limits
     if tuning.adaptive:
@@ -35,4 +37,5 @@ def build_request_admission(
         # into ProviderCircuitOpenError, which stops the run naming the provider and model.
         settings=RequestAdmissionSettings(breaker_open_after_seconds=run.circuit_breaker_seconds),
         aliases={key: resolver.aliases_of(key) for key in caps},
+        events=events,
     )

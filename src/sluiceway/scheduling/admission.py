@@ -13,6 +13,10 @@ a lease change could alter the verdict. Invalidation: a lease acquired or releas
 unparks ``g`` (and the group of the policy delta); one by a group without queued demand for a
 leased resource unparks every group (the amount held outside the contenders moved); the queue
 unparks on head and demand-shape changes. Capacity and shutdown denials are never parked.
+
+Events (SPEC §9.1): ``task_lease_acquired`` and ``admission_denied`` from ``try_acquire``,
+``task_lease_released`` and ``release_diagnostic`` from ``release``, each built only when a sink
+of the controller's ``EventBus`` listens for it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ from sluiceway.fair_queue import (
     QueueSelection,
     QueueView,
     WeightedFairQueue,
+)
+from sluiceway.observability.bus import EventBus
+from sluiceway.observability.codes import ReleaseDiagnosticCode, TaskDenialCode
+from sluiceway.observability.kinds import EventKind
+from sluiceway.observability.scheduler_events import (
+    AdmissionDenied,
+    ReleaseDiagnostic,
+    TaskLeaseAcquired,
+    TaskLeaseReleased,
 )
 from sluiceway.scheduling.policies import (
     BoundedBorrowTaskAdmissionPolicy,
@@ -73,7 +86,8 @@ class ReleaseResult:
 
 @dataclass(slots=True, eq=False)
 class TaskAdmissionLease:
-    """Proof that a task may run. Identity-compared; never reused."""
+    """Proof that a task may run. Identity-compared; never reused. ``item`` is the task it
+    was granted to (events of its release name the attempt)."""
 
     lease_id: int
     task_id: str
@@ -81,6 +95,7 @@ class TaskAdmissionLease:
     amounts: Mapping[str, int]
     owner: int = field(repr=False)
     released: bool = False
+    item: SchedulableTask | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,6 +188,10 @@ class TaskAdmissionBlockSummary:
 
 
 _owner_ids = itertools.count(1)
+
+# The kinds checked on every grant and release (a module global is one lookup cheaper).
+_LEASE_ACQUIRED = EventKind.TASK_LEASE_ACQUIRED
+_LEASE_RELEASED = EventKind.TASK_LEASE_RELEASED
 
 
 class _LedgerReader:
@@ -269,10 +288,15 @@ class TaskAdmissionController:
 
     Nothing here blocks or awaits. ``try_acquire`` and ``release`` are synchronous steps;
     ``shutdown`` denies every later acquisition while outstanding leases can still be released.
+    ``events`` receives the lease events (default: a bus with no sinks, so none is built).
     """
 
     def __init__(
-        self, limits: Mapping[str, int], *, policy: TaskAdmissionPolicy | None = None
+        self,
+        limits: Mapping[str, int],
+        *,
+        policy: TaskAdmissionPolicy | None = None,
+        events: EventBus | None = None,
     ) -> None:
         for resource, limit in limits.items():
             if limit < 1:
@@ -280,6 +304,7 @@ class TaskAdmissionController:
                     f"scheduler resource {resource!r} needs a limit >= 1, got {limit}"
                 )
         self._policy: TaskAdmissionPolicy = policy or BoundedBorrowTaskAdmissionPolicy()
+        self._events = events if events is not None else EventBus()
         self._owner = next(_owner_ids)
         # Hard ledger.
         self._limits = dict(limits)
@@ -314,6 +339,10 @@ class TaskAdmissionController:
     @property
     def policy(self) -> TaskAdmissionPolicy:
         return self._policy
+
+    @property
+    def events(self) -> EventBus:
+        return self._events
 
     def has_capacity(self, request: SchedulerResourceRequest) -> bool:
         """The hard ledger alone could grant ``request`` now (policy not consulted)."""
@@ -368,6 +397,18 @@ class TaskAdmissionController:
         denied = self._check(item, view)
         if denied is not None:
             self._denials[denied.reason] = self._denials.get(denied.reason, 0) + 1
+            if self._events.wants(EventKind.ADMISSION_DENIED):
+                task = item.task
+                self._events.emit(
+                    AdmissionDenied(
+                        task_id=task.task_id,
+                        column=task.column,
+                        row_group=task.row_group,
+                        group=item.group.key,
+                        attempt=item.attempt,
+                        reason=TaskDenialCode(denied.reason.value),
+                    )
+                )
             return denied
         delta = self._policy.on_acquire(item, view, self._reader)
         amounts = item.request.amounts
@@ -395,8 +436,22 @@ class TaskAdmissionController:
         self._acquired += 1
         self._version += 1
         self._unpark_after_lease_change(group, amounts, delta)
-        lease = TaskAdmissionLease(self._next_id, item.task_id, group, amounts, self._owner)
+        lease = TaskAdmissionLease(
+            self._next_id, item.task_id, group, amounts, self._owner, False, item
+        )
         self._live[lease.lease_id] = lease
+        if self._events.wants(_LEASE_ACQUIRED):
+            task = item.task
+            self._events.emit(
+                TaskLeaseAcquired(
+                    task_id=task.task_id,
+                    column=task.column,
+                    row_group=task.row_group,
+                    group=group,
+                    attempt=item.attempt,
+                    lease_id=lease.lease_id,
+                )
+            )
         return lease
 
     def release(self, lease: TaskAdmissionLease) -> ReleaseResult:
@@ -404,6 +459,14 @@ class TaskAdmissionController:
         status = self._release_status(lease)
         if status is not ReleaseStatus.RELEASED:
             self._diagnostics += 1
+            if self._events.wants(EventKind.RELEASE_DIAGNOSTIC):
+                self._events.emit(
+                    ReleaseDiagnostic(
+                        lease_id=lease.lease_id,
+                        code=ReleaseDiagnosticCode(status.value),
+                        task_id=lease.task_id,
+                    )
+                )
             return ReleaseResult(status=status, lease_id=lease.lease_id)
         del self._live[lease.lease_id]
         lease.released = True
@@ -432,6 +495,19 @@ class TaskAdmissionController:
         self._released += 1
         self._version += 1
         self._unpark_after_lease_change(group, lease.amounts, delta)
+        if self._events.wants(_LEASE_RELEASED) and lease.item is not None:
+            item = lease.item
+            task = item.task
+            self._events.emit(
+                TaskLeaseReleased(
+                    task_id=task.task_id,
+                    column=task.column,
+                    row_group=task.row_group,
+                    group=group,
+                    attempt=item.attempt,
+                    lease_id=lease.lease_id,
+                )
+            )
         return ReleaseResult(status=ReleaseStatus.RELEASED, lease_id=lease.lease_id)
 
     def shutdown(self) -> None:

@@ -11,6 +11,12 @@ out) and lets checkpoints already started finish; row groups in flight are not w
 shutdown (error window) or a stop error raised by a task stops admission, lets (early shutdown) or
 makes (stop error) running tasks end, salvages every finished row of the row groups in flight,
 checkpoints them, and then ``run`` raises the ``RunStoppedError``.
+
+Every scheduler-stream event of SPEC §9.1 that this loop can produce is emitted at its state
+change, built only when a sink of ``events`` listens (task admission emits the lease events).
+Episodes that repeat on every wakeup (queue empty, admission blocked, row-group admission
+blocked) are emitted once when they begin; a health snapshot goes out at job start, at every
+checkpoint and at job end.
 """
 
 from __future__ import annotations
@@ -18,14 +24,46 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from sluiceway.context import TaskCorrelation, current_task
 from sluiceway.errors import EarlyShutdownError, EngineError, RunCancelledError, RunStoppedError
 from sluiceway.fair_queue import QueueEntry, QueueSelection, WeightedFairQueue
-from sluiceway.scheduling.admission import TaskAdmissionController, TaskAdmissionLease
+from sluiceway.observability.bus import EventBus
+from sluiceway.observability.codes import CancelCode, JobStatus, TaskDenialCode, TaskOutcomeCode
+from sluiceway.observability.events import TaskEvent
+from sluiceway.observability.kinds import EventKind
+from sluiceway.observability.scheduler_events import (
+    AdmissionBlocked,
+    Cancelled,
+    DependencyReady,
+    GroupCapped,
+    NonRetryableDropped,
+    QueueDrained,
+    QueueEmpty,
+    ReadyEnqueued,
+    RetryDeferred,
+    RowGroupAdmissionBlocked,
+    RowGroupAdmissionTargetChanged,
+    RowGroupAdmitted,
+    RowGroupCheckpointed,
+    SchedulerHealthSnapshot,
+    SchedulerJobCompleted,
+    SchedulerJobStarted,
+    Selected,
+    StaleSelection,
+    TaskCompleted,
+    WorkerSpawned,
+    WorkerSpawnFailed,
+)
+from sluiceway.scheduling.admission import (
+    TaskAdmissionController,
+    TaskAdmissionLease,
+    TaskDenialReason,
+)
 from sluiceway.scheduling.failures import (
     EarlyShutdownSettings,
     ErrorRateWindow,
@@ -42,6 +80,8 @@ from sluiceway.scheduling.row_group_admission import (
 from sluiceway.scheduling.tasks import SchedulableTask, SchedulerResourceRequest, Task
 from sluiceway.scheduling.tracker import CompletionTracker
 
+_TaskEventT = TypeVar("_TaskEventT", bound=TaskEvent)
+
 
 class TaskOutcomeKind(enum.Enum):
     SUCCEEDED = "succeeded"
@@ -52,12 +92,14 @@ class TaskOutcomeKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskOutcome:
-    """What a task run produced. ``DROPPED`` lists the rows (indices in the row group) to drop."""
+    """What a task run produced. ``DROPPED`` lists the rows (indices in the row group) to drop.
+    ``error_type`` is the class name of the error behind a failure (events carry only that)."""
 
     kind: TaskOutcomeKind
     dropped_rows: tuple[int, ...] = ()
     reason: str | None = None
     error: RunStoppedError | None = None
+    error_type: str | None = None
 
 
 SUCCEEDED = TaskOutcome(kind=TaskOutcomeKind.SUCCEEDED)
@@ -67,6 +109,26 @@ class StopReason(enum.Enum):
     CANCELLED = "cancelled"
     EARLY_SHUTDOWN = "early_shutdown"
     STOP_ERROR = "stop_error"
+
+
+_CANCEL_CODE = {
+    StopReason.CANCELLED: CancelCode.RUN_CANCELLED,
+    StopReason.EARLY_SHUTDOWN: CancelCode.EARLY_SHUTDOWN,
+    StopReason.STOP_ERROR: CancelCode.FATAL_ERROR,
+}
+
+
+def _task_event(cls: type[_TaskEventT], item: SchedulableTask, **fields: Any) -> _TaskEventT:
+    """Build a task event naming ``item``'s attempt; ``fields`` are the class's own fields."""
+    task = item.task
+    return cls(
+        task_id=task.task_id,
+        column=task.column,
+        row_group=task.row_group,
+        group=item.group.key,
+        attempt=item.attempt,
+        **fields,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +208,7 @@ class _Counters:
         "row_groups_checkpointed",
         "row_groups_salvaged",
         "rows_dropped",
+        "rows_written",
         "stale_selections",
         "tasks_cancelled",
         "tasks_dispatched",
@@ -166,6 +229,7 @@ class _Counters:
         self.tasks_dropped = 0
         self.tasks_cancelled = 0
         self.rows_dropped = 0
+        self.rows_written = 0  # live rows handed to checkpoints by this run
         self.max_queued_tasks = 0
         self.stale_selections = 0
         self.blocked_dispatches = 0
@@ -179,9 +243,13 @@ def commit_selection(
     selection: QueueSelection[SchedulableTask],
     lease: TaskAdmissionLease,
 ) -> SchedulableTask | None:
-    """Commit a selection whose lease is held; a stale selection gives the lease back at once."""
+    """Commit a selection whose lease is held; a stale selection gives the lease back at once
+    (after ``stale_selection`` on the admission controller's event bus)."""
     item = queue.commit(selection)
     if item is None:
+        events = admission.events
+        if events.wants(EventKind.STALE_SELECTION):
+            events.emit(_task_event(StaleSelection, selection.entry.item, lease_id=lease.lease_id))
         admission.release(lease)
     return item
 
@@ -205,8 +273,11 @@ class AsyncTaskScheduler:
         handler: RowGroupHandler,
         on_progress: Callable[[], None] | None = None,
         clock: Callable[[], float] | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self._settings = settings
+        # Pass the bus of ``admission`` too, so lease events land in the same streams.
+        self._events = events if events is not None else EventBus()
         self._tracker = tracker
         self._scheduling = scheduling
         self._admission = admission
@@ -251,6 +322,11 @@ class AsyncTaskScheduler:
         self._salvaged = False
         self._counters = _Counters()
         self._row_groups_resumed = 0
+        # Episode flags: these events go out once when the situation begins, not per wakeup.
+        self._noted_queue_empty = False
+        self._noted_blocked = False
+        self._noted_row_groups_blocked = False
+        self._row_group_target = settings.max_concurrent_row_groups
         self._skip_completed_row_groups()
 
     @property
@@ -264,6 +340,10 @@ class AsyncTaskScheduler:
     @property
     def stop_reason(self) -> StopReason | None:
         return self._stop
+
+    @property
+    def events(self) -> EventBus:
+        return self._events
 
     def statistics(self) -> SchedulerStatistics:
         counters = self._counters
@@ -304,25 +384,144 @@ class AsyncTaskScheduler:
         """Run until every row group is checkpointed or the run stops (see the class doc)."""
         if self._clock is None:
             self._clock = asyncio.get_running_loop().time
-        async with asyncio.TaskGroup() as task_group:
-            self._task_group = task_group
-            self._admit_row_groups()
-            while not self._is_finished():
-                if self._stop is None:
-                    self._dispatch()
-                    if self._extend_horizon():
+        events = self._events
+        if events.wants(EventKind.SCHEDULER_JOB_STARTED):
+            events.emit(
+                SchedulerJobStarted(
+                    run_id=self._settings.run_id,
+                    records_total=self._settings.num_records,
+                    row_groups_total=self._row_groups_total,
+                )
+            )
+        self._emit_health()
+        status = JobStatus.FAILED
+        try:
+            async with asyncio.TaskGroup() as task_group:
+                self._task_group = task_group
+                self._admit_row_groups()
+                while not self._is_finished():
+                    if self._stop is None:
+                        self._dispatch()
+                        if self._extend_horizon():
+                            continue
+                    elif not self._running and not self._salvaged:
+                        self._salvage()
                         continue
-                elif not self._running and not self._salvaged:
-                    self._salvage()
-                    continue
-                if self._is_finished():
-                    break
-                self._check_liveness()
-                await self._wake.wait()
-                self._wake.clear()
-        self._task_group = None
+                    if self._is_finished():
+                        break
+                    self._check_liveness()
+                    await self._wake.wait()
+                    self._wake.clear()
+            if self._stop is None:
+                status = JobStatus.COMPLETED
+        except asyncio.CancelledError:
+            status = JobStatus.CANCELLED
+            raise
+        finally:
+            self._task_group = None
+            if self._stop is StopReason.CANCELLED:
+                status = JobStatus.CANCELLED
+            self._emit_job_completed(status)
         if self._stop_error is not None:
             raise self._stop_error
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _emit_health(self) -> None:
+        events = self._events
+        if not events.wants(EventKind.SCHEDULER_HEALTH_SNAPSHOT):
+            return
+        view = self._queue.view()
+        events.emit(
+            SchedulerHealthSnapshot(
+                running_tasks=self._running,
+                queued_tasks=len(self._queue),
+                row_groups_in_flight=self._in_flight_row_groups,
+                queued_by_group={
+                    str(group): view.queued_in_group(group) for group in view.backlogged_groups()
+                },
+                leases_by_resource=self._admission.view().leased,
+            )
+        )
+
+    def _emit_job_completed(self, status: JobStatus) -> None:
+        self._emit_health()
+        events = self._events
+        if events.wants(EventKind.SCHEDULER_JOB_COMPLETED):
+            events.emit(
+                SchedulerJobCompleted(
+                    run_id=self._settings.run_id,
+                    status=status,
+                    records_written=self._counters.rows_written,
+                    records_dropped=self._counters.rows_dropped,
+                )
+            )
+
+    def _note_blocked(self) -> None:
+        """Queued work, nothing selectable: say why, once per blocked episode."""
+        if self._noted_blocked:
+            return
+        self._noted_blocked = True
+        events = self._events
+        wants_blocked = events.wants(EventKind.ADMISSION_BLOCKED)
+        wants_capped = events.wants(EventKind.GROUP_CAPPED)
+        if not (wants_blocked or wants_capped):
+            return
+        summary = self._admission.explain_blocked(self._queue.view())
+        if wants_capped:
+            for blocked in summary.blocked:
+                if blocked.reason is TaskDenialReason.GROUP_CAP:
+                    events.emit(
+                        GroupCapped(
+                            group=blocked.group,
+                            cap=blocked.group_leased,
+                            running_tasks=self._running,
+                        )
+                    )
+        if wants_blocked:
+            reason = (
+                TaskDenialReason.SHUTDOWN
+                if summary.shutting_down
+                else summary.blocked[0].reason
+                if summary.blocked
+                else TaskDenialReason.POLICY_DENIAL
+            )
+            events.emit(
+                AdmissionBlocked(
+                    queued_tasks=summary.queued_total,
+                    running_tasks=self._running,
+                    reason=TaskDenialCode(reason.value),
+                )
+            )
+
+    def _note_row_groups_blocked(self, reason: RowGroupAdmissionReason) -> None:
+        """The next row group must wait: say so once per wait, and follow the target."""
+        if reason is RowGroupAdmissionReason.DEFERRED_STOPPING:
+            return
+        target = max(self._horizon.max_concurrent_row_groups, self._in_flight_row_groups)
+        self._set_row_group_target(target)
+        if self._noted_row_groups_blocked:
+            return
+        self._noted_row_groups_blocked = True
+        events = self._events
+        if events.wants(EventKind.ROW_GROUP_ADMISSION_BLOCKED):
+            events.emit(
+                RowGroupAdmissionBlocked(
+                    next_row_group=self._next_row_group,
+                    row_groups_in_flight=self._in_flight_row_groups,
+                    target=target,
+                )
+            )
+
+    def _set_row_group_target(self, target: int) -> None:
+        """The adaptive horizon's target: row groups it lets in flight now (fixed: the minimum)."""
+        previous = self._row_group_target
+        if target == previous:
+            return
+        self._row_group_target = target
+        events = self._events
+        if events.wants(EventKind.ROW_GROUP_ADMISSION_TARGET_CHANGED):
+            events.emit(RowGroupAdmissionTargetChanged(previous_target=previous, target=target))
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -347,6 +546,15 @@ class AsyncTaskScheduler:
             self._stop = reason
             self._stop_error = error
             self._admission.shutdown()
+            events = self._events
+            if events.wants(EventKind.CANCELLED):
+                events.emit(
+                    Cancelled(
+                        reason=_CANCEL_CODE[reason],
+                        running_tasks=self._running,
+                        queued_tasks=len(self._queue),
+                    )
+                )
         if cancel_workers and not self._cancelling_workers:
             self._cancelling_workers = True
             for worker in list(self._workers.values()):
@@ -357,6 +565,7 @@ class AsyncTaskScheduler:
         while self._next_row_group < self._row_groups_total:
             reason = self._row_group_decision(capacity_idle=False)
             if not is_admitted(reason):
+                self._note_row_groups_blocked(reason)
                 return
             self._admit_next_row_group()
 
@@ -371,8 +580,10 @@ class AsyncTaskScheduler:
         idle = bool(self._root_requests) and all(has_capacity(r) for r in self._root_requests)
         reason = self._row_group_decision(capacity_idle=idle)
         if not is_admitted(reason):
+            self._note_row_groups_blocked(reason)
             return False
         self._admit_next_row_group()
+        self._set_row_group_target(max(self._row_group_target, self._in_flight_row_groups))
         return True
 
     def _row_group_decision(self, *, capacity_idle: bool) -> RowGroupAdmissionReason:
@@ -405,6 +616,16 @@ class AsyncTaskScheduler:
             counters.max_row_groups_in_flight, self._in_flight_row_groups
         )
         counters.max_rows_in_flight = max(counters.max_rows_in_flight, self._rows_in_flight)
+        self._noted_row_groups_blocked = False
+        events = self._events
+        if events.wants(EventKind.ROW_GROUP_ADMITTED):
+            events.emit(
+                RowGroupAdmitted(
+                    row_group=row_group,
+                    rows=size,
+                    row_groups_in_flight=self._in_flight_row_groups,
+                )
+            )
         self._handler.admit(row_group, first, size)
         self._tracker.add_row_group(row_group, size)
 
@@ -417,10 +638,17 @@ class AsyncTaskScheduler:
     def _dispatch(self) -> None:
         tracker = self._tracker
         queue = self._queue
+        events = self._events
         if tracker.has_ready():
-            accepted = queue.enqueue(self._entries(tracker.ready_frontier()))
+            entries = self._entries(tracker.ready_frontier())
+            if events.wants(EventKind.DEPENDENCY_READY):
+                for entry in entries:
+                    events.emit(_task_event(DependencyReady, entry.item))
+            accepted = queue.enqueue(entries)
             tracker.mark_enqueued(accepted)  # type: ignore[arg-type]
             self._note_queue_depth()
+            if events.wants(EventKind.READY_ENQUEUED):
+                self._emit_enqueued(entries, accepted)
         admission = self._admission
         task_group = self._task_group
         assert task_group is not None
@@ -430,7 +658,16 @@ class AsyncTaskScheduler:
             if selection is None:
                 if len(queue):
                     self._counters.blocked_dispatches += 1
+                    self._note_blocked()
+                elif not self._noted_queue_empty:
+                    self._noted_queue_empty = True
+                    if events.wants(EventKind.QUEUE_EMPTY):
+                        events.emit(QueueEmpty(running_tasks=self._running))
                 return
+            self._noted_blocked = False
+            self._noted_queue_empty = False
+            if events.wants(EventKind.SELECTED):
+                events.emit(_task_event(Selected, selection.entry.item))
             lease = admission.try_acquire(selection.entry.item, view)
             if not isinstance(lease, TaskAdmissionLease):
                 return
@@ -438,6 +675,8 @@ class AsyncTaskScheduler:
             if item is None:
                 self._counters.stale_selections += 1
                 continue
+            if events.wants(EventKind.QUEUE_DRAINED):
+                self._emit_drained(item)
             self._running += 1
             row_group = item.task.row_group
             self._running_by_group[row_group] = self._running_by_group.get(row_group, 0) + 1
@@ -449,10 +688,27 @@ class AsyncTaskScheduler:
                 self._first_started[item.task.task_id] = self._clock()
             try:
                 worker = task_group.create_task(self._run_one(item, lease, execution_id))
-            except BaseException:
+            except BaseException as error:
+                if events.wants(EventKind.WORKER_SPAWN_FAILED):
+                    events.emit(
+                        _task_event(
+                            WorkerSpawnFailed,
+                            item,
+                            lease_id=lease.lease_id,
+                            error_type=type(error).__name__,
+                        )
+                    )
                 self._task_finished(row_group)
                 admission.release(lease)
                 raise
+            # After task_lease_acquired (emitted by try_acquire); the worker has not run yet,
+            # so this precedes every request event carrying ``execution_id``.
+            if events.wants(EventKind.WORKER_SPAWNED):
+                events.emit(
+                    _task_event(
+                        WorkerSpawned, item, lease_id=lease.lease_id, execution_id=execution_id
+                    )
+                )
             self._workers[execution_id] = worker
             worker.add_done_callback(
                 functools.partial(self._worker_done, item, lease, execution_id)
@@ -477,6 +733,43 @@ class AsyncTaskScheduler:
                 )
             )
         return entries
+
+    def _emit_enqueued(
+        self, entries: Sequence[QueueEntry[SchedulableTask]], accepted: Sequence[Hashable]
+    ) -> None:
+        """``ready_enqueued`` per accepted task, with the depths as each one joined the queue."""
+        view = self._queue.view()
+        by_id: dict[Hashable, QueueEntry[SchedulableTask]] = {
+            entry.item_id: entry for entry in entries
+        }
+        added: dict[Hashable, int] = {}
+        for task_id in accepted:
+            added[by_id[task_id].group] = added.get(by_id[task_id].group, 0) + 1
+        queued_total = len(self._queue) - len(accepted)
+        depth = {group: view.queued_in_group(group) - count for group, count in added.items()}
+        events = self._events
+        for task_id in accepted:
+            entry = by_id[task_id]
+            depth[entry.group] += 1
+            queued_total += 1
+            events.emit(
+                _task_event(
+                    ReadyEnqueued,
+                    entry.item,
+                    group_depth=depth[entry.group],
+                    queued_total=queued_total,
+                )
+            )
+
+    def _emit_drained(self, item: SchedulableTask) -> None:
+        """``queue_drained`` for the group the committed ``item`` left empty, and the queue."""
+        queue = self._queue
+        group = item.group.key
+        events = self._events
+        if not queue.view().queued_in_group(group):
+            events.emit(QueueDrained(group=group))
+        if not len(queue):
+            events.emit(QueueDrained(group=None))
 
     def _note_queue_depth(self) -> None:
         counters = self._counters
@@ -526,10 +819,31 @@ class AsyncTaskScheduler:
             )
         )
         finished = False
+        code = TaskOutcomeCode.CANCELLED
+        error_type: str | None = None
         try:
             outcome = await self._handler.run_task(item)
             finished = True
+            code = TaskOutcomeCode(outcome.kind.value)
+            error_type = outcome.error_type
+        except BaseException as error:
+            if not isinstance(error, asyncio.CancelledError):
+                code = TaskOutcomeCode.STOP  # a fatal error: it propagates and ends the run
+                error_type = type(error).__name__
+            raise
         finally:
+            events = self._events
+            if events.wants(EventKind.TASK_COMPLETED):
+                # Inside the task's context, before its lease goes back.
+                events.emit(
+                    _task_event(
+                        TaskCompleted,
+                        item,
+                        execution_id=execution_id,
+                        outcome=code,
+                        error_type=error_type,
+                    )
+                )
             current_task.reset(token)
             self._workers.pop(execution_id, None)
             self._admission.release(lease)
@@ -554,6 +868,16 @@ class AsyncTaskScheduler:
         if execution_id in self._started:
             self._started.discard(execution_id)
             return
+        events = self._events
+        if events.wants(EventKind.TASK_COMPLETED):
+            events.emit(
+                _task_event(
+                    TaskCompleted,
+                    item,
+                    execution_id=execution_id,
+                    outcome=TaskOutcomeCode.CANCELLED,
+                )
+            )
         self._workers.pop(execution_id, None)
         self._admission.release(lease)
         self._task_finished(item.task.row_group)
@@ -603,6 +927,10 @@ class AsyncTaskScheduler:
                     counters.tasks_retried += 1
                     self._attempts[task.task_id] = item.attempt + 1
                     tracker.mark_ready_again(task)
+                    if self._events.wants(EventKind.RETRY_DEFERRED):
+                        self._events.emit(
+                            _task_event(RetryDeferred, item, error_type=outcome.error_type)
+                        )
                     return
             counters.tasks_dropped += 1
             self._forget_attempts(task.task_id)
@@ -622,6 +950,15 @@ class AsyncTaskScheduler:
             rows = [row for row in rows if tracker.is_live(task.row_group, row)]
             self._handler.rows_dropped(task.row_group, rows, task.column, reason)
             counters.rows_dropped += len(rows)
+            if self._events.wants(EventKind.NON_RETRYABLE_DROPPED):
+                self._events.emit(
+                    _task_event(
+                        NonRetryableDropped,
+                        item,
+                        error_type=outcome.error_type,
+                        rows_dropped=len(rows),
+                    )
+                )
             withdrawn, completed = tracker.drop_rows(task.row_group, rows)
             for task_id in withdrawn:
                 self._queue.remove(task_id)
@@ -693,8 +1030,20 @@ class AsyncTaskScheduler:
             self._checkpointing -= 1
             self._wake.set()
         self._in_flight_row_groups -= 1
-        self._rows_in_flight -= self._row_group_sizes.pop(row_group)
+        size = self._row_group_sizes.pop(row_group)
+        self._rows_in_flight -= size
         self._counters.row_groups_checkpointed += 1
+        self._counters.rows_written += len(live_rows)
+        events = self._events
+        if events.wants(EventKind.ROW_GROUP_CHECKPOINTED):
+            events.emit(
+                RowGroupCheckpointed(
+                    row_group=row_group,
+                    rows_written=len(live_rows),
+                    rows_dropped=size - len(live_rows),
+                )
+            )
+        self._emit_health()
         if self._on_progress is not None:
             self._on_progress()
         if self._stop is None:

@@ -150,6 +150,16 @@ def test_adaptive_ramp_starts_at_the_first_advance_and_a_rate_limit_aborts_it() 
     assert limit.limit == 8
 
 
+def test_adaptive_ramp_ends_at_its_target() -> None:
+    limit = _adaptive(startup_ramp_seconds=31.0)
+    limit.advance(10.0)
+    limit.advance(40.0)
+    assert limit.limit == 31
+    assert limit.advance(41.0) is None
+    assert limit.limit == 32  # the last step applies the target before the ramp ends
+    assert not limit.ramping
+
+
 def test_a_step_reaching_the_ceiling_waits_for_the_hold_after_a_rate_limit() -> None:
     aimd = AimdLimit(max_limit=64, successes_until_increase=1, ceiling_hold_seconds=30.0)
     state = aimd.on_rate_limited(AimdState(limit=33), limit_at_grant=33, now=100.0)

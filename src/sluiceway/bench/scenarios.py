@@ -1,0 +1,398 @@
+"""The benchmark scenarios of SPEC §10 as small declarative definitions.
+
+A scenario is a config builder (records, mock-server URL -> config document), the physical limit
+its throughput is measured against (``sum`` over models of ``capacity / latency``, as calls per
+second; ``None`` when the engine itself is the limit) and the target of SPEC §12 it checks.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sluiceway.bench.worker import WORKER_MODULE
+
+ConfigDocument = dict[str, Any]
+
+
+class Transport(enum.StrEnum):
+    """Where the model calls go: the in-process simulated provider or the loopback mock server."""
+
+    SIMULATED = "simulated"
+    MOCK_SERVER = "mock_server"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """One simulated model endpoint: true latency and capacity, and the client's static cap."""
+
+    alias: str
+    latency_seconds: float = 0.0
+    capacity: int | None = None  # requests the endpoint serves at once; None = unbounded
+    client_cap: int = 256  # max_parallel_requests
+    retry_after_seconds: float = 1.0
+
+    @property
+    def limit_per_second(self) -> float | None:
+        """``capacity / latency`` (None when unbounded or zero latency)."""
+        served = min(self.client_cap, self.capacity or self.client_cap)
+        return served / self.latency_seconds if self.latency_seconds > 0 else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    """A named benchmark: how to build its config and what its figures are measured against."""
+
+    name: str
+    summary: str
+    build: Callable[[int, str | None], ConfigDocument]  # (records, mock base URL) -> config
+    records: int
+    smoke_records: int
+    primary_metric: str
+    physical_limit_per_second: float | None = None  # model calls/s the endpoints allow
+    limit_note: str = ""
+    target: str = ""
+    transport: Transport = Transport.SIMULATED
+    mock_endpoint: Endpoint | None = None  # served by the mock server (one per scenario)
+    journal: bool = True
+    process_per_iteration: bool = False  # a fresh process per iteration (peak RSS)
+    event_kinds: tuple[str, ...] = ()
+    analysis: Mapping[str, Any] = field(default_factory=dict)
+    smoke_analysis: Mapping[str, Any] | None = None
+    ratio_metrics: tuple[str, ...] = ("utilization",)  # derived: metric / physical limit
+
+
+def _simulated_provider(name: str, endpoint: Endpoint) -> dict[str, Any]:
+    simulation: dict[str, Any] = {
+        "latency_seconds": endpoint.latency_seconds,
+        "retry_after_seconds": endpoint.retry_after_seconds,
+    }
+    if endpoint.capacity is not None:
+        simulation["capacity"] = endpoint.capacity
+    return {"name": name, "type": "simulated", "simulation": simulation}
+
+
+def _model(alias: str, provider: str, endpoint: Endpoint) -> dict[str, Any]:
+    return {
+        "alias": alias,
+        "provider": provider,
+        "model": f"bench-{alias}",
+        "max_parallel_requests": endpoint.client_cap,
+    }
+
+
+def _document(
+    endpoints: Mapping[str, Endpoint],
+    columns: list[dict[str, Any]],
+    records: int,
+    *,
+    base_url: str | None = None,
+    buffer_size: int = 100,
+    run: Mapping[str, Any] | None = None,
+) -> ConfigDocument:
+    """One provider per endpoint (so capacities are independent), or the mock server for all."""
+    if base_url is None:
+        providers = [_simulated_provider(f"p-{alias}", ep) for alias, ep in endpoints.items()]
+        models = [_model(alias, f"p-{alias}", ep) for alias, ep in endpoints.items()]
+    else:
+        providers = [{"name": "mock", "type": "openai", "base_url": base_url}]
+        models = [_model(alias, "mock", ep) for alias, ep in endpoints.items()]
+    return {
+        "providers": providers,
+        "models": models,
+        "columns": columns,
+        "run": {
+            "num_records": records,
+            "seed": 7,
+            "buffer_size": buffer_size,
+            "max_concurrent_row_groups": 4,
+            **(run or {}),
+        },
+    }
+
+
+TOPIC: dict[str, Any] = {
+    "name": "topic",
+    "type": "sampler",
+    "sampler": {"kind": "category", "values": ["tides", "locks", "canals", "weirs"]},
+}
+
+
+def _chain(model: str) -> list[dict[str, Any]]:
+    return [
+        TOPIC,
+        {"name": "draft", "type": "llm_text", "model": model, "prompt": "Write on {{ topic }}"},
+        {"name": "summary", "type": "llm_text", "model": model, "prompt": "Shorten: {{ draft }}"},
+        {"name": "title", "type": "llm_text", "model": model, "prompt": "Title: {{ summary }}"},
+    ]
+
+
+ZERO = Endpoint(alias="m", client_cap=256)
+LATENCY = Endpoint(alias="m", latency_seconds=0.02, capacity=8, client_cap=8)
+MOCK_LATENCY = Endpoint(alias="m", latency_seconds=0.05, capacity=8, client_cap=8)
+WIDE = tuple(
+    Endpoint(alias=f"w{i}", latency_seconds=0.02, capacity=4, client_cap=4) for i in range(4)
+)
+GENERATE = Endpoint(alias="gen", latency_seconds=0.02, capacity=8, client_cap=8)
+JUDGE = Endpoint(alias="judge", latency_seconds=0.02, capacity=8, client_cap=8)
+DYNAMIC = Endpoint(alias="dyn", latency_seconds=0.02, capacity=8, client_cap=8)
+# True capacity 8 at 20 ms = 400 calls/s; the client starts at twice that.
+RATE_LIMITED = Endpoint(
+    alias="m", latency_seconds=0.02, capacity=8, client_cap=16, retry_after_seconds=0.2
+)
+HEAVY_ROOT = Endpoint(alias="slow", latency_seconds=0.1, capacity=16, client_cap=16)
+FAST = Endpoint(alias="fast", latency_seconds=0.005, capacity=16, client_cap=16)
+COOLING = Endpoint(
+    alias="a", latency_seconds=0.05, capacity=4, client_cap=16, retry_after_seconds=0.5
+)
+BUSY = Endpoint(alias="b", latency_seconds=0.02, capacity=8, client_cap=8)
+
+_LATENCY_NOTE = "sum over models of capacity / latency"
+
+
+def _sum_limit(*endpoints: Endpoint) -> float:
+    total = 0.0
+    for endpoint in endpoints:
+        limit = endpoint.limit_per_second
+        assert limit is not None, f"{endpoint.alias} has no physical limit"
+        total += limit
+    return total
+
+
+def _narrow(records: int, base_url: str | None) -> ConfigDocument:
+    return _document({"m": ZERO}, _chain("m"), records, buffer_size=1000)
+
+
+def _narrow_latency(records: int, base_url: str | None) -> ConfigDocument:
+    return _document({"m": LATENCY}, _chain("m"), records)
+
+
+def _narrow_mock(records: int, base_url: str | None) -> ConfigDocument:
+    return _document({"m": MOCK_LATENCY}, _chain("m"), records, base_url=base_url)
+
+
+def _wide(records: int, base_url: str | None) -> ConfigDocument:
+    columns = [TOPIC] + [
+        {"name": f"root{i}", "type": "llm_text", "model": ep.alias, "prompt": "On {{ topic }}"}
+        for i, ep in enumerate(WIDE)
+    ]
+    return _document({ep.alias: ep for ep in WIDE}, columns, records)
+
+
+def _judge(records: int, base_url: str | None) -> ConfigDocument:
+    columns = [
+        TOPIC,
+        {"name": "answer", "type": "llm_text", "model": "gen", "prompt": "Explain {{ topic }}"},
+        {
+            "name": "verdict",
+            "type": "llm_judge",
+            "model": "judge",
+            "prompt": "Rate: {{ answer }}",
+            "rubrics": [{"name": "clarity", "description": "Is it clear?"}],
+        },
+    ]
+    return _document({"gen": GENERATE, "judge": JUDGE}, columns, records)
+
+
+def _dynamic(records: int, base_url: str | None) -> ConfigDocument:
+    columns = [
+        TOPIC,
+        {"name": "calls", "type": "sampler", "sampler": {"kind": "integer", "low": 0, "high": 3}},
+        {
+            "name": "answers",
+            "type": "custom",
+            "function": f"{WORKER_MODULE}:dynamic_calls",
+            "models": ["dyn"],
+            "output_columns": ["answers", "answer_count"],
+            "depends_on": ["topic", "calls"],
+        },
+    ]
+    return _document({"dyn": DYNAMIC}, columns, records)
+
+
+def _rate_limit(records: int, base_url: str | None) -> ConfigDocument:
+    columns = [TOPIC, {"name": "text", "type": "llm_text", "model": "m", "prompt": "{{ topic }}"}]
+    return _document({"m": RATE_LIMITED}, columns, records)
+
+
+def _heavy_root(records: int, base_url: str | None) -> ConfigDocument:
+    columns = [
+        TOPIC,
+        {"name": "root", "type": "llm_text", "model": "slow", "prompt": "Long: {{ topic }}"},
+        {"name": "down", "type": "llm_text", "model": "fast", "prompt": "Short: {{ root }}"},
+    ]
+    return _document({"slow": HEAVY_ROOT, "fast": FAST}, columns, records)
+
+
+def _cooldown(records: int, base_url: str | None) -> ConfigDocument:
+    columns = [
+        TOPIC,
+        {"name": "from_a", "type": "llm_text", "model": "a", "prompt": "A: {{ topic }}"},
+        {"name": "from_b", "type": "llm_text", "model": "b", "prompt": "B: {{ topic }}"},
+    ]
+    return _document({"a": COOLING, "b": BUSY}, columns, records)
+
+
+def _memory(records: int, base_url: str | None) -> ConfigDocument:
+    columns = [
+        TOPIC,
+        {"name": "n", "type": "sampler", "sampler": {"kind": "integer", "low": 1, "high": 9}},
+        {"name": "title", "type": "expression", "template": "{{ n }} facts about {{ topic }}"},
+        {"name": "text", "type": "llm_text", "model": "m", "prompt": "Write: {{ title }}"},
+    ]
+    return _document({"m": ZERO}, columns, records, buffer_size=1000)
+
+
+_TASK_EVENTS = ("ready_enqueued", "task_lease_acquired", "worker_spawned")
+_REQUEST_EVENTS = ("model_request_completed", "request_rate_limited")
+_OVERHEAD_TARGET = ">= 10,000 model calls/s on one core (SPEC §12)"
+_UTILIZATION_TARGET = ">= 98% of the physical limit (SPEC §12)"
+
+SCENARIOS: Mapping[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario(
+            name="overhead",
+            summary="3-column LLM chain, zero-latency simulated model, journal on (defaults)",
+            build=_narrow,
+            records=10_000,
+            smoke_records=300,
+            primary_metric="model_calls_per_second",
+            limit_note="none: the engine (one event loop, one core) is the limit",
+            target=_OVERHEAD_TARGET,
+        ),
+        Scenario(
+            name="overhead-no-journal",
+            summary="as overhead, with the model-result journal off",
+            build=_narrow,
+            records=10_000,
+            smoke_records=300,
+            primary_metric="model_calls_per_second",
+            limit_note="none: the engine (one event loop, one core) is the limit",
+            target=_OVERHEAD_TARGET,
+            journal=False,
+        ),
+        Scenario(
+            name="narrow-chain",
+            summary="3-column LLM chain on one model, 20 ms latency, capacity 8",
+            build=_narrow_latency,
+            records=600,
+            smoke_records=40,
+            primary_metric="utilization",
+            physical_limit_per_second=_sum_limit(LATENCY),
+            limit_note=_LATENCY_NOTE,
+            target=_UTILIZATION_TARGET,
+        ),
+        Scenario(
+            name="narrow-chain-mock",
+            summary="narrow-chain against the loopback mock server (50 ms latency, capacity 8)",
+            build=_narrow_mock,
+            records=300,
+            smoke_records=20,
+            primary_metric="utilization",
+            physical_limit_per_second=_sum_limit(MOCK_LATENCY),
+            limit_note=_LATENCY_NOTE,
+            target=_UTILIZATION_TARGET,
+            transport=Transport.MOCK_SERVER,
+            mock_endpoint=MOCK_LATENCY,
+        ),
+        Scenario(
+            name="wide-roots",
+            summary="4 independent LLM roots on 4 models, 20 ms latency, capacity 4 each",
+            build=_wide,
+            records=500,
+            smoke_records=40,
+            primary_metric="utilization",
+            physical_limit_per_second=_sum_limit(*WIDE),
+            limit_note=_LATENCY_NOTE,
+            target=_UTILIZATION_TARGET,
+        ),
+        Scenario(
+            name="generate-judge",
+            summary="llm_text on one model, llm_judge of it on another; 20 ms, capacity 8 each",
+            build=_judge,
+            records=1000,
+            smoke_records=40,
+            primary_metric="utilization",
+            physical_limit_per_second=_sum_limit(GENERATE, JUDGE),
+            limit_note=_LATENCY_NOTE,
+            target=_UTILIZATION_TARGET,
+        ),
+        Scenario(
+            name="dynamic-calls",
+            summary="custom column making 0, 1, 2 or 3 sequential calls per row; 20 ms, cap 8",
+            build=_dynamic,
+            records=1200,
+            smoke_records=40,
+            primary_metric="utilization",
+            physical_limit_per_second=_sum_limit(DYNAMIC),
+            limit_note=_LATENCY_NOTE,
+            target=_UTILIZATION_TARGET,
+        ),
+        Scenario(
+            name="rate-limit",
+            summary="client cap 16 against a true capacity of 8 (20 ms): 400 calls/s possible",
+            build=_rate_limit,
+            records=8000,
+            smoke_records=200,
+            primary_metric="goodput_ratio",
+            ratio_metrics=("goodput_ratio", "goodput_after_settle_ratio"),
+            physical_limit_per_second=(RATE_LIMITED.capacity or 0) / RATE_LIMITED.latency_seconds,
+            limit_note="true capacity / latency (not the client cap)",
+            target="goodput >= 90% of true capacity, < 3% answered 429 after 10 s (SPEC §12)",
+            event_kinds=_REQUEST_EVENTS,
+            analysis={"settle_seconds": 10.0},
+            smoke_analysis={"settle_seconds": 0.2},
+        ),
+        Scenario(
+            name="heavy-root",
+            summary="slow root (100 ms, cap 16) feeding a fast downstream column (5 ms, cap 16)",
+            build=_heavy_root,
+            records=480,
+            smoke_records=40,
+            primary_metric="first_downstream_dispatch_seconds",
+            limit_note="root model: capacity 16 / 100 ms = 160 calls/s; time to first downstream"
+            " dispatch >= one root latency (0.1 s)",
+            target="early first downstream dispatch, small ready-to-dispatch gap, 0 hidden waiters",
+            event_kinds=_TASK_EVENTS,
+            analysis={"downstream_column": "down"},
+        ),
+        Scenario(
+            name="cross-provider-cooldown",
+            summary="provider A over-capped (cap 16 vs capacity 4) cools down; B has its own work",
+            build=_cooldown,
+            records=600,
+            smoke_records=40,
+            primary_metric="busy_provider_utilization_in_cooldown",
+            ratio_metrics=("busy_provider_utilization_in_cooldown",),
+            physical_limit_per_second=_sum_limit(BUSY),
+            limit_note="provider B capacity / latency",
+            target="B >= 95% utilized while A cools down (SPEC §12; reported here)",
+            event_kinds=_REQUEST_EVENTS,
+            analysis={"cooldown_provider": "p-a", "busy_provider": "p-b"},
+        ),
+        Scenario(
+            name="memory",
+            summary="sampler -> expression -> llm_text, zero latency; peak RSS at N records",
+            build=_memory,
+            records=100_000,
+            smoke_records=2000,
+            primary_metric="peak_rss_mib",
+            limit_note="rows in flight (4 row groups x 1000 rows), not total records",
+            target="flat: peak RSS bounded by rows in flight (SPEC §12)",
+            process_per_iteration=True,
+        ),
+    )
+}
+
+
+def scenario_named(name: str) -> Scenario:
+    """The scenario ``name``; raises ``KeyError`` listing the known names."""
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)} (or 'all')"
+        ) from None

@@ -1,0 +1,242 @@
+"""One benchmark job in its own process: run a config a few times and print one JSON line per
+iteration (timings, counts, event-derived metrics, leak findings, capacity plan, output hash).
+
+The runner copies this file next to the job and starts it with the interpreter of the checkout
+under test, so it imports only the engine's public entry points (``DatasetConfig``,
+``run_dataset``, ``RunOptions``) and the observability bus when that exists. It is also the module
+the dynamic-calls scenario names as its custom column (``sluiceway_bench_worker:dynamic_calls``).
+
+    python sluiceway_bench_worker.py JOB.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import json
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+WORKER_MODULE = "sluiceway_bench_worker"
+"""The module name this file has once the runner copied it next to a job."""
+
+
+async def dynamic_calls(row: Mapping[str, Any], ctx: Any) -> dict[str, Any]:
+    """Custom column making ``row["calls"]`` model calls in a row (0, 1 or many)."""
+    answers = [
+        await ctx.models.generate_text("dyn", f"Step {step} on {row['topic']}")
+        for step in range(int(row["calls"]))
+    ]
+    return {"answers": answers, "answer_count": len(answers)}
+
+
+def _percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _union_seconds(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _event_metrics(
+    events: Iterable[Any], started_at: float, analysis: Mapping[str, Any]
+) -> dict[str, float | int | None]:
+    """Metrics of SPEC §10 read from the run's events (monotonic ``captured_at`` seconds)."""
+    metrics: dict[str, float | int | None] = {}
+    leased: set[tuple[str, int]] = set()
+    hidden_waiters = 0
+    ready_at: dict[tuple[str, int], float] = {}
+    gaps: list[float] = []
+    first_downstream: float | None = None
+    downstream = analysis.get("downstream_column")
+    completions: list[tuple[float, str, str]] = []
+    limited: list[tuple[float, str, float]] = []
+    for event in events:
+        kind = str(event.kind.value)
+        if kind in ("ready_enqueued", "task_lease_acquired", "worker_spawned"):
+            key = (event.task_id, event.attempt)
+            if kind == "ready_enqueued":
+                ready_at.setdefault(key, event.captured_at)
+            elif kind == "task_lease_acquired":
+                leased.add(key)
+                if event.column == downstream:
+                    if key in ready_at:
+                        gaps.append(event.captured_at - ready_at[key])
+                    if first_downstream is None:
+                        first_downstream = event.captured_at - started_at
+            elif key not in leased:
+                hidden_waiters += 1  # a worker started without a task lease
+        elif kind == "model_request_completed":
+            completions.append((event.captured_at, event.provider, str(event.outcome.value)))
+        elif kind == "request_rate_limited":
+            limited.append((event.captured_at, event.provider, event.cooldown_seconds or 0.0))
+    if leased:  # task events were captured
+        metrics["hidden_scheduler_waiters"] = hidden_waiters
+    if downstream is not None:
+        metrics["first_downstream_dispatch_seconds"] = first_downstream
+        metrics["downstream_ready_to_dispatch_p50_seconds"] = _percentile(gaps, 0.5)
+        metrics["downstream_ready_to_dispatch_p95_seconds"] = _percentile(gaps, 0.95)
+    settle = analysis.get("settle_seconds")
+    if settle is not None and completions:  # request events were captured
+        after = started_at + float(settle)
+        answered = sum(1 for at, _, _ in completions if at >= after)
+        refused = sum(1 for at, _, _ in limited if at >= after)
+        good = [at for at, _, outcome in completions if at >= after and outcome == "success"]
+        metrics["rate_limited_share_after_settle"] = refused / answered if answered else None
+        if good:
+            span = max(good) - after
+            metrics["goodput_after_settle_per_second"] = len(good) / span if span > 0 else None
+        metrics["last_rate_limit_seconds"] = (
+            max(at for at, _, _ in limited) - started_at if limited else 0.0
+        )
+    cooled = analysis.get("cooldown_provider")
+    busy = analysis.get("busy_provider")
+    if cooled is not None and busy is not None and completions:
+        windows = _union_seconds(
+            [(at, at + cool) for at, provider, cool in limited if provider == cooled and cool > 0]
+        )
+        window_seconds = sum(end - start for start, end in windows)
+        inside = sum(
+            1
+            for at, provider, outcome in completions
+            if provider == busy
+            and outcome == "success"
+            and any(start <= at <= end for start, end in windows)
+        )
+        metrics["cooldown_window_seconds"] = window_seconds
+        metrics["busy_provider_calls_per_second_in_cooldown"] = (
+            inside / window_seconds if window_seconds > 0 else None
+        )
+    return metrics
+
+
+def _leaks(snapshot: Mapping[str, Any]) -> list[str]:
+    """Leaked leases or waiters in the capacity plan's final runtime snapshot (empty: none)."""
+    found: list[str] = []
+    task = snapshot.get("task_admission", {})
+    request = snapshot.get("request_admission", {})
+    scheduler = snapshot.get("scheduler", {})
+    checks: list[tuple[str, Any]] = [
+        ("task_admission.active_leases", task.get("active_leases", 0)),
+        ("request_admission.live_leases", request.get("live_leases", 0)),
+        ("request_admission.in_flight", request.get("in_flight", 0)),
+        ("request_admission.waiters", request.get("waiters", 0)),
+        ("scheduler.queued_tasks", scheduler.get("queued_tasks", 0)),
+    ]
+    checks.extend(
+        (f"task_admission.leased.{name}", count) for name, count in task.get("leased", {}).items()
+    )
+    for key, pm in request.get("by_provider_model", {}).items():
+        checks.append((f"request_admission.{key}.in_flight", pm.get("in_flight", 0)))
+        checks.append((f"request_admission.{key}.waiters", pm.get("waiters", 0)))
+    if task.get("acquired_total") != task.get("released_total"):
+        found.append(
+            f"task leases acquired {task.get('acquired_total')} != "
+            f"released {task.get('released_total')}"
+        )
+    if request.get("granted_total") != request.get("released_total"):
+        found.append(
+            f"request leases granted {request.get('granted_total')} != "
+            f"released {request.get('released_total')}"
+        )
+    found.extend(f"{name} = {value}" for name, value in checks if value)
+    return found
+
+
+def _output_hash(directory: Path) -> str:
+    """SHA-256 of the dataset rows (canonical JSON, in file then row order), not of the bytes."""
+    import pyarrow.parquet as pq
+
+    digest = hashlib.sha256()
+    for part in sorted(directory.glob("part-*.parquet")):
+        table = pq.read_table(part)
+        for batch in table.to_batches(max_chunksize=10_000):
+            for row in batch.to_pylist():
+                digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+                digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+async def _run_once(job: Mapping[str, Any], output: Path) -> dict[str, Any]:
+    from sluiceway.config.models import DatasetConfig
+    from sluiceway.engine.run import RunOptions, run_dataset
+
+    config = DatasetConfig.model_validate(job["config"])
+    options = RunOptions(output_dir=output, overwrite=True, journal=bool(job["journal"]))
+    sink = None
+    kinds = job.get("event_kinds", [])
+    if kinds:
+        from sluiceway.observability import EventBus
+        from sluiceway.observability.kinds import EventKind
+        from sluiceway.observability.memory_sink import MemoryEventSink
+
+        sink = MemoryEventSink([EventKind(kind) for kind in kinds])
+        options.events = EventBus([sink])
+    gc.collect()
+    started_at = time.monotonic()
+    wall_started = time.perf_counter()
+    cpu_started = time.process_time()
+    outcome = await run_dataset(config, options)
+    wall = time.perf_counter() - wall_started
+    cpu = time.process_time() - cpu_started
+    info = outcome.info
+    metrics: dict[str, Any] = {
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "rows_written": info.rows_written,
+        "rows_dropped": info.rows_dropped,
+        "model_requests": info.model_requests,
+        "model_calls_succeeded": info.model_calls_succeeded,
+        "rate_limited": info.rate_limited,
+        "model_calls_per_second": info.model_calls_succeeded / wall if wall > 0 else None,
+        "model_requests_per_second": info.model_requests / wall if wall > 0 else None,
+        "rate_limited_share": info.rate_limited / info.model_requests
+        if info.model_requests
+        else 0.0,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if sink is not None:
+        metrics.update(_event_metrics(sink.events, started_at, job.get("analysis", {})))
+    plan = outcome.capacity_plan.to_dict()
+    return {
+        "metrics": metrics,
+        "leaks": _leaks(plan.get("runtime_snapshot", {})),
+        "capacity_plan": _json_safe(plan),
+    }
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[1]).read_text())
+    work = Path(job["work_dir"])
+    for index, warmup in enumerate(job["iterations"]):
+        output = work / f"run-{index}"
+        result = asyncio.run(_run_once(job, output))
+        result["warmup"] = bool(warmup)
+        result["output_hash"] = _output_hash(output) if job.get("hash", True) else None
+        shutil.rmtree(output, ignore_errors=True)
+        print(json.dumps(result, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
