@@ -7,8 +7,9 @@ llm_text -> llm_structured -> llm_judge, all on one model) through the real engi
 
 - ``A``: client cap 32 = true capacity. Utilization = achieved successful requests/s at the
   server / (capacity / latency).
-- ``B``: client cap 64 = 2x true capacity, 429 + Retry-After beyond it. Goodput / true capacity,
-  share of requests answered 429 after the first 10 s, seconds until the 429s stop.
+- ``B``: client cap 64 = 2x true capacity, 429 + Retry-After (1 s, the server's default) beyond
+  it. Goodput / true capacity, share of requests answered 429 after the first 10 s, seconds
+  until the 429s stop. ``B-ramp`` is the same with a 2 s startup ramp of the limit.
 - ``C``: queueing server (no 429, latency grows by ``in_flight / capacity``), client cap 64,
   latency-gradient limit off vs on: throughput and client-observed p50/p95 latency.
 
@@ -55,6 +56,7 @@ MODEL_ID = "mock-chain-1"
 KEY_ENV = "SLUICEWAY_BENCH_MOCK_KEY"
 POLL_SECONDS = 0.25
 WINDOW_SECONDS = 1.0  # bucket width of the 429-share series used for convergence
+RETRY_AFTER_SECONDS = 1.0  # what the server's 429s ask for (the mock server's default)
 
 
 def _free_port() -> int:
@@ -115,11 +117,20 @@ class Scenario:
     client_cap: int
     queueing: bool = False
     latency_gradient: bool = False
+    startup_ramp_seconds: float = 0.0
 
 
 SCENARIOS: dict[str, list[Scenario]] = {
     "A": [Scenario(name="A", description="client cap = true capacity", client_cap=32)],
-    "B": [Scenario(name="B", description="client cap = 2x true capacity", client_cap=64)],
+    "B": [
+        Scenario(name="B", description="client cap = 2x true capacity", client_cap=64),
+        Scenario(
+            name="B-ramp",
+            description="client cap = 2x true capacity, 2 s startup ramp",
+            client_cap=64,
+            startup_ramp_seconds=2.0,
+        ),
+    ],
     "C": [
         Scenario(
             name="C-gradient-off",
@@ -199,7 +210,10 @@ def _config(scenario: Scenario, *, port: int, records: int, out: Path) -> Datase
                 "buffer_size": 100,
                 "max_concurrent_row_groups": 4,
                 "retry": {"max_attempts": 30, "backoff_base_seconds": 0.05},
-                "request_admission": {"latency_gradient": scenario.latency_gradient},
+                "request_admission": {
+                    "latency_gradient": scenario.latency_gradient,
+                    "startup_ramp_seconds": scenario.startup_ramp_seconds,
+                },
             },
             "output": {"path": str(out), "overwrite": True},
         }
@@ -220,6 +234,8 @@ def _start_server(
         str(latency),
         "--capacity",
         str(capacity),
+        "--retry-after-seconds",
+        str(RETRY_AFTER_SECONDS),
         "--queueing" if queueing else "--no-queueing",
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -381,6 +397,8 @@ async def _run_scenario(
         "latency_seconds": latency,
         "queueing": scenario.queueing,
         "latency_gradient": scenario.latency_gradient,
+        "startup_ramp_seconds": scenario.startup_ramp_seconds,
+        "server_retry_after_seconds": RETRY_AFTER_SECONDS,
         "records": records,
         "rows_written": info.rows_written,
         "rows_dropped": info.rows_dropped,

@@ -1,10 +1,12 @@
 """Scale smoke: N records through sampler -> expression -> llm_text on a zero-latency model.
 
-Reports wall time, model calls per second and peak RSS. ``--no-journal`` turns the cell
-journal off, to measure what it costs; ``--events`` writes every event to ``events.jsonl`` in
-the output directory (no report), to measure what the JSONL sink costs. Not a test: run it by
-hand or with ``make smoke`` and read the figures (they depend on the machine and on what else
-runs on it).
+Reports wall time, model calls per second, CPU seconds (all threads) and peak RSS.
+``--no-journal`` turns the cell journal off, to measure what it costs; ``--events`` writes every
+event to ``events.jsonl`` in the output directory (no report), to measure what the JSONL sink
+costs; ``--live-view`` drives the rich live view of ``sluiceway run`` (rendered into a terminal
+that discards its output), to measure what the display costs. Not a test: run it by hand or
+with ``make smoke`` and read the figures (they depend on the machine and on what else runs on
+it).
 
     .venv/bin/python benchmarks/scale_smoke.py --records 100000
 """
@@ -14,12 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+
+from sluiceway.cli.progress import RichProgress
 from sluiceway.config.models import DatasetConfig
 from sluiceway.engine.run import RunOptions, run_dataset
 from sluiceway.observability import EVENTS_FILE_NAME
@@ -90,22 +96,39 @@ def main() -> int:
         default=False,
         help="write every event to events.jsonl in the output directory (default: off)",
     )
+    parser.add_argument(
+        "--live-view",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="render the rich live view into a discarding terminal (default: off)",
+    )
     args = parser.parse_args()
     config = smoke_config(args.records, args.buffer_size)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull:
+        progress = (
+            RichProgress(Console(file=devnull, force_terminal=True, width=160))
+            if args.live_view
+            else None
+        )
         output = args.output or Path(tmp) / "smoke"
         started = time.perf_counter()
+        cpu_started = time.process_time()  # every thread of this process: less noisy than wall
         events_file = output / EVENTS_FILE_NAME if args.events else None
         outcome = asyncio.run(
             run_dataset(
                 config,
                 RunOptions(
-                    output_dir=output, overwrite=True, journal=args.journal, events_file=events_file
+                    output_dir=output,
+                    overwrite=True,
+                    journal=args.journal,
+                    events_file=events_file,
+                    progress=progress,
                 ),
             )
         )
         events_mib = events_file.stat().st_size / 2**20 if events_file is not None else 0.0
         wall = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
     info = outcome.info
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {
@@ -113,12 +136,14 @@ def main() -> int:
         "buffer_size": args.buffer_size,
         "journal": args.journal,
         "events": args.events,
+        "live_view": args.live_view,
         "events_file_mib": round(events_mib, 1),
         "rows_written": info.rows_written,
         "rows_dropped": info.rows_dropped,
         "model_calls": info.model_calls_succeeded,
         "wall_seconds": round(wall, 2),
         "model_calls_per_second": round(info.model_calls_succeeded / wall, 1),
+        "cpu_seconds": round(cpu_seconds, 2),
         "peak_rss_mib": round(peak_rss_mib, 1),
         "python": sys.version.split()[0],
     }

@@ -13,9 +13,12 @@ selection made before any later change (``sequence_version``).
 Parking (an index, not logical state): ``select_next_or_park`` lets the judge answer ``PARK`` for
 a head that stays ineligible until someone calls ``unpark`` / ``unpark_all``. A parked group
 keeps its tags and tie order but leaves the heap, so later selections do not visit it again. The
-queue itself unparks a group when its head changes and every group when the demand shape changes
-(which groups demand which resource, or a group's weight). Invariant the caller keeps: a parked
-group's head is ineligible; then the selection equals the one that evaluates every head.
+queue itself unparks a group when its head changes. When the demand shape changes (which groups
+demand which resource, or a group's weight) it unparks every group, unless a demand watcher
+(``watch_demand``) is set: then it reports each change to the watcher, which unparks what the
+change may have made eligible (after the operation, at the latest before its next selection).
+Invariant the caller keeps: when it selects, a parked group's head is ineligible; then the
+selection equals the one that evaluates every head.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from sluiceway.errors import EngineError
 
@@ -43,6 +46,22 @@ class QueueEntry(Generic[T]):
     demand: Mapping[str, int] | None = None
 
 
+class DemandWatcher(Protocol):
+    """Told of every demand-shape change of a queue (:meth:`WeightedFairQueue.watch_demand`)."""
+
+    def demand_changed(
+        self, group: Hashable, resource: str, old_weight: float, new_weight: float
+    ) -> None:
+        """``group`` started (``old_weight == 0``) or stopped (``new_weight == 0``) demanding
+        ``resource``, or its weight changed. Runs inside the queue operation, after the queue's
+        own demand state was updated; it must not call the queue."""
+
+    def shape_changed(self) -> None:
+        """The operation that changed the shape is complete; the queue may be used again (a
+        watcher may unpark here, or before its next selection, what the new shape may have made
+        eligible)."""
+
+
 class HeadVerdict(enum.Enum):
     """A judge's answer for one group head in :meth:`WeightedFairQueue.select_next_or_park`."""
 
@@ -51,9 +70,11 @@ class HeadVerdict(enum.Enum):
     PARK = "park"  # skip until the group is unparked (see the module docstring)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class QueueSelection(Generic[T]):
-    """The head that ``select_next`` proposes; valid until the queue changes."""
+class QueueSelection(NamedTuple, Generic[T]):
+    """The head that ``select_next`` proposes; valid until the queue changes.
+
+    A named tuple rather than a frozen dataclass: one is built per dispatch, and a tuple is the
+    cheapest immutable value to build."""
 
     entry: QueueEntry[T]
     sequence_version: int
@@ -128,6 +149,10 @@ class QueueView(Generic[T]):
         """Total weight of the groups with queued demand for ``resource`` (kept incrementally)."""
         return self._queue._demand_weight.get(resource, 0.0)
 
+    def demanding_groups(self, resource: str) -> int:
+        """How many groups have queued demand for ``resource`` (kept incrementally)."""
+        return self._queue._demand_groups.get(resource, 0)
+
     @property
     def version(self) -> int:
         """Changes whenever the queue changes; a cache key for values derived from the view."""
@@ -162,8 +187,10 @@ class WeightedFairQueue(Generic[T]):
         self._committed = 0
         self._stale = 0
         self._removed = 0
-        # resource -> total weight of groups with queued demand for it (for weighted shares).
+        # resource -> total weight / number of the groups with queued demand for it.
         self._demand_weight: dict[str, float] = {}
+        self._demand_groups: dict[str, int] = {}
+        self._demand_watcher: DemandWatcher | None = None
         self._shape_version = 0
         self._shape_changed = False
         self._parked: set[Hashable] = set()
@@ -171,6 +198,13 @@ class WeightedFairQueue(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def watch_demand(self, watcher: DemandWatcher | None) -> None:
+        """Report every demand-shape change to ``watcher`` instead of unparking every group.
+
+        ``None`` restores the default (every group is unparked on a shape change).
+        """
+        self._demand_watcher = watcher
 
     def __contains__(self, item_id: Hashable) -> bool:
         return item_id in self._ids
@@ -189,9 +223,14 @@ class WeightedFairQueue(Generic[T]):
                 group = _Group(entry.group, entry.weight)
                 self._groups[entry.group] = group
             if group.weight != entry.weight:
-                for resource in group.demand:
-                    self._demand_weight[resource] += entry.weight - group.weight
+                old_weight = group.weight
                 group.weight = entry.weight
+                for resource in group.demand:
+                    self._demand_weight[resource] += entry.weight - old_weight
+                    if self._demand_watcher is not None:
+                        self._demand_watcher.demand_changed(
+                            group.key, resource, old_weight, entry.weight
+                        )
                 self._shape_changed = True
             was_idle = not group.entries
             group.entries.append(entry)
@@ -200,11 +239,17 @@ class WeightedFairQueue(Generic[T]):
                     if not amount:
                         continue
                     before = group.demand.get(resource, 0)
+                    group.demand[resource] = before + amount
                     if not before:
                         weights = self._demand_weight
                         weights[resource] = weights.get(resource, 0.0) + group.weight
+                        counts = self._demand_groups
+                        counts[resource] = counts.get(resource, 0) + 1
                         self._shape_changed = True
-                    group.demand[resource] = before + amount
+                        if self._demand_watcher is not None:
+                            self._demand_watcher.demand_changed(
+                                group.key, resource, 0.0, group.weight
+                            )
             self._ids[entry.item_id] = entry.group
             accepted.append(entry.item_id)
             if was_idle:
@@ -226,28 +271,19 @@ class WeightedFairQueue(Generic[T]):
         """
         if self._parked:
             self.unpark_all()
-        self._drop_stale_top()
-        heap = self._heap
-        if not heap:
+        top = self._live_top()
+        if top is None:
             return None
-        if is_eligible is None:
-            return QueueSelection(
-                entry=self._groups[heap[0][3]].entries[0], sequence_version=self._version
-            )
-        # Walk the heap in order without popping it: a small heap of indices.
-        frontier: list[tuple[float, int, int]] = [(heap[0][0], heap[0][1], 0)]
-        while frontier:
-            _, _, index = heapq.heappop(frontier)
-            _start, _seq, token, key = heap[index]
-            group = self._groups[key]
-            if group.heap_token == token and group.entries:
-                head = group.entries[0]
-                if is_eligible(head):
-                    return QueueSelection(entry=head, sequence_version=self._version)
-            for child in (2 * index + 1, 2 * index + 2):
-                if child < len(heap):
-                    heapq.heappush(frontier, (heap[child][0], heap[child][1], child))
-        return None
+        head = top.entries[0]
+        if is_eligible is None or is_eligible(head):
+            return QueueSelection(head, self._version)
+        if len(self._heap) == 1:
+            return None
+
+        def judge(entry: QueueEntry[T]) -> HeadVerdict:
+            return _ELIGIBLE if is_eligible(entry) else _INELIGIBLE
+
+        return self._walk(None, judge)
 
     def select_next_or_park(
         self, judge: Callable[[QueueEntry[T]], HeadVerdict]
@@ -257,13 +293,35 @@ class WeightedFairQueue(Generic[T]):
         Parked groups are not visited again until unparked, so a run of groups that stay
         ineligible costs one visit each instead of one per selection. Changes nothing logical.
         """
-        self._drop_stale_top()
-        heap = self._heap
-        if not heap:
+        top = self._live_top()
+        if top is None:
             return None
+        head = top.entries[0]
+        verdict = judge(head)
+        if verdict is _ELIGIBLE:
+            # The common case: the fairest head may start. No walk, no frontier.
+            return QueueSelection(head, self._version)
+        if verdict is _PARK:
+            self._park(top)
+        if len(self._heap) == 1:
+            return None
+        return self._walk(None, judge)
+
+    def _walk(
+        self, top: _Group[T] | None, judge: Callable[[QueueEntry[T]], HeadVerdict]
+    ) -> QueueSelection[T] | None:
+        """Visit the heap in tag order without popping it (a small heap of indices) until a head
+        is eligible. ``top`` is the live group at index 0, or ``None`` if it was judged already."""
+        heap = self._heap
         groups = self._groups
-        frontier: list[tuple[float, int, int]] = [(heap[0][0], heap[0][1], 0)]
         size = len(heap)
+        if top is None:
+            frontier: list[tuple[float, int, int]] = []
+            for child in (1, 2):
+                if child < size:
+                    heapq.heappush(frontier, (heap[child][0], heap[child][1], child))
+        else:
+            frontier = [(heap[0][0], heap[0][1], 0)]
         while frontier:
             _, _, index = heapq.heappop(frontier)
             _start, _seq, token, key = heap[index]
@@ -271,12 +329,10 @@ class WeightedFairQueue(Generic[T]):
             if group.heap_token == token and group.entries:
                 head = group.entries[0]
                 verdict = judge(head)
-                if verdict is HeadVerdict.ELIGIBLE:
-                    return QueueSelection(entry=head, sequence_version=self._version)
-                if verdict is HeadVerdict.PARK:
-                    group.heap_token += 1  # its heap entry goes stale; unpark pushes a new one
-                    group.parked = True
-                    self._parked.add(key)
+                if verdict is _ELIGIBLE:
+                    return QueueSelection(head, self._version)
+                if verdict is _PARK:
+                    self._park(group)
             child = 2 * index + 1
             if child < size:
                 heapq.heappush(frontier, (heap[child][0], heap[child][1], child))
@@ -284,6 +340,11 @@ class WeightedFairQueue(Generic[T]):
                 if child < size:
                     heapq.heappush(frontier, (heap[child][0], heap[child][1], child))
         return None
+
+    def _park(self, group: _Group[T]) -> None:
+        group.heap_token += 1  # its heap entry goes stale; unpark pushes a new one
+        group.parked = True
+        self._parked.add(group.key)
 
     def unpark(self, group: Hashable) -> None:
         """Put a parked group back in the heap with its tags and tie order; no-op otherwise."""
@@ -317,22 +378,38 @@ class WeightedFairQueue(Generic[T]):
             return None
         entry = selection.entry
         group = self._groups[entry.group]
-        if not group.entries or group.entries[0] is not entry:
+        entries = group.entries
+        if not entries or entries[0] is not entry:
             raise EngineError("a selection of the current version is not its group's head")
-        group.entries.popleft()
+        entries.popleft()
         self._forget(group, entry)
-        self._clear_parked(group)  # its head changes
-        self._virtual_time = max(self._virtual_time, group.start_tag)
-        group.finish_tag = group.start_tag + 1.0 / group.weight
+        if group.parked:  # its head changes
+            self._clear_parked(group)
+        start = group.start_tag
+        if start > self._virtual_time:
+            self._virtual_time = start
+        finish = start + 1.0 / group.weight
+        group.finish_tag = finish
+        heap = self._heap
+        # Usually the committed group's entry is the heap's top: replace it in one sift.
+        at_top = bool(heap) and heap[0][2] == group.heap_token and heap[0][3] == group.key
         group.heap_token += 1  # invalidates the group's heap entry
-        if group.entries:
-            group.start_tag = group.finish_tag
-            self._push(group)
+        if entries:
+            group.start_tag = finish
+            if at_top:
+                self._seq += 1
+                group.heap_seq = self._seq
+                heapq.heapreplace(heap, (finish, self._seq, group.heap_token, group.key))
+            else:
+                self._push(group)
         else:
+            if at_top:
+                heapq.heappop(heap)
             self._backlogged -= 1
         self._committed += 1
         self._version += 1
-        self._note_shape_change()
+        if self._shape_changed:
+            self._note_shape_change()
         return entry.item
 
     def remove(self, item_id: Hashable) -> T | None:
@@ -386,19 +463,26 @@ class WeightedFairQueue(Generic[T]):
                 else:
                     del group.demand[resource]
                     self._shape_changed = True
-                    weight_left = self._demand_weight[resource] - group.weight
-                    # Float sums of integer weights stay exact; clear residue from odd weights.
-                    if abs(weight_left) < 1e-9:
-                        del self._demand_weight[resource]
+                    groups_left = self._demand_groups[resource] - 1
+                    if groups_left:
+                        self._demand_groups[resource] = groups_left
+                        self._demand_weight[resource] -= group.weight
                     else:
-                        self._demand_weight[resource] = weight_left
+                        del self._demand_groups[resource]
+                        del self._demand_weight[resource]
+                    if self._demand_watcher is not None:
+                        self._demand_watcher.demand_changed(group.key, resource, group.weight, 0.0)
 
     def _note_shape_change(self) -> None:
-        """After a change: a new demand shape may make any parked head eligible again."""
+        """After a change: a new demand shape may make any parked head eligible again (without a
+        demand watcher, which then decides, every parked group goes back)."""
         if self._shape_changed:
             self._shape_changed = False
             self._shape_version += 1
-            self.unpark_all()
+            if self._demand_watcher is None:
+                self.unpark_all()
+            else:
+                self._demand_watcher.shape_changed()
 
     def _clear_parked(self, group: _Group[T]) -> None:
         """Forget that ``group`` is parked; the caller pushes it back if it stays backlogged."""
@@ -428,12 +512,19 @@ class WeightedFairQueue(Generic[T]):
         ]
         heapq.heapify(self._heap)
 
-    def _drop_stale_top(self) -> None:
+    def _live_top(self) -> _Group[T] | None:
+        """The group of the heap's top entry after dropping stale entries above it."""
         heap = self._heap
         groups = self._groups
         while heap:
-            _, _, token, key = heap[0]
-            group = groups[key]
-            if group.heap_token == token and group.entries:
-                return
+            top = heap[0]
+            group = groups[top[3]]
+            if group.heap_token == top[2] and group.entries:
+                return group
             heapq.heappop(heap)
+        return None
+
+
+_ELIGIBLE = HeadVerdict.ELIGIBLE
+_INELIGIBLE = HeadVerdict.INELIGIBLE
+_PARK = HeadVerdict.PARK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -102,10 +103,18 @@ def _start(ws: Workspace, out: Path, log: Path, *extra: str) -> subprocess.Popen
     env = {**os.environ, LOG_ENV: str(log), "COLUMNS": "1000"}
     command = [sys.executable, "-m", "sluiceway.cli.app", "run", str(ws.config)]
     command += ["-o", str(out), "-q", *extra]
-    with (ws.root / f"{log.stem}.stderr").open("wb") as stderr:
-        return subprocess.Popen(
-            command, cwd=ws.root, env=env, stdout=subprocess.DEVNULL, stderr=stderr
-        )
+    with (
+        (ws.root / f"{log.stem}.stdout").open("wb") as stdout,
+        (ws.root / f"{log.stem}.stderr").open("wb") as stderr,
+    ):
+        return subprocess.Popen(command, cwd=ws.root, env=env, stdout=stdout, stderr=stderr)
+
+
+def _model_requests(summary: Path) -> int:
+    """The ``model requests`` figure of a finished run's summary (every attempt it sent)."""
+    found = re.search(r"model requests\W+([\d,]+)", summary.read_text())
+    assert found is not None, summary.read_text()
+    return int(found.group(1).replace(",", ""))
 
 
 def _finish(process: subprocess.Popen[bytes]) -> int:
@@ -144,17 +153,28 @@ def _part_files(out: Path) -> int:
     return len(list(out.glob("part-*.parquet"))) if out.exists() else 0
 
 
+MODEL_COLUMNS = ("text", "summary")
+
+
+def _written_groups(out: Path) -> set[int]:
+    return {
+        group.index
+        for group in read_manifest(out).row_groups
+        if group.status is not RowGroupStatus.PARTIAL
+    }
+
+
 def _kept_cells(out: Path) -> set[tuple[str, int]]:
-    """Cells whose result survived the stop: journaled, or in a complete row group's file."""
+    """Model cells whose result survived the stop: journaled, or in a complete row group's
+    file."""
     kept: set[tuple[str, int]] = set()
     journal = out / JOURNAL_FILE_NAME
     if journal.exists():
         kept |= {(column, row) for _, column, row in read_journal_keys(journal)}
-    for group in read_manifest(out).row_groups:
-        if group.status is RowGroupStatus.PARTIAL:
-            continue  # salvaged at the stop: its finished cells are in the journal
-        first = group.index * BUFFER_SIZE
-        kept |= {("summary", row) for row in range(first, first + BUFFER_SIZE)}
+    # A partial group (salvaged at the stop) is not counted: its finished cells are journaled.
+    for group in _written_groups(out):
+        rows = range(group * BUFFER_SIZE, (group + 1) * BUFFER_SIZE)
+        kept |= {(column, row) for column in MODEL_COLUMNS for row in rows}
     return kept
 
 
@@ -165,6 +185,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     code = _finish(_start(ws, out, ws.root / "baseline.log"))
     assert code == 0, (ws.root / "baseline.stderr").read_text()
     assert len(_log_entries(ws.root / "baseline.log")) == NUM_RECORDS
+    assert _model_requests(ws.root / "baseline.stdout") == len(MODEL_COLUMNS) * NUM_RECORDS
     return load_dataset(out)
 
 
@@ -210,8 +231,14 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_dataset(
     manifest = read_manifest(out)
     if point.signal is signal.SIGINT:
         assert manifest.status is RunStatus.CANCELLED
+    # A reader of the stopped run's directory sees complete files that agree with the manifest.
+    assert len(load_dataset(out)) == manifest.rows_written
     kept = _kept_cells(out)
     before = _log_entries(first_log)
+    if point.trigger == "requests":
+        # Stopped inside row groups: the journal holds results of cells not yet in a file, so
+        # it commits while the run goes on, not only when it ends.
+        assert any(cell[1] // BUFFER_SIZE not in _written_groups(out) for cell in kept)
 
     second = _start(ws, out, second_log, "--resume")
     assert _finish(second) == 0, (tmp_path / "second.stderr").read_text()
@@ -221,6 +248,12 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_dataset(
     after = _log_entries(second_log)
     repeated_kept = [entry for entry in after if (entry[0], entry[1]) in kept]
     assert repeated_kept == [], "a request whose result was kept was sent again"
+    # Both model columns, counted by the resumed run itself: no simulated request fails, so it
+    # sends one request per model cell that was not kept and none for a kept one (every cell
+    # not kept must be requested, so any request for a kept one would raise the count).
+    assert _model_requests(tmp_path / "second.stdout") == len(MODEL_COLUMNS) * NUM_RECORDS - len(
+        kept
+    )
     # Every row's request was made in one of the two runs; only cells still unfinished at the
     # stop may have been requested twice.
     assert {row for _, row, _ in before} | {row for _, row, _ in after} == set(range(NUM_RECORDS))
@@ -231,8 +264,9 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_dataset(
 
 
 def _run_with_file_size_limit(ws: Workspace, out: Path, *extra: str) -> tuple[int, str]:
-    """RLIMIT_FSIZE makes writes past 5,000 bytes fail (EFBIG), as a full disk makes them fail:
-    a part file (about 6 KB here) or the journal's write-ahead log cannot be written."""
+    """RLIMIT_FSIZE makes writes past 5,000 bytes fail (EFBIG): a part file (about 6 KB here)
+    or the journal's write-ahead log cannot be written. A full disk (ENOSPC) is tested for
+    real below, on a small tmpfs."""
     result = subprocess.run(
         [sys.executable, "-m", "sluiceway.cli.app", "run", str(ws.config), "-o", str(out), "-q"]
         + list(extra),
@@ -253,7 +287,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (5_000, 5_000))
 
 
-def test_a_full_disk_fails_loudly_and_resume_completes_once_space_is_free(
+def test_a_write_refused_by_a_file_size_limit_fails_loudly_and_resume_completes(
     tmp_path: Path, baseline: pd.DataFrame
 ) -> None:
     ws = _workspace(tmp_path)
@@ -281,3 +315,123 @@ def test_a_journal_that_cannot_be_written_fails_loudly(tmp_path: Path) -> None:
     flat = " ".join(stderr.split())
     assert "cell journal" in flat and JOURNAL_FILE_NAME in flat
     assert read_manifest(out).status is RunStatus.FAILED
+
+
+# -- a full disk, for real ----------------------------------------------------------------------
+
+# Run in a private mount namespace (``unshare``; a user namespace when that is allowed, so no
+# root is needed): mount a tmpfs of ``$DISK_BYTES`` on ``$DISK``, run into it until the disk is
+# full, copy what is left out, grow the tmpfs and resume. The namespace, and the tmpfs with it,
+# ends with the script; nothing outside it sees the mount.
+_FULL_DISK_SCRIPT = """
+set -u
+mount -t tmpfs -o size="$DISK_BYTES" tmpfs "$DISK" || exit 97
+SLUICEWAY_CRASH_REQUEST_LOG="$ROOT/full.log" "$PYTHON" -m sluiceway.cli.app run "$CONFIG" \\
+    -o "$DISK/data" -q --no-events $EXTRA >"$ROOT/full.stdout" 2>"$ROOT/full.stderr"
+echo $? >"$ROOT/full.rc"
+cp -a "$DISK/data" "$ROOT/after-full" || exit 98
+mount -o remount,size=64m "$DISK" || exit 99
+SLUICEWAY_CRASH_REQUEST_LOG="$ROOT/resumed.log" "$PYTHON" -m sluiceway.cli.app run "$CONFIG" \\
+    -o "$DISK/data" -q --no-events --resume $EXTRA >"$ROOT/resumed.stdout" 2>"$ROOT/resumed.stderr"
+echo $? >"$ROOT/resumed.rc"
+cp -a "$DISK/data" "$ROOT/final" || exit 98
+"""
+_NAMESPACES = (
+    ("unshare", "--user", "--map-root-user", "--mount"),
+    ("unshare", "--mount", "--propagation", "private"),
+)
+
+
+@pytest.fixture(scope="module")
+def private_mounts(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...]:
+    """The ``unshare`` prefix that lets a child mount a tmpfs of its own; skips without one."""
+    probe = tmp_path_factory.mktemp("probe")
+    for prefix in _NAMESPACES:
+        try:
+            result = subprocess.run(
+                [*prefix, "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs '{probe}'"],
+                capture_output=True,
+                timeout=DEADLINE_SECONDS,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if result.returncode == 0:
+            return prefix
+    pytest.skip("no private mount namespace: a small tmpfs cannot be mounted for the test")
+
+
+@pytest.mark.parametrize(
+    ("journal", "disk_bytes", "fails_at"),
+    # tmpfs counts whole 4 KiB pages and the files of a seeded run have fixed sizes, so without
+    # the journal the file that meets the full disk is known: with 44 KiB the fifth part file,
+    # with 48 KiB the manifest after it (that part file stays unlisted). With the journal its
+    # write-ahead log grows with every commit and is full first.
+    [
+        (False, 44 * 1024, r"part-\d{6}\.parquet"),
+        (False, 48 * 1024, r"manifest\.json"),
+        (True, 192 * 1024, r"(journal\.sqlite|part-\d{6}\.parquet|manifest\.json)"),
+    ],
+    ids=["no-journal-part-file", "no-journal-manifest", "journal"],
+)
+def test_a_full_disk_fails_loudly_and_resume_completes_once_space_is_free(
+    tmp_path: Path,
+    baseline: pd.DataFrame,
+    private_mounts: tuple[str, ...],
+    journal: bool,
+    disk_bytes: int,
+    fails_at: str,
+) -> None:
+    ws = _workspace(tmp_path)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = {
+        **os.environ,
+        "COLUMNS": "1000",
+        "DISK": str(disk),
+        "DISK_BYTES": str(disk_bytes),
+        "ROOT": str(tmp_path),
+        "PYTHON": sys.executable,
+        "CONFIG": str(ws.config),
+        "EXTRA": "" if journal else "--no-journal",
+    }
+    script = subprocess.run(
+        [*private_mounts, "sh", "-c", _FULL_DISK_SCRIPT],
+        cwd=ws.root,
+        env=env,
+        capture_output=True,
+        timeout=4 * DEADLINE_SECONDS,
+        check=False,
+    )
+    assert script.returncode == 0, script.stderr.decode()
+    out = disk / "data"  # the path as the runs saw it
+
+    # The run that filled the disk: fatal, loud, naming the file it could not write.
+    stderr = " ".join((tmp_path / "full.stderr").read_text().split())
+    assert (tmp_path / "full.rc").read_text().strip() == "1", stderr
+    assert "No space left on device" in stderr or "database or disk is full" in stderr, stderr
+    error = stderr[stderr.index("error: ") :]
+    assert re.match(
+        rf"error: could not \w+ (the cell journal )?{re.escape(str(out))}/{fails_at}", error
+    )
+    # What it left is a consistent dataset: listed files complete, no temp file, fewer rows.
+    left = tmp_path / "after-full"
+    assert list(left.glob("*.tmp")) == []
+    manifest = read_manifest(left)
+    assert manifest.status in (RunStatus.FAILED, RunStatus.RUNNING)
+    written = load_dataset(left)
+    assert len(written) == manifest.rows_written < NUM_RECORDS
+    if len(written):
+        same_rows = baseline[baseline["_row_index"].isin(written["_row_index"])]
+        pd.testing.assert_frame_equal(written, same_rows.reset_index(drop=True))
+    kept = _kept_cells(left)
+    assert kept, "the disk was full before anything was kept; the tmpfs is too small"
+
+    # Once there is space, the resumed run completes the same dataset, and requests nothing
+    # whose result the full run kept (written row groups, or the journal).
+    resumed_stderr = (tmp_path / "resumed.stderr").read_text()
+    assert (tmp_path / "resumed.rc").read_text().strip() == "0", resumed_stderr
+    pd.testing.assert_frame_equal(load_dataset(tmp_path / "final"), baseline)
+    assert _model_requests(tmp_path / "resumed.stdout") == len(MODEL_COLUMNS) * NUM_RECORDS - len(
+        kept
+    )

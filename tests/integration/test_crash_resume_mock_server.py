@@ -1,10 +1,11 @@
 """Crash safety over HTTP: ``sluiceway run`` and ``sluiceway mock-server`` as real subprocesses.
 
 The run uses an ``openai`` provider pointed at the loopback mock server, which counts the
-requests it receives per content hash (``--count-by-content``). The run is killed (SIGKILL) at
-seeded points and resumed; the final dataset must equal an uninterrupted run, and no request
-whose result was kept (journaled, or in a checkpointed row group) may reach the server again.
-The server's counters are the witness: the client side is not trusted to count itself.
+requests it receives per content hash (``--count-by-content``). The run is killed (SIGKILL) or
+interrupted (SIGINT) at seeded points and resumed; the final dataset must equal an uninterrupted
+run, and no request whose result was kept (journaled, or in a checkpointed row group) may reach
+the server again. The server's counters are the witness: the client side is not trusted to
+count itself.
 """
 
 from __future__ import annotations
@@ -245,19 +246,34 @@ def baseline(
     return dataset, hashes
 
 
-def _kill_points() -> list[int]:
-    """One seeded point (each run of the CLI costs seconds); the range spans the whole run."""
+@dataclass(frozen=True)
+class StopPoint:
+    signal: signal.Signals
+    after: int  # requests received by the server before the signal is sent
+
+    def __str__(self) -> str:
+        return f"{self.signal.name}-after-{self.after}-requests"
+
+
+def _stop_points() -> list[StopPoint]:
+    """Seeded points, one in each third of the run's 240 requests (each run of the CLI costs
+    seconds, so a few)."""
     rng = random.Random(20250302)
-    return [rng.randint(10, 2 * NUM_RECORDS - 20)]
+    return [
+        StopPoint(signal.SIGKILL, rng.randint(10, 80)),
+        StopPoint(signal.SIGINT, rng.randint(80, 160)),
+        StopPoint(signal.SIGKILL, rng.randint(160, 2 * NUM_RECORDS - 20)),
+    ]
 
 
-@pytest.mark.parametrize("after", _kill_points(), ids=lambda n: f"SIGKILL-after-{n}-requests")
-def test_a_killed_run_over_http_resumes_without_resending_kept_requests(
+@pytest.mark.parametrize("point", _stop_points(), ids=str)
+def test_a_stopped_run_over_http_resumes_without_resending_kept_requests(
     tmp_path: Path,
     mock_server: MockServer,
     baseline: tuple[pd.DataFrame, dict[tuple[str, int], str]],
-    after: int,
+    point: StopPoint,
 ) -> None:
+    after = point.after
     expected, hashes = baseline
     # Another seed would make other requests; the same seed must make exactly the baseline's,
     # which the server has already seen once each. Counting starts from its current totals.
@@ -272,10 +288,15 @@ def test_a_killed_run_over_http_resumes_without_resending_kept_requests(
         f"{after} requests at the server",
         tmp_path / "first.stderr",
     )
-    first.send_signal(signal.SIGKILL)
+    first.send_signal(point.signal)
     assert _finish(first) != 0
     killed = mock_server.counts()
     first_sent = killed - start
+    stopped = read_manifest(out)
+    if point.signal is signal.SIGINT:
+        assert stopped.status is RunStatus.CANCELLED
+    # A reader of the stopped run's directory sees complete files that agree with the manifest.
+    assert len(load_dataset(out)) == stopped.rows_written
     kept = _kept_cells(out)
 
     second = _start(ws, out, "second", "--resume")
@@ -290,6 +311,9 @@ def test_a_killed_run_over_http_resumes_without_resending_kept_requests(
     assert kept_hashes <= set(first_sent), "a kept result was never requested"
     resent = sorted(cell for cell in kept if hashes[cell] in second_sent)
     assert resent == [], f"requests whose result was kept were sent again: {resent}"
+    # The resumed run sends the requests of exactly the cells that were not kept. Sets, not
+    # counts: a request of the first run still in flight at the stop may be counted late.
+    assert set(second_sent) == {hashes[cell] for cell in hashes.keys() - kept}
     # Every request was made in one of the two runs, at most once in each.
     assert set(first_sent) | set(second_sent) == set(hashes.values())
     assert max((first_sent + second_sent).values()) <= 2

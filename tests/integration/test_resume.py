@@ -14,16 +14,21 @@ import pandas as pd
 import pytest
 from integration_configs import base_config
 
+from sluiceway import generate_async
 from sluiceway.config.models import DatasetConfig
 from sluiceway.context import current_task
+from sluiceway.engine.cancellation import RunCancellation
 from sluiceway.engine.run import RunOptions, RunOutcome, run_dataset
-from sluiceway.errors import RunStoppedError, StorageError
+from sluiceway.errors import RunCancelledError, RunStoppedError, StorageError
+from sluiceway.observability import EventBus
+from sluiceway.observability.events import Event
+from sluiceway.observability.kinds import EventKind
 from sluiceway.providers.base import ModelRequest, ModelResponse
 from sluiceway.providers.behaviour import SimulationSettings
 from sluiceway.providers.simulated import SimulatedProvider
 from sluiceway.storage.dataset import load_dataset, read_manifest
 from sluiceway.storage.journal import JOURNAL_FILE_NAME, read_journal_keys
-from sluiceway.storage.manifest import RunStatus
+from sluiceway.storage.manifest import RowGroupStatus, RunStatus
 
 SEED = 11
 
@@ -32,8 +37,9 @@ class CountingProvider:
     """The simulated provider, counting completed requests by content hash and cell; sets
     ``reached`` once ``stop_after`` requests have completed."""
 
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.inner = SimulatedProvider("sim", SimulationSettings(), seed=SEED)
+    def __init__(self, stop_after: int | None = None, latency_seconds: float = 0.0) -> None:
+        settings = SimulationSettings(latency_seconds=latency_seconds)
+        self.inner = SimulatedProvider("sim", settings, seed=SEED)
         self.name = "sim"
         self.completed: Counter[str] = Counter()
         self.cell_of: dict[str, tuple[str, int, int]] = {}
@@ -104,11 +110,17 @@ async def test_a_cancelled_run_resumes_without_repeating_completed_requests(
     tmp_path: Path, baseline: pd.DataFrame, stop_after: int
 ) -> None:
     out = tmp_path / "data"
-    first = CountingProvider(stop_after=stop_after)
+    # Latency keeps requests in flight, so the cancel lands inside unfinished row groups.
+    first = CountingProvider(stop_after=stop_after, latency_seconds=0.002)
     await _run_until(_config(), out, first)
-    assert read_manifest(out).status is RunStatus.CANCELLED
+    manifest = read_manifest(out)
+    assert manifest.status is RunStatus.CANCELLED
     journaled = read_journal_keys(out / JOURNAL_FILE_NAME)
-    done_groups = {group.index for group in read_manifest(out).row_groups}
+    done_groups = {
+        group.index for group in manifest.row_groups if group.status is RowGroupStatus.WRITTEN
+    }
+    pending = {key for key in journaled if key[0] not in done_groups}
+    assert pending, "the cancel left no journaled cell of an unfinished row group"
 
     second = CountingProvider()
     outcome = await _run(_config(), out, second, resume=True)
@@ -121,9 +133,10 @@ async def test_a_cancelled_run_resumes_without_repeating_completed_requests(
         # A request may only be repeated if its cell was still unfinished when the run stopped.
         assert row_group not in done_groups, (key, column, row_group)
         assert (row_group, column, row_group * 5 + row_index) not in journaled, key
-    assert outcome.info.cells_replayed == len(
-        [key for key in journaled if key[0] not in done_groups]
-    )
+    assert outcome.info.cells_replayed == len(pending)
+    # Four model columns per row and no failures: one request per cell that was neither in a
+    # written row group nor journaled, and none for the others.
+    assert sum(second.completed.values()) == 4 * (30 - 5 * len(done_groups)) - len(pending)
     assert not (out / JOURNAL_FILE_NAME).exists()  # a completed run needs no journal
 
 
@@ -236,3 +249,88 @@ async def test_without_the_journal_resume_still_fills_only_missing_row_groups(
     assert outcome.info.cells_replayed == 0
     assert outcome.info.row_groups_resumed == done
     pd.testing.assert_frame_equal(_frame(out), baseline)
+
+
+async def test_a_manifest_of_another_config_is_refused_and_nothing_is_overwritten(
+    tmp_path: Path,
+) -> None:
+    out, other = tmp_path / "data", tmp_path / "other"
+    await _run_until(_config(), out, CountingProvider(stop_after=40))
+    raw = base_config(num_records=30, buffer_size=5)
+    raw["columns"][4]["prompt"] = "Rewrite {{ title }}"
+    await _run_until(DatasetConfig.model_validate(raw), other, CountingProvider(stop_after=40))
+    shutil.copyfile(other / "manifest.json", out / "manifest.json")
+    before = _snapshot(out)
+    with pytest.raises(StorageError, match="cannot resume") as caught:
+        await _run(_config(), out, CountingProvider(), resume=True)
+    message = " ".join(str(caught.value).split())
+    assert str(out / "manifest.json") in message
+    # The saved config is this one, so it cannot explain the manifest: the message says so
+    # instead of showing an empty diff.
+    assert "written by a run of another config or copied from another dataset" in message
+    assert _snapshot(out) == before
+
+
+async def test_a_changed_config_is_reported_before_a_damaged_part_file(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    await _run_until(_config(), out, CountingProvider(stop_after=60))
+    part = out / "part-000000.parquet"
+    part.write_bytes(part.read_bytes()[:-40])
+    before = _snapshot(out)
+    changed = _config(num_records=31)
+    with pytest.raises(StorageError, match="What changed") as caught:
+        await _run(changed, out, CountingProvider(), resume=True)
+    assert "run.num_records: 30 -> 31" in str(caught.value)
+    assert _snapshot(out) == before
+
+
+class _CancelAfterCheckpoints:
+    """An event sink that cancels the run once ``count`` row groups are checkpointed."""
+
+    def __init__(self, cancellation: RunCancellation, count: int) -> None:
+        self.kinds = frozenset({EventKind.ROW_GROUP_CHECKPOINTED})
+        self.cancellation = cancellation
+        self.count = count
+        self.seen = 0
+
+    def handle(self, event: Event) -> None:
+        self.seen += 1
+        if self.seen == self.count:
+            self.cancellation.cancel()
+
+    def close(self) -> None:
+        pass
+
+
+async def test_the_public_api_resumes_a_cancelled_run(
+    tmp_path: Path, baseline: pd.DataFrame
+) -> None:
+    # ``generate_async(resume=True)`` is the API form of ``sluiceway run --resume``.
+    out = tmp_path / "data"
+    # Simulated latency keeps cells in flight when the cancel lands (it is not in the
+    # fingerprint: the data is the same).
+    slow = _config().model_dump(mode="json")
+    slow["providers"][0]["simulation"]["latency_seconds"] = 0.005
+    cancellation = RunCancellation()
+    bus = EventBus()
+    bus.add_sink(_CancelAfterCheckpoints(cancellation, count=1))
+    with pytest.raises(RunCancelledError):
+        await generate_async(
+            DatasetConfig.model_validate(slow), output=out, cancellation=cancellation, events=bus
+        )
+    manifest = read_manifest(out)
+    assert manifest.status is RunStatus.CANCELLED
+    done = {group.index for group in manifest.row_groups if group.status is RowGroupStatus.WRITTEN}
+    assert 1 <= len(done) < 6
+    journaled = read_journal_keys(out / JOURNAL_FILE_NAME)
+    pending = {key for key in journaled if key[0] not in done}
+    assert pending, "the cancel left no journaled cell of an unfinished row group"
+
+    result = await generate_async(_config(), output=out, resume=True)
+
+    pd.testing.assert_frame_equal(result.dataframe, baseline)
+    assert result.info.row_groups_resumed == len(done)
+    assert result.info.cells_replayed == len(pending)
+    # Four model columns per row and no failures: every cell that was neither in a written
+    # row group nor journaled is requested once, and nothing else is.
+    assert result.info.model_requests == 4 * (30 - 5 * len(done)) - len(pending)

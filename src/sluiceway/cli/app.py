@@ -306,6 +306,7 @@ def mock_server(
     latency_tail_seconds: Annotated[float, typer.Option(help="Mean lognormal tail.")] = 0.0,
     capacity: Annotated[int | None, typer.Option(help="Concurrent requests per model.")] = None,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute per model.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute per model.")] = None,
     queueing: Annotated[bool, typer.Option(help="Slow down instead of answering 429.")] = False,
     retry_after_format: Annotated[
         str, typer.Option(help="Retry-After form: seconds, http-date or ms.")
@@ -336,6 +337,7 @@ def mock_server(
                 latency_tail_seconds=latency_tail_seconds,
                 capacity=capacity,
                 rpm=rpm,
+                tpm=tpm,
                 queueing=queueing,
                 retry_after_seconds=retry_after_seconds,
             ),

@@ -14,13 +14,14 @@ resumed run, once the cause is fixed, tries those rows again.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sluiceway.columns.base import ColumnGenerator, GenerationContext
-from sluiceway.config.fingerprint import config_diff, config_fingerprint
+from sluiceway.config.fingerprint import canonical_json, config_diff, config_fingerprint
 from sluiceway.config.models import DatasetConfig
 from sluiceway.errors import (
     BadRequestError,
@@ -42,8 +43,13 @@ from sluiceway.storage.journal import (
     decode_payload,
     encode_payload,
 )
-from sluiceway.storage.manifest import RunManifest
-from sluiceway.storage.recovery import RecoveredOutput, inspect_output, read_run_config
+from sluiceway.storage.manifest import MANIFEST_FILE_NAME, RunManifest
+from sluiceway.storage.recovery import (
+    RUN_CONFIG_FILE_NAME,
+    RecoveredOutput,
+    inspect_output,
+    read_run_config,
+)
 
 _JOURNALED_KINDS = frozenset({SchedulingKind.MODEL, SchedulingKind.CUSTOM_MODEL})
 # A journaled drop: {_DROP_TAG: {"error": class name, "message": text}} (plus "rows" for groups).
@@ -123,12 +129,15 @@ def plan_resume(
     changed), a listed file is damaged, or the journal is damaged or belongs to another run.
     Writes nothing.
     """
-    recovered = inspect_output(directory)
+
+    def accept(manifest: RunManifest) -> None:
+        if manifest.config_fingerprint != fingerprint:
+            raise StorageError(_refusal(directory, manifest, config))
+
+    recovered = inspect_output(directory, accept=accept)
     if recovered is None:
         return None
     manifest = recovered.manifest
-    if manifest.config_fingerprint != fingerprint:
-        raise StorageError(_refusal(directory, manifest, config))
     journal: CellJournal | None = None
     entries: dict[int, dict[CellKey, str]] = {}
     if use_journal and recovered.has_journal:
@@ -147,18 +156,33 @@ def plan_resume(
 
 def _refusal(directory: Path, manifest: RunManifest, config: DatasetConfig) -> str:
     saved = read_run_config(directory)
-    lines = config_diff(saved, config) if saved is not None else []
+    # The saved config explains the refusal only if it is the config the manifest was made from.
+    saved_fingerprint = None if saved is None else _canonical_fingerprint(saved)
+    lines = (
+        config_diff(saved, config)
+        if saved is not None and saved_fingerprint == manifest.config_fingerprint
+        else []
+    )
     head = (
         f"cannot resume the run in {directory}: its config differs from the one the run was "
-        f"started with (fingerprint {manifest.config_fingerprint[:12]} in the manifest, "
-        f"{_short_fingerprint(config)} now)"
+        f"started with (fingerprint {manifest.config_fingerprint[:12]} in "
+        f"{directory / MANIFEST_FILE_NAME}, {_short_fingerprint(config)} now)"
     )
     if lines:
         shown = "\n".join(f"  {line}" for line in lines[:20])
         more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
         head += f". What changed:\n{shown}{more}\n"
+    elif saved_fingerprint is None:
+        head += (
+            f" ({RUN_CONFIG_FILE_NAME}, the config the run was started with, is missing or "
+            "unreadable, so what changed cannot be shown). "
+        )
     else:
-        head += " (the original config was not saved, so what changed cannot be shown). "
+        head += (
+            f" ({directory / RUN_CONFIG_FILE_NAME} has fingerprint {saved_fingerprint[:12]}, "
+            f"so {MANIFEST_FILE_NAME} was written by a run of another config or copied from "
+            "another dataset, and what changed cannot be shown). "
+        )
     return head + (
         "Resuming would mix rows of two configs. Restore the original config to continue, or "
         "pass --overwrite (without --resume) to start over with this one."
@@ -167,6 +191,11 @@ def _refusal(directory: Path, manifest: RunManifest, config: DatasetConfig) -> s
 
 def _short_fingerprint(config: DatasetConfig) -> str:
     return config_fingerprint(config)[:12]
+
+
+def _canonical_fingerprint(canonical: Mapping[str, Any]) -> str:
+    """The fingerprint of a saved canonical config (``run_config.json``)."""
+    return hashlib.sha256(canonical_json(canonical).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

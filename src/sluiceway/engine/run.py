@@ -25,7 +25,7 @@ from sluiceway.config.fingerprint import config_fingerprint
 from sluiceway.config.graph import ColumnGraph
 from sluiceway.config.models import DatasetConfig, ProviderConfig
 from sluiceway.engine.cancellation import RunCancellation
-from sluiceway.engine.capacity import build_capacity_plan
+from sluiceway.engine.capacity import build_capacity_plan, request_pressure_advisory
 from sluiceway.engine.progress import (
     ProgressListener,
     ProgressSnapshot,
@@ -53,7 +53,7 @@ from sluiceway.requests.executor import ModelRequestExecutor
 from sluiceway.requests.facade import ModelFacade
 from sluiceway.requests.keys import RequestResourceResolver
 from sluiceway.requests.retry import RetryPolicy
-from sluiceway.requests.setup import build_request_admission
+from sluiceway.requests.setup import budgets_from_config, build_request_admission
 from sluiceway.scheduling.admission import TaskAdmissionController
 from sluiceway.scheduling.failures import EarlyShutdownSettings
 from sluiceway.scheduling.policies import TaskAdmissionPolicyKind, make_policy
@@ -263,7 +263,12 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         if provider.name not in clients:
             clients[provider.name] = _provider_client(provider, config)
     request_resolver = RequestResourceResolver(config.models)
-    request_admission = build_request_admission(run, request_resolver)
+    request_admission = build_request_admission(
+        run,
+        request_resolver,
+        events=bus,
+        budgets=budgets_from_config(config.providers, config.models),
+    )
     executor = ModelRequestExecutor(
         request_admission,
         retry=RetryPolicy(
@@ -274,6 +279,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         ),
         rng=random.Random(run.seed),
         queue_wait_timeout_seconds=run.request_admission.queue_wait_timeout_seconds,
+        events=bus,
     )
     facade = ModelFacade(request_resolver, clients, executor, loop=asyncio.get_running_loop())
 
@@ -370,6 +376,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         handler=handler,
         on_progress=ticker.tick,
         events=bus,
+        request_pressure=request_pressure_advisory(request_admission),
     )
     if options.progress is not None:
         options.progress.on_start(snapshot())

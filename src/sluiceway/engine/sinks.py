@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from sluiceway.storage.manifest import DroppedRowRecord, ManifestWriter, RunStat
 from sluiceway.storage.output_dir import prepare_output_directory
 from sluiceway.storage.parquet_writer import RowGroupWriter
 from sluiceway.storage.recovery import remove_orphans, write_run_config
+
+logger = logging.getLogger(__name__)
 
 
 class MemorySink:
@@ -213,20 +216,32 @@ class ParquetSink:
 
     async def finish(self, *, status: str, capacity_plan: CapacityPlan) -> None:
         """Commits the journal, writes the capacity plan and the final manifest. A completed
-        run's journal is deleted (the Parquet files hold everything). A journal failure is
-        raised after the manifest is written, unless the run already failed (its own error
-        is the one to report)."""
-        journal_error: StorageError | None = None
+        run's journal is deleted (the Parquet files hold everything).
+
+        Each step is tried even if an earlier one fails (on a full disk the manifest must
+        still get its chance). The first storage failure is raised, unless the run already
+        failed: its own error is the one to report, so these are logged, naming their file."""
+        failures: list[StorageError] = []
         if self._replay is not None:
             try:
                 await asyncio.to_thread(self._replay.journal.close)
             except StorageError as error:
-                journal_error = error
-        await asyncio.to_thread(
-            write_capacity_plan, self._directory / CAPACITY_PLAN_FILE_NAME, capacity_plan
-        )
-        await self._manifest.finish(RunStatus(status))
-        if journal_error is not None and status != "failed":
-            raise journal_error
+                failures.append(error)
+        try:
+            await asyncio.to_thread(
+                write_capacity_plan, self._directory / CAPACITY_PLAN_FILE_NAME, capacity_plan
+            )
+        except StorageError as error:
+            failures.append(error)
+        try:
+            await self._manifest.finish(RunStatus(status))
+        except StorageError as error:
+            failures.append(error)
+        if failures:
+            if status != "failed":
+                raise failures[0]
+            for failure in failures:
+                logger.error("while stopping the failed run: %s", failure)
+            return
         if status == "completed":
             await asyncio.to_thread(remove_journal, self._directory)

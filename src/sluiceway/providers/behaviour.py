@@ -57,8 +57,9 @@ _DEFAULT_SCHEMAS: Mapping[GenerationKind, Mapping[str, Any]] = {
 class SimulationSettings:
     """How a simulated endpoint behaves. Rates are shares of attempts in [0, 1].
 
-    ``capacity`` bounds concurrent requests of one model and ``rpm`` admitted requests per
-    model per rolling 60-second window; beyond either the endpoint answers rate-limited. With
+    ``capacity`` bounds concurrent requests of one model, ``rpm`` admitted requests and ``tpm``
+    admitted tokens (prompt plus answer, as the answer will report them) per model per rolling
+    60-second window; beyond any of them the endpoint answers rate-limited. With
     ``queueing`` the endpoint never refuses for capacity: like a batching server it slows down
     instead, latency growing by ``in_flight / capacity`` once in-flight exceeds ``capacity``.
     ``invalid_json_rate`` makes structured and judge answers unparseable, so re-ask logic can
@@ -69,6 +70,7 @@ class SimulationSettings:
     latency_tail_seconds: float = 0.0
     capacity: int | None = None
     rpm: int | None = None
+    tpm: int | None = None
     retry_after_seconds: float = 1.0
     failure_rate: float = 0.0
     invalid_json_rate: float = 0.0
@@ -93,6 +95,7 @@ class SimulationSettings:
         check(self.latency_tail_seconds >= 0.0, "latency_tail_seconds", ">= 0")
         check(self.capacity is None or self.capacity >= 1, "capacity", ">= 1 or unset")
         check(self.rpm is None or self.rpm >= 1, "rpm", ">= 1 or unset")
+        check(self.tpm is None or self.tpm >= 1, "tpm", ">= 1 or unset")
         check(self.retry_after_seconds >= 0.0, "retry_after_seconds", ">= 0")
         check(0.0 <= self.failure_rate <= 1.0, "failure_rate", "between 0 and 1")
         check(0.0 <= self.invalid_json_rate <= 1.0, "invalid_json_rate", "between 0 and 1")
@@ -104,6 +107,7 @@ class SimulationSettings:
 class RefusalReason(enum.Enum):
     CAPACITY = "capacity"  # as many requests in flight as the endpoint serves at once
     RPM = "rpm"  # as many requests admitted in the last 60 seconds as the endpoint allows
+    TPM = "tpm"  # this request's tokens would pass the tokens allowed in the last 60 seconds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,6 +208,7 @@ class BehaviourModel:
         self._seed_text = str(seed)
         self._capacity = settings.capacity
         self._rpm = settings.rpm
+        self._tpm = settings.tpm
         self._tail_mu = (
             math.log(settings.latency_tail_seconds) - _TAIL_SIGMA**2 / 2
             if settings.latency_tail_seconds > 0
@@ -218,6 +223,8 @@ class BehaviourModel:
         self._in_flight = 0
         self._max_in_flight = 0
         self._admitted_at: deque[float] = deque()  # admit times inside the RPM window
+        self._tokens_at: deque[tuple[float, int]] = deque()  # (admit time, tokens) in the window
+        self._tokens_in_window = 0
         self._last_event_at: float | None = None
         self._in_flight_seconds = 0.0
         self._requests = 0
@@ -238,8 +245,12 @@ class BehaviourModel:
     # Admission
     # ----------------------------------------------------------------------------------------
 
-    def admit(self, now: float) -> Refusal | None:
-        """Admit one attempt (``None``) or refuse it for capacity or the RPM window."""
+    def admit(self, now: float, tokens: int = 0) -> Refusal | None:
+        """Admit one attempt (``None``) or refuse it for capacity, the RPM or the TPM window.
+
+        ``tokens`` is what the attempt costs against ``tpm`` (see :meth:`token_cost`). A request
+        larger than the whole TPM budget is admitted into an empty window only.
+        """
         self._advance(now)
         self._requests += 1
         queueing = self.settings.queueing
@@ -249,9 +260,9 @@ class BehaviourModel:
                 reason=RefusalReason.CAPACITY,
                 retry_after_seconds=self.settings.retry_after_seconds,
             )
+        horizon = now - RPM_WINDOW_SECONDS
         if self._rpm is not None:
             window = self._admitted_at
-            horizon = now - RPM_WINDOW_SECONDS
             while window and window[0] <= horizon:
                 window.popleft()
             if len(window) >= self._rpm:
@@ -261,7 +272,21 @@ class BehaviourModel:
                     reason=RefusalReason.RPM,
                     retry_after_seconds=window[0] + RPM_WINDOW_SECONDS - now,
                 )
-            window.append(now)
+        if self._tpm is not None:
+            spent = self._tokens_at
+            while spent and spent[0][0] <= horizon:
+                self._tokens_in_window -= spent.popleft()[1]
+            excess = self._tokens_in_window + tokens - self._tpm
+            if spent and excess > 0:
+                self._rate_limited += 1
+                return Refusal(
+                    reason=RefusalReason.TPM,
+                    retry_after_seconds=_tokens_free_at(spent, excess) + RPM_WINDOW_SECONDS - now,
+                )
+            spent.append((now, tokens))
+            self._tokens_in_window += tokens
+        if self._rpm is not None:
+            self._admitted_at.append(now)
         self._in_flight += 1
         if self._in_flight > self._max_in_flight:
             self._max_in_flight = self._in_flight
@@ -342,6 +367,14 @@ class BehaviourModel:
         parts.append(self._canonical_json(parameters, "parameters") if parameters else "")
         data = "\x1f".join(parts).encode("utf-8", "surrogatepass")
         return hashlib.blake2b(data, digest_size=16).digest()
+
+    def token_cost(self, request: ModelRequest, *, request_key: bytes | None = None) -> int:
+        """Tokens a request costs against ``tpm``: the usage its (valid) answer reports; 0 for
+        a request that will be rejected as invalid."""
+        try:
+            return self.respond(request, request_key=request_key).usage.total_tokens
+        except BadRequestError:
+            return 0
 
     def latency_seconds(self, request_key: bytes, attempt_number: int = 1) -> float:
         """Fixed latency plus a lognormal tail (mean ``latency_tail_seconds``) drawn per attempt."""
@@ -490,6 +523,16 @@ class BehaviourModel:
             cache.clear()
         cache[id(schema)] = (schema, factory)
         return factory
+
+
+def _tokens_free_at(spent: deque[tuple[float, int]], excess: int) -> float:
+    """Admit time of the charge whose leaving the window frees ``excess`` tokens."""
+    freed = 0
+    for at, amount in spent:
+        freed += amount
+        if freed >= excess:
+            return at
+    return spent[-1][0]
 
 
 def _plain(value: object) -> object:

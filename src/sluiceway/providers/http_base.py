@@ -1,97 +1,42 @@
 """The shared HTTP boundary of provider clients: one POST per attempt, no transport retries.
 
-:class:`HttpProviderBase` owns the httpx client (pool sized from the caps, timeouts from the
-model config, ``retries=0``), sends one request and maps every transport failure and non-2xx
-answer to a typed error. Credentials live only in the request headers; they are never put into
-messages, ``repr`` or logs.
-
-httpcore's pool does work quadratic in its connection count on every request, so the connections
-are split over small pools (:class:`ShardedTransport`) and each request goes to the least busy one.
-(``sniffio`` is a declared dependency: without it httpcore retries a failing import, a scan of
-``sys.path``, each time it creates a lock.)
+:class:`HttpProviderBase` owns the httpx client (its transport, :class:`Http11Transport`, is a
+pool of ``max_connections`` keep-alive connections sized from the caps, and never retries;
+when the environment names a proxy for ``base_url`` — ``HTTPS_PROXY`` and the like — httpx's
+own transport is used instead, so the proxy is honoured, also without retries; timeouts come
+from the model config), sends one request and maps every transport failure and
+non-2xx answer to a typed error. Credentials live only in the request headers; they are never
+put into messages, ``repr`` or logs.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
+from httpx._utils import URLPattern, get_environment_proxies
 
 from sluiceway.errors import ProviderTimeoutError, ProviderUnavailableError
 from sluiceway.providers.http_errors import error_for_response, redact
-
-SHARD_CONNECTIONS = 8  # connections per pool of a ShardedTransport
-
-
-class _CountedStream(httpx.AsyncByteStream):
-    """A response body that frees its shard's slot once, when it is closed."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, owner: ShardedTransport, index: int) -> None:
-        self._inner = inner
-        self._owner = owner
-        self._index = index
-        self._open = True
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            if self._open:
-                self._open = False
-                self._owner._busy[self._index] -= 1
+from sluiceway.providers.http_transport import Http11Transport
 
 
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """``max_connections`` split over pools of at most ``shard_connections``; no retries.
-
-    A request goes to the pool with the fewest requests in flight (response bodies included),
-    so while fewer than ``max_connections`` requests are in flight none waits for a connection.
-    """
-
-    def __init__(self, max_connections: int, shard_connections: int = SHARD_CONNECTIONS) -> None:
-        if max_connections < 1 or shard_connections < 1:
-            raise ValueError(
-                "ShardedTransport needs max_connections >= 1 and shard_connections >= 1, got "
-                f"{max_connections} and {shard_connections}"
-            )
-        count = -(-max_connections // shard_connections)
-        size = -(-max_connections // count)
-        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-        self._shards = [httpx.AsyncHTTPTransport(retries=0, limits=limits) for _ in range(count)]
-        self._busy = [0] * count
-
-    @property
-    def shard_count(self) -> int:
-        return len(self._shards)
-
-    @property
-    def in_flight(self) -> tuple[int, ...]:
-        return tuple(self._busy)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        busy = self._busy
-        index = min(range(len(busy)), key=busy.__getitem__)
-        busy[index] += 1
-        try:
-            response = await self._shards[index].handle_async_request(request)
-        except BaseException:
-            busy[index] -= 1
-            raise
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
-        response.stream = _CountedStream(stream, self, index)
-        return response
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
+def uses_proxy(base_url: str) -> bool:
+    """Whether httpx, reading the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``,
+    ``NO_PROXY``), would send requests to ``base_url`` through a proxy."""
+    url = httpx.URL(base_url)
+    # The most specific pattern wins, as in httpx's own mount lookup.
+    patterns = sorted(
+        ((URLPattern(pattern), proxy) for pattern, proxy in get_environment_proxies().items()),
+        key=lambda pair: pair[0],
+    )
+    for pattern, proxy in patterns:
+        if pattern.matches(url):
+            return proxy is not None
+    return False
 
 
 class HttpProviderBase:
@@ -113,16 +58,20 @@ class HttpProviderBase:
         self._secret = secret
         self._base_url = base_url.rstrip("/")
         self._default_timeout_seconds = default_timeout_seconds
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        self._client = httpx.AsyncClient(
-            headers={**dict(headers or {}), **dict(auth_headers)},
-            limits=limits,
-            timeout=httpx.Timeout(default_timeout_seconds),
-            # No retries underneath: every attempt is admitted and counted by the executor.
-            transport=transport or ShardedTransport(max_connections),
-        )
+        common: dict[str, Any] = {
+            "headers": {**dict(headers or {}), **dict(auth_headers)},
+            "timeout": httpx.Timeout(default_timeout_seconds),
+        }
+        # No retries underneath: every attempt is admitted and counted by the executor.
+        if transport is None and uses_proxy(self._base_url):
+            # httpx's transports retry nothing by default; its limits size the pool.
+            self._client = httpx.AsyncClient(
+                **common, limits=httpx.Limits(max_connections=max_connections)
+            )
+        else:
+            self._client = httpx.AsyncClient(
+                **common, transport=transport or Http11Transport(max_connections)
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, base_url={self._base_url!r})"

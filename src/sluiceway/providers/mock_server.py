@@ -1,7 +1,7 @@
 """The loopback mock provider server (SPEC §7.3): an OpenAI-compatible HTTP endpoint on 127.0.0.1.
 
-It reuses the simulated provider's :class:`BehaviourModel`, one per model id, so capacity and
-RPM are per model: beyond them it answers 429 with ``Retry-After`` (seconds, HTTP-date or
+It reuses the simulated provider's :class:`BehaviourModel`, one per model id, so capacity, RPM
+and TPM are per model: beyond them it answers 429 with ``Retry-After`` (seconds, HTTP-date or
 ``retry-after-ms``) and ``x-ratelimit-*`` headers, or, in queueing mode, slows down instead.
 Faults (500, 503, hang, connection reset, malformed body) are injected by rate or forced per
 request with the ``x-mock-fault`` header. ``GET /stats`` returns counters per model and an
@@ -249,7 +249,10 @@ class MockProviderServer:
             return
         loop = asyncio.get_running_loop()
         behaviour = self.behaviour(model_request.model_id)
-        refusal = behaviour.admit(loop.time())
+        tokens = 0
+        if self.settings.simulation.tpm is not None:
+            tokens = behaviour.token_cost(model_request)
+        refusal = behaviour.admit(loop.time(), tokens)
         if refusal is not None:
             self._refuse(connection, request, refusal)
             return
@@ -326,11 +329,18 @@ class MockProviderServer:
         else:
             headers["retry-after"] = str(max(0, int(wait + 0.999)))
         simulation = self.settings.simulation
-        limit = simulation.capacity if refusal.reason is RefusalReason.CAPACITY else simulation.rpm
-        if limit is not None:
-            headers["x-ratelimit-limit-requests"] = str(limit)
-            headers["x-ratelimit-remaining-requests"] = "0"
-            headers["x-ratelimit-reset-requests"] = f"{wait:.3f}s"
+        if refusal.reason is RefusalReason.TPM:
+            headers["x-ratelimit-limit-tokens"] = str(simulation.tpm)
+            headers["x-ratelimit-remaining-tokens"] = "0"
+            headers["x-ratelimit-reset-tokens"] = f"{wait:.3f}s"
+        else:
+            limit = (
+                simulation.capacity if refusal.reason is RefusalReason.CAPACITY else simulation.rpm
+            )
+            if limit is not None:
+                headers["x-ratelimit-limit-requests"] = str(limit)
+                headers["x-ratelimit-remaining-requests"] = "0"
+                headers["x-ratelimit-reset-requests"] = f"{wait:.3f}s"
         body = _error(
             "rate_limit_exceeded",
             f"Rate limit reached ({refusal.reason.value}); retry after {wait:.3f}s.",

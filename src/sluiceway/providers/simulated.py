@@ -1,8 +1,8 @@
 """The in-process simulated provider: the behaviour model behind an async ``send``, no sockets.
 
 It answers offline and deterministically (``type: simulated`` providers), with the latency,
-capacity, rate limits and faults of :mod:`sluiceway.providers.behaviour`. Capacity and RPM
-apply per model id, like a real endpoint's per-model limits.
+capacity, rate limits and faults of :mod:`sluiceway.providers.behaviour`. Capacity, RPM and
+TPM apply per model id, like a real endpoint's per-model limits.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class SimulatedProvider:
 
     async def send(self, request: ModelRequest) -> ModelResponse:
         behaviour = self.behaviour_for(request.model_id)
-        refusal = behaviour.admit(self._now())
+        tokens = behaviour.token_cost(request) if self.settings.tpm is not None else 0
+        refusal = behaviour.admit(self._now(), tokens)
         if refusal is not None:
             raise RateLimitedError(
                 f"simulated provider {self.name!r}: model {request.model_id!r} refused the "

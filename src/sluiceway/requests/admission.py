@@ -2,11 +2,14 @@
 
 Each provider/model has a static aggregate cap over all its domains, one weighted-fair waiter
 queue and a circuit breaker; each domain has a limit read from a :class:`RequestLimit` (static or
-adaptive) which may also impose a cooldown. Every state change that hands out capacity goes
-through ``_assign`` (synchronous), which resolves waiter futures with their lease before the
-waiters run. Cooldown ends and ramp steps wake waiters by a timer, never by polling. Every lease
-is released exactly once. Request admission events (SPEC §9.1) are built only when a sink of the
-controller's ``EventBus`` listens; events about one acquire are emitted in the caller's context.
+adaptive) which may also impose a cooldown. Optional rpm / tpm budgets (per provider/model and
+per shared account key, :mod:`sluiceway.requests.budgets`) are charged in the step that grants a
+lease and settled at its release. Every state change that hands out capacity goes through
+``_assign`` (synchronous), which resolves waiter futures with their lease before the waiters
+run. Cooldown ends, ramp steps and budget windows wake waiters by a timer, never by polling.
+Every lease is released exactly once. Request admission events (SPEC §9.1) are built only when
+a sink of the controller's ``EventBus`` listens; events about one acquire are emitted in the
+caller's context.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextvars
 import enum
 import functools
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -52,6 +56,14 @@ from sluiceway.observability.request_events import (
     RequestWaitCompleted,
     RequestWaitStarted,
     RequestWaitTimeout,
+)
+from sluiceway.requests.budgets import (
+    BudgetCharge,
+    BudgetKind,
+    BudgetLimits,
+    BudgetStatistics,
+    RequestBudgets,
+    RollingBudget,
 )
 from sluiceway.requests.keys import ProviderModelKey, RequestDomain, RequestResourceKey
 from sluiceway.requests.limits import (
@@ -158,7 +170,11 @@ class ReleaseResult(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestAdmissionItem:
-    """One request asking for a lease: resource, fairness group and weight, correlation."""
+    """One request asking for a lease: resource, fairness group and weight, correlation.
+
+    ``estimated_tokens`` is what a ``tpm`` budget reserves at the grant (settled at release to
+    the usage the provider reported); it matters only where such a budget is set.
+    """
 
     resource: RequestResourceKey
     group: str = DEFAULT_GROUP
@@ -166,6 +182,7 @@ class RequestAdmissionItem:
     queue_wait_timeout_seconds: float | None = None
     correlation: TaskCorrelation | None = None
     attempt_id: int = 0
+    estimated_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.weight < 1:
@@ -178,6 +195,11 @@ class RequestAdmissionItem:
                 f"request admission item for {self.resource} has queue_wait_timeout_seconds="
                 f"{self.queue_wait_timeout_seconds}; use None (wait forever) or a value >= 0"
             )
+        if self.estimated_tokens < 0:
+            raise EngineError(
+                f"request admission item for {self.resource} has estimated_tokens="
+                f"{self.estimated_tokens}; token estimates must be >= 0"
+            )
 
     @classmethod
     def capture(
@@ -188,6 +210,7 @@ class RequestAdmissionItem:
         group: str | None = None,
         weight: int | None = None,
         queue_wait_timeout_seconds: float | None = None,
+        estimated_tokens: int = 0,
     ) -> RequestAdmissionItem:
         """Build an item for the task running now (``sluiceway.context.current_task``).
 
@@ -205,6 +228,7 @@ class RequestAdmissionItem:
             queue_wait_timeout_seconds=queue_wait_timeout_seconds,
             correlation=correlation,
             attempt_id=attempt_id,
+            estimated_tokens=estimated_tokens,
         )
 
 
@@ -219,12 +243,17 @@ class RequestAdmissionLease:
     granted_at: float
     limit_at_grant: int
     owner: int = field(repr=False)
+    reserved_tokens: int = 0  # charged to the tpm budgets of its provider/model, if any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestAdmissionDenied:
+    """Why ``try_acquire`` gave no lease. A budget refusal is ``no_capacity`` with
+    ``budget_ready_at`` set: the clock time at which the budget admits this request."""
+
     reason: DenialReason
     queued_waiters_ahead: int = 0
+    budget_ready_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -257,6 +286,8 @@ class ProviderModelStatistics:
     domains: Mapping[RequestDomain, RequestDomainStatistics]
     breaker: BreakerState = BreakerState.CLOSED
     breaker_openings: int = 0
+    budgets: tuple[BudgetStatistics, ...] = ()
+    budget_denials: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -295,6 +326,23 @@ class DomainPressure:
     release_diagnostics: int
 
 
+class BudgetScope(enum.Enum):
+    MODEL = "model"  # the rpm / tpm of one provider/model
+    ACCOUNT = "account"  # a budget key shared by several provider/models
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetPressure:
+    """One budget a provider/model's leases are charged to, at ``captured_at``."""
+
+    scope: BudgetScope
+    name: str  # the provider/model, or the account's budget key
+    kind: BudgetKind
+    limit: int
+    used: int  # inside the rolling window; may exceed ``limit`` after usage above the estimate
+    ready_in_seconds: float  # until one more request (rpm) or one more token (tpm) fits
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProviderModelPressure:
     """Read-only state of one provider/model and its domains."""
@@ -306,11 +354,18 @@ class ProviderModelPressure:
     aliases: tuple[str, ...]
     breaker: BreakerState
     domains: Mapping[RequestDomain, DomainPressure]
+    budgets: tuple[BudgetPressure, ...] = ()
+
+    @property
+    def budget_blocked(self) -> bool:
+        """True while a budget of this provider/model admits no further request."""
+        return any(budget.ready_in_seconds > 0 for budget in self.budgets)
 
     @property
     def headroom(self) -> int:
-        """Leases a new request could get now across the aggregate cap (0 while blocked)."""
-        if self.breaker is not BreakerState.CLOSED:
+        """Leases a new request could get now across the aggregate cap (0 while blocked by the
+        breaker or a budget)."""
+        if self.breaker is not BreakerState.CLOSED or self.budget_blocked:
             return 0
         return max(0, self.static_cap - self.in_flight)
 
@@ -340,12 +395,32 @@ class RequestPressure:
         return self._controller._pressure_snapshot()
 
 
+class _Budget:
+    """One rolling budget and the provider/models whose leases are charged to it."""
+
+    __slots__ = ("budget", "name", "pools", "scope")
+
+    def __init__(self, scope: BudgetScope, name: str, budget: RollingBudget) -> None:
+        self.scope = scope
+        self.name = name
+        self.budget = budget
+        self.pools: list[_Pool] = []
+
+    def amount(self, item: RequestAdmissionItem) -> int:
+        return 1 if self.budget.kind is BudgetKind.REQUESTS else item.estimated_tokens
+
+
 class _Pool:
-    """Mutable state of one provider/model: aggregate cap, in flight, waiter queue, breaker."""
+    """Mutable state of one provider/model: aggregate cap, in flight, waiter queue, breaker,
+    budgets and the timer that wakes waiters a budget holds back."""
 
     __slots__ = (
         "breaker",
         "breaker_openings",
+        "budget_deadline",
+        "budget_denials",
+        "budget_timer",
+        "budgets",
         "cap",
         "failing_since",
         "granted_total",
@@ -373,6 +448,10 @@ class _Pool:
         self.failing_since: float | None = None
         self.probe_at = 0.0
         self.probing = False
+        self.budgets: tuple[_Budget, ...] = ()
+        self.budget_deadline: float | None = None
+        self.budget_timer: TimerHandle | None = None
+        self.budget_denials = 0
 
 
 class RequestEventTags(TypedDict):
@@ -470,7 +549,7 @@ class _Waiter:
         self.item = item
         self.domain = domain
         self.future = future
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: TimerHandle | None = None
         self.in_flight_at_grant = 0
 
 
@@ -482,6 +561,41 @@ def _checked_limit(resource: RequestResourceKey, limit: int) -> int:
 
 def _is_eligible(entry: QueueEntry[_Waiter]) -> bool:
     return entry.item.domain.has_capacity()
+
+
+def _settle(
+    charges: tuple[tuple[_Budget, BudgetCharge], ...], amount: int, now: float, *, tokens_only: bool
+) -> list[_Pool]:
+    """Correct a lease's charges to ``amount``; returns the pools of budgets that got room."""
+    freed: list[_Pool] = []
+    for budget, charge in charges:
+        if tokens_only and budget.budget.kind is not BudgetKind.TOKENS:
+            continue
+        if budget.budget.settle(charge, amount, now) < 0:
+            freed.extend(budget.pools)
+    return freed
+
+
+def _budget_pressure(budget: _Budget, now: float) -> BudgetPressure:
+    rolling = budget.budget
+    return BudgetPressure(
+        scope=budget.scope,
+        name=budget.name,
+        kind=rolling.kind,
+        limit=rolling.limit,
+        used=rolling.used(now),
+        ready_in_seconds=rolling.ready_at(1, now) - now,
+    )
+
+
+def _budget_ready_at(pool: _Pool, item: RequestAdmissionItem, now: float) -> float:
+    """When every budget of ``pool`` can be charged for ``item`` (``now`` if it can be now)."""
+    ready_at = now
+    for budget in pool.budgets:
+        at = budget.budget.ready_at(budget.amount(item), now)
+        if at > ready_at:
+            ready_at = at
+    return ready_at
 
 
 def _breaker_cap(pool: _Pool) -> int:
@@ -534,7 +648,10 @@ class RequestAdmissionController:
     ``clock`` and ``timers`` are collaborators: the default clock is ``time.monotonic`` and the
     default timers run on the event loop; tests pass a fake clock that also schedules timers.
     ``events`` receives the request admission events (default: a bus with no sinks, so none is
-    built); their ``captured_at`` is read from ``clock``. Every acquisition, blocking or not,
+    built); their ``captured_at`` is read from ``clock``. ``budgets`` adds rpm / tpm budgets per
+    provider/model and per shared account key: a lease is granted only when every budget of its
+    provider/model can be charged, and a waiter held by a budget is woken by a timer when the
+    window has room. Every acquisition, blocking or not,
     emits ``request_wait_started`` and then exactly one of ``request_wait_completed``,
     ``request_wait_timeout``, ``request_wait_cancelled`` or ``request_acquire_denied``.
     """
@@ -550,6 +667,7 @@ class RequestAdmissionController:
         aliases: Mapping[ProviderModelKey, tuple[str, ...]] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         events: EventBus | None = None,
+        budgets: RequestBudgets | None = None,
     ) -> None:
         for key, cap in static_caps.items():
             if cap < 1:
@@ -561,6 +679,8 @@ class RequestAdmissionController:
         self._pools = {key: _Pool(key, cap) for key, cap in static_caps.items()}
         self._domains: dict[RequestResourceKey, _Domain] = {}
         self._live: dict[int, RequestAdmissionLease] = {}
+        # Budget charges of each live lease (only for provider/models with budgets).
+        self._charges: dict[int, tuple[tuple[_Budget, BudgetCharge], ...]] = {}
         self._next_lease_id = 0
         self._next_waiter_id = 0
         self._release_diagnostics = 0
@@ -581,6 +701,42 @@ class RequestAdmissionController:
         self._aliases = dict(aliases or {})
         self._pressure = RequestPressure(self)
         self._events = events if events is not None else EventBus()
+        if budgets is not None:
+            self._install_budgets(budgets)
+
+    def _install_budgets(self, budgets: RequestBudgets) -> None:
+        unknown = [
+            str(key) for key in (*budgets.models, *budgets.account_of) if key not in self._pools
+        ]
+        if unknown:
+            known = ", ".join(str(key) for key in self._pools) or "none"
+            raise EngineError(
+                f"budgets name provider/models that request admission does not know: "
+                f"{', '.join(sorted(set(unknown)))}; known provider/models: {known}"
+            )
+        window = budgets.window_seconds
+
+        def made(scope: BudgetScope, name: str, limits: BudgetLimits) -> list[_Budget]:
+            return [
+                _Budget(scope, name, RollingBudget(kind, limit, window))
+                for kind, limit in (
+                    (BudgetKind.REQUESTS, limits.rpm),
+                    (BudgetKind.TOKENS, limits.tpm),
+                )
+                if limit is not None
+            ]
+
+        accounts = {
+            name: made(BudgetScope.ACCOUNT, name, limits)
+            for name, limits in budgets.accounts.items()
+        }
+        for key, pool in self._pools.items():
+            own = made(BudgetScope.MODEL, str(key), budgets.models.get(key, BudgetLimits()))
+            account = budgets.account_of.get(key)
+            shared = accounts[account] if account is not None else []
+            pool.budgets = (*own, *shared)
+            for budget in pool.budgets:
+                budget.pools.append(pool)
 
     # -- acquiring ---------------------------------------------------------------------------
 
@@ -621,6 +777,14 @@ class RequestAdmissionController:
             return _DENIED_COOLDOWN
         if pool.in_flight >= pool.cap or domain.in_flight >= domain.limit:
             return _DENIED_NO_CAPACITY
+        if pool.budgets:
+            now = self._clock()
+            ready_at = _budget_ready_at(pool, item, now)
+            if ready_at > now:
+                pool.budget_denials += 1
+                return RequestAdmissionDenied(
+                    reason=DenialReason.NO_CAPACITY, budget_ready_at=ready_at
+                )
         if pool.breaker is BreakerState.HALF_OPEN:
             pool.probing = True
         return self._grant(domain, item)
@@ -686,7 +850,11 @@ class RequestAdmissionController:
             # cooldowns; the newcomer may still be eligible, in fair order.
             self._assign(domain.pool)
         if timeout_seconds is not None and not waiter.future.done():
-            waiter.timer = loop.call_later(timeout_seconds, self._expire, waiter, timeout_seconds)
+            # On the controller's timers, so a fake clock drives queue-wait timeouts too.
+            waiter.timer = self._timers.call_at(
+                started_at + timeout_seconds,
+                functools.partial(self._expire, waiter, timeout_seconds),
+            )
         try:
             lease = await waiter.future
         except BaseException as error:
@@ -742,9 +910,7 @@ class RequestAdmissionController:
                 and future.exception() is None
             )
             if granted:
-                target.call_soon_threadsafe(
-                    self.release, future.result(), RequestReleaseOutcome.LOCAL_CANCELLED
-                )
+                target.call_soon_threadsafe(self._return_grant, future.result())
             raise
 
     def release_threadsafe(
@@ -753,12 +919,19 @@ class RequestAdmissionController:
         outcome: RequestReleaseOutcome,
         *,
         retry_after_seconds: float | None = None,
+        usage_tokens: int | None = None,
     ) -> None:
         """Schedule ``release`` on the controller's loop from a worker thread."""
         if self._loop is None:
             raise EngineError("release_threadsafe needs the loop the lease was acquired on")
         self._loop.call_soon_threadsafe(
-            functools.partial(self.release, lease, outcome, retry_after_seconds=retry_after_seconds)
+            functools.partial(
+                self.release,
+                lease,
+                outcome,
+                retry_after_seconds=retry_after_seconds,
+                usage_tokens=usage_tokens,
+            )
         )
 
     # -- releasing ---------------------------------------------------------------------------
@@ -769,13 +942,21 @@ class RequestAdmissionController:
         outcome: RequestReleaseOutcome,
         *,
         retry_after_seconds: float | None = None,
+        usage_tokens: int | None = None,
     ) -> ReleaseResult:
         """Return a lease's capacity and report its outcome to the domain's limit.
 
-        Never raises for misuse: a second release, a lease of another controller or an unknown
-        lease returns a diagnostic result and changes nothing. Raises :class:`EngineError` only
-        when the controller's own counts are broken.
+        ``usage_tokens`` (the tokens the provider reported) settles the lease's tpm charges;
+        without it the estimate reserved at the grant stays charged. Never raises for misuse:
+        a second release, a lease of another controller or an unknown lease returns a
+        diagnostic result and changes nothing. Raises :class:`EngineError` only when the
+        controller's own counts are broken or ``usage_tokens`` is negative.
         """
+        if usage_tokens is not None and usage_tokens < 0:
+            raise EngineError(
+                f"releasing lease {lease.lease_id} of {lease.resource} with usage_tokens="
+                f"{usage_tokens}; reported usage must be >= 0 (or None when unknown)"
+            )
         if lease.owner != self._owner:
             return self._diagnose(lease, ReleaseResult.FOREIGN)
         live = self._live.pop(lease.lease_id, None)
@@ -794,6 +975,10 @@ class RequestAdmissionController:
                 f"{domain.in_flight} (domain) / {pool.in_flight} (provider/model) below 1"
             )
         now = self._clock()
+        freed: list[_Pool] = []
+        charges = self._charges.pop(lease.lease_id, None) if self._charges else None
+        if charges is not None and usage_tokens is not None:
+            freed = _settle(charges, usage_tokens, now, tokens_only=True)
         in_flight_with_this = domain.in_flight
         domain.in_flight -= 1
         pool.in_flight -= 1
@@ -850,6 +1035,10 @@ class RequestAdmissionController:
             )
         if pool.queue:
             self._assign(pool)
+        for other in freed:
+            # Usage below the estimate left room in a budget shared with other provider/models.
+            if other is not pool and other.queue:
+                self._assign(other)
         return ReleaseResult.OK
 
     def _diagnose(self, lease: RequestAdmissionLease, result: ReleaseResult) -> ReleaseResult:
@@ -879,6 +1068,8 @@ class RequestAdmissionController:
             if domain.timer is not None:
                 domain.timer.cancel()
                 domain.timer = None
+        for pool in self._pools.values():
+            self._arm_budget_timer(pool, math.inf)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -901,21 +1092,39 @@ class RequestAdmissionController:
         return self._pressure
 
     def has_capacity(self, resource: RequestResourceKey) -> bool:
-        """True when a ``try_acquire`` for ``resource`` would be granted now."""
+        """True when a ``try_acquire`` for ``resource`` would be granted now (for a budget:
+        one more request of one token)."""
         if self._shutting_down:
             return False
         domain = self._domains.get(resource)
         if domain is None:
             pool = self._pools.get(resource.provider_model)
-            return (
-                pool is not None
-                and pool.breaker is BreakerState.CLOSED
-                and pool.in_flight < pool.cap
-            )
+            if pool is None or pool.breaker is not BreakerState.CLOSED:
+                return False
+            return pool.in_flight < pool.cap and not self._budget_blocked(pool)
         pool = domain.pool
-        return pool.breaker is BreakerState.CLOSED and not pool.queue and domain.has_capacity()
+        return (
+            pool.breaker is BreakerState.CLOSED
+            and not pool.queue
+            and domain.has_capacity()
+            and not self._budget_blocked(pool)
+        )
+
+    def reserves_tokens(self, resource: RequestResourceKey) -> bool:
+        """True when a tpm budget applies to ``resource`` (items then need a token estimate)."""
+        pool = self._pools.get(resource.provider_model)
+        return pool is not None and any(
+            budget.budget.kind is BudgetKind.TOKENS for budget in pool.budgets
+        )
+
+    def _budget_blocked(self, pool: _Pool) -> bool:
+        if not pool.budgets:
+            return False
+        now = self._clock()
+        return any(budget.budget.ready_at(1, now) > now for budget in pool.budgets)
 
     def statistics(self) -> RequestAdmissionStatistics:
+        now = self._clock()
         domains_by_pool: dict[ProviderModelKey, dict[RequestDomain, RequestDomainStatistics]] = {
             key: {} for key in self._pools
         }
@@ -948,6 +1157,8 @@ class RequestAdmissionController:
                 domains=MappingProxyType(domains_by_pool[key]),
                 breaker=pool.breaker,
                 breaker_openings=pool.breaker_openings,
+                budgets=tuple(budget.budget.statistics(now) for budget in pool.budgets),
+                budget_denials=pool.budget_denials,
             )
             for key, pool in self._pools.items()
         }
@@ -1012,6 +1223,7 @@ class RequestAdmissionController:
                         aliases=self._aliases.get(key, ()),
                         breaker=pool.breaker,
                         domains=MappingProxyType(by_pool[key]),
+                        budgets=tuple(_budget_pressure(budget, now) for budget in pool.budgets),
                     )
                     for key, pool in self._pools.items()
                 }
@@ -1029,8 +1241,22 @@ class RequestAdmissionController:
         """
         queue = pool.queue
         last: _Waiter | None = None
+        eligible = _is_eligible
+        held_until = [math.inf]  # earliest instant a budget admits a waiter it holds back
+        if pool.budgets:
+            now = self._clock()
+
+            def eligible(entry: QueueEntry[_Waiter]) -> bool:
+                if not entry.item.domain.has_capacity():
+                    return False
+                ready_at = _budget_ready_at(pool, entry.item.item, now)
+                if ready_at > now:
+                    held_until[0] = min(held_until[0], ready_at)
+                    return False
+                return True
+
         while queue and pool.in_flight < pool.cap:
-            selection = queue.select_next(_is_eligible)
+            selection = queue.select_next(eligible)
             if selection is None:
                 break
             waiter = queue.commit(selection)
@@ -1045,6 +1271,28 @@ class RequestAdmissionController:
             waiter.in_flight_at_grant = waiter.domain.in_flight
         if last is not None and not queue:
             self._emit_queue_drained(last.domain)
+        if pool.budgets:
+            self._arm_budget_timer(pool, held_until[0] if queue else math.inf)
+
+    def _arm_budget_timer(self, pool: _Pool, deadline: float) -> None:
+        """Wake ``pool``'s waiters when a budget next has room for one of them."""
+        wanted = None if deadline == math.inf or self._shutting_down else deadline
+        if wanted == pool.budget_deadline:
+            return
+        if pool.budget_timer is not None:
+            pool.budget_timer.cancel()
+            pool.budget_timer = None
+        pool.budget_deadline = wanted
+        if wanted is not None:
+            pool.budget_timer = self._timers.call_at(
+                wanted, functools.partial(self._on_budget_deadline, pool)
+            )
+
+    def _on_budget_deadline(self, pool: _Pool) -> None:
+        pool.budget_timer = None
+        pool.budget_deadline = None
+        if not self._shutting_down and pool.queue:
+            self._assign(pool)
 
     def _refresh(
         self,
@@ -1121,7 +1369,7 @@ class RequestAdmissionController:
         pool.probing = False
         pool.probe_at = now + self._settings.breaker_probe_interval_seconds
         self._waiters_failed_by_breaker += self._fail_waiters(
-            pool, lambda waiter: self._breaker_error(pool)
+            pool, lambda waiter: self._breaker_error(pool), now=now
         )
 
     def _may_probe(self, domain: _Domain) -> bool:
@@ -1135,8 +1383,15 @@ class RequestAdmissionController:
                 pool.probing = False
         return pool.breaker is BreakerState.HALF_OPEN and not pool.probing
 
-    def _fail_waiters(self, pool: _Pool, error: Callable[[_Waiter], RequestAdmissionError]) -> int:
-        """Fail every queued waiter of ``pool`` with ``error(waiter)``; returns how many."""
+    def _fail_waiters(
+        self,
+        pool: _Pool,
+        error: Callable[[_Waiter], RequestAdmissionError],
+        *,
+        now: float | None = None,
+    ) -> int:
+        """Fail every queued waiter of ``pool`` with ``error(waiter)``; returns how many.
+        ``now``: the time of the state change that fails them, if the caller has one."""
         failed = 0
         queue = pool.queue
         last: _Waiter | None = None
@@ -1150,20 +1405,32 @@ class RequestAdmissionController:
                 failed += 1
                 waiter.future.set_exception(error(waiter))
         if last is not None:
-            self._emit_queue_drained(last.domain)
+            self._emit_queue_drained(last.domain, now)
         return failed
 
     def _grant(self, domain: _Domain, item: RequestAdmissionItem) -> RequestAdmissionLease:
+        """Count one lease; callers checked capacity and budgets in this same step."""
         pool = domain.pool
         self._next_lease_id += 1
+        now = self._clock()
+        budgets = pool.budgets
+        reserved_tokens = 0
+        if budgets:
+            # Charged in the step that grants: the budget check and the count cannot drift.
+            self._charges[self._next_lease_id] = tuple(
+                (budget, budget.budget.charge(budget.amount(item), now)) for budget in budgets
+            )
+            if any(budget.budget.kind is BudgetKind.TOKENS for budget in budgets):
+                reserved_tokens = item.estimated_tokens
         lease = RequestAdmissionLease(
             lease_id=self._next_lease_id,
             resource=domain.resource,
             group=item.group,
             attempt_id=item.attempt_id,
-            granted_at=self._clock(),
+            granted_at=now,
             limit_at_grant=domain.limit,
             owner=self._owner,
+            reserved_tokens=reserved_tokens,
         )
         self._live[self._next_lease_id] = lease
         in_flight = pool.in_flight + 1
@@ -1219,8 +1486,18 @@ class RequestAdmissionController:
             return
         if future.exception() is None:
             # Granted, but cancelled before it could run: give the lease back (wakes the next).
+            # The request was never sent, so its budget charges are taken back as well.
             self._grants_returned += 1
-            self.release(future.result(), RequestReleaseOutcome.LOCAL_CANCELLED)
+            self._return_grant(future.result())
+
+    def _return_grant(self, lease: RequestAdmissionLease) -> None:
+        """Release a lease whose request was never sent, taking back its budget charges."""
+        charges = self._charges.get(lease.lease_id) if self._charges else None
+        freed = [] if charges is None else _settle(charges, 0, self._clock(), tokens_only=False)
+        self.release(lease, RequestReleaseOutcome.LOCAL_CANCELLED)
+        for other in freed:
+            if other.queue:
+                self._assign(other)
 
     def _expire(self, waiter: _Waiter, timeout_seconds: float) -> None:
         if waiter.future.done():
@@ -1388,9 +1665,10 @@ class RequestAdmissionController:
                 )
             )
 
-    def _emit_queue_drained(self, domain: _Domain) -> None:
+    def _emit_queue_drained(self, domain: _Domain, now: float | None = None) -> None:
         if self._events.wants(EventKind.REQUEST_QUEUE_DRAINED):
-            self._events.emit(RequestQueueDrained(**domain.tags, captured_at=self._clock()))
+            at = self._clock() if now is None else now
+            self._events.emit(RequestQueueDrained(**domain.tags, captured_at=at))
 
     def _emit_cap_changed(self, domain: _Domain, previous_cap: int, cap: int, now: float) -> None:
         if previous_cap != cap and self._events.wants(EventKind.REQUEST_EFFECTIVE_CAP_CHANGED):
@@ -1449,12 +1727,20 @@ class RequestAdmissionController:
 
     def _timeout_error(self, domain: _Domain, timeout_seconds: float) -> RequestAdmissionError:
         pool = domain.pool
+        now = self._clock()
+        spent = [
+            f"{budget.name} {budget.budget.kind.value} {budget.budget.used(now)}/"
+            f"{budget.budget.limit}"
+            for budget in pool.budgets
+            if budget.budget.ready_at(1, now) > now
+        ]
+        budgets = f", budgets spent: {'; '.join(spent)}" if spent else ""
         return RequestAdmissionError(
             DenialReason.TIMEOUT.value,
             f"a request for {domain.resource} waited {timeout_seconds:g}s for a lease without "
             f"getting one (static cap {pool.cap}, limit {domain.limit}, {pool.in_flight} in "
-            f"flight, {len(pool.queue)} waiting); raise queue_wait_timeout_seconds or lower "
-            "the work in flight for this model",
+            f"flight, {len(pool.queue)} waiting{budgets}); raise queue_wait_timeout_seconds or "
+            "lower the work in flight for this model",
         )
 
     def _shutdown_error(self, resource: RequestResourceKey) -> RequestAdmissionError:
@@ -1475,7 +1761,11 @@ class RequestAdmissionController:
 
 class AdaptiveRequestAdmissionController(RequestAdmissionController):
     """A :class:`RequestAdmissionController` whose domains use :class:`AdaptiveRequestLimit`
-    (AIMD, one decrease per burst, ceiling memory, startup ramp, cooldown; SPEC §6.3)."""
+    (AIMD, one decrease per burst, ceiling memory, startup ramp, cooldown; SPEC §6.3).
+
+    ``model_limit_settings`` overrides ``limit_settings`` for some provider/models, e.g. to turn
+    the latency-gradient limit on only for a self-hosted server that queues instead of
+    answering 429."""
 
     def __init__(
         self,
@@ -1488,14 +1778,19 @@ class AdaptiveRequestAdmissionController(RequestAdmissionController):
         aliases: Mapping[ProviderModelKey, tuple[str, ...]] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         events: EventBus | None = None,
+        budgets: RequestBudgets | None = None,
+        model_limit_settings: Mapping[ProviderModelKey, AdaptiveLimitSettings] | None = None,
     ) -> None:
         super().__init__(
             static_caps,
             clock=clock,
-            limits=adaptive_limits(limit_settings or AdaptiveLimitSettings()),
+            limits=adaptive_limits(
+                limit_settings or AdaptiveLimitSettings(), per_model=model_limit_settings
+            ),
             settings=settings,
             timers=timers,
             aliases=aliases,
             loop=loop,
             events=events,
+            budgets=budgets,
         )

@@ -2,8 +2,10 @@
 
 One ``execute_attempt`` is one outbound attempt under one request lease. ``execute`` is the
 retry loop around attempts, bounded by a :class:`RetryPolicy`; it holds no lease while it
-sleeps between attempts. It emits ``model_request_started`` / ``model_request_completed``
-around each outbound call, timed on the controller's clock like the admission events.
+sleeps between attempts. Where a tpm budget applies, each attempt reserves an estimate of its
+tokens and its release reports the usage the provider answered with. It emits
+``model_request_started`` / ``model_request_completed`` around each outbound call, timed on the
+controller's clock like the admission events.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sluiceway.requests.admission import (
     RequestAdmissionItem,
     request_event_tags,
 )
+from sluiceway.requests.budgets import estimate_request_tokens
 from sluiceway.requests.keys import RequestResourceKey
 from sluiceway.requests.outcomes import RequestReleaseOutcome, classify_exception
 from sluiceway.requests.retry import RetryPolicy, retry_delay_seconds
@@ -158,7 +161,15 @@ class ModelRequestExecutor:
                         captured_at=completed_at,
                     )
                 )
-            result = controller.release(lease, outcome, retry_after_seconds=retry_after_seconds)
+            usage_tokens = None
+            if response is not None and response.usage.total_tokens > 0:
+                usage_tokens = response.usage.total_tokens  # settles a tpm reservation
+            result = controller.release(
+                lease,
+                outcome,
+                retry_after_seconds=retry_after_seconds,
+                usage_tokens=usage_tokens,
+            )
             if not result.released:
                 self._release_diagnostics += 1
 
@@ -181,6 +192,9 @@ class ModelRequestExecutor:
         now = self._now
         started_at = now()
         attempt = 0
+        estimated_tokens = (
+            estimate_request_tokens(request) if self._controller.reserves_tokens(resource) else 0
+        )
         while True:
             attempt += 1
             item = RequestAdmissionItem.capture(
@@ -189,6 +203,7 @@ class ModelRequestExecutor:
                 group=group,
                 weight=weight,
                 queue_wait_timeout_seconds=self._queue_wait_timeout_seconds,
+                estimated_tokens=estimated_tokens,
             )
             try:
                 return await self.execute_attempt(item, client, request)

@@ -7,14 +7,20 @@ pure classes that take ``now`` and samples and return a new state:
 
 - :class:`AimdLimit`: additive increase, multiplicative decrease.
   On a rate limit: ``limit = max(1, floor(limit * decrease_factor))``, at most once per burst
-  (a lease granted at a higher limit than the current one does not decrease again); the limit
-  in force is remembered as the *ceiling*. On a success outside cooldown while the limit is in
-  use (``in_flight >= ceil(limit * usage_ratio)``): after ``successes_until_increase``
-  successes ``limit += increase_step`` up to the effective max. At or above the remembered
-  ceiling each increase needs ``ceiling_caution`` times as many successes, and a step that
-  would reach the ceiling waits until ``ceiling_hold_seconds`` have passed since the last rate
+  (a lease granted at a higher limit than the current one does not decrease again). The
+  concurrency at which the provider refused is remembered as the *ceiling*: the requests in
+  flight when the burst's first refusal arrived, less one for each further refusal of the same
+  burst, kept within ``[decreased limit + 1, limit in force]``. A limit of 36 against a provider
+  that serves 32 (4 refusals) remembers 33, not 36.
+  On a success outside cooldown while the limit is in use
+  (``in_flight >= ceil(limit * usage_ratio)``): after ``successes_until_increase`` successes
+  ``limit += increase_step`` up to the effective max. At or above the remembered ceiling each
+  increase needs ``ceiling_caution`` times as many successes, and a step that would reach the
+  ceiling waits until the hold (``ceiling_hold_seconds``) has passed since the last rate
   limit, so the limit settles just below the last known rate-limit point instead of
-  sawtoothing back into it (each probe costs a 429 and a cooldown).
+  sawtoothing back into it (each probe costs a 429 and a cooldown). A rate limit at or above
+  the concurrency of the previous refusal confirms it and doubles the hold, up to
+  ``ceiling_hold_max_seconds``; a rate limit below it starts the hold over.
 - :class:`StartupRamp`: from 1 to the initial limit linearly over ``ramp_seconds``;
   ``limit_at(now) = 1 + floor((target - 1) * (now - start) / ramp_seconds)``.
 - :class:`CooldownPolicy`: ``now + min(retry_after, max_seconds)``, or ``now + default_seconds``
@@ -34,11 +40,12 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sluiceway.errors import EngineError
-from sluiceway.requests.keys import RequestResourceKey
+from sluiceway.requests.keys import ProviderModelKey, RequestResourceKey
 from sluiceway.requests.outcomes import RequestReleaseOutcome
 
 # Outcomes that mean "the provider is under pressure": they decrease the limit and cool down.
@@ -147,6 +154,8 @@ class AimdState:
     successes: int = 0
     ceiling: int | None = None
     rate_limited_at: float | None = None
+    hold_seconds: float | None = None  # None: ``ceiling_hold_seconds``
+    refused_at: int | None = None  # concurrency of the last refusal, before the ceiling's bounds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,11 +169,13 @@ class AimdLimit:
     usage_ratio: float = 0.8
     ceiling_caution: int = 4
     ceiling_hold_seconds: float = 30.0
+    ceiling_hold_max_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        if self.ceiling_hold_seconds < 0:
+        if not 0 <= self.ceiling_hold_seconds <= self.ceiling_hold_max_seconds:
             raise EngineError(
-                f"AimdLimit.ceiling_hold_seconds must be >= 0, got {self.ceiling_hold_seconds}"
+                "AimdLimit needs 0 <= ceiling_hold_seconds <= ceiling_hold_max_seconds, got "
+                f"{self.ceiling_hold_seconds} and {self.ceiling_hold_max_seconds}"
             )
         if self.max_limit < 1:
             raise EngineError(f"AimdLimit.max_limit must be >= 1, got {self.max_limit}")
@@ -184,15 +195,41 @@ class AimdLimit:
             )
 
     def on_rate_limited(
-        self, state: AimdState, *, limit_at_grant: int, now: float | None = None
+        self,
+        state: AimdState,
+        *,
+        limit_at_grant: int,
+        now: float | None = None,
+        in_flight: int | None = None,
     ) -> AimdState:
+        """``in_flight``: requests in flight when this refusal arrived, itself included; without
+        it the ceiling is the limit in force."""
         if limit_at_grant > state.limit:
-            return state  # this burst already decreased the limit
+            # This burst already decreased the limit. Another refusal of it was in flight when
+            # the first one arrived: the provider served one fewer than counted then.
+            if in_flight is None or state.refused_at is None or state.refused_at <= 1:
+                return state
+            refused_at = state.refused_at - 1
+            return replace(
+                state,
+                refused_at=refused_at,
+                ceiling=max(state.limit + 1, refused_at),
+            )
+        limit = max(1, math.floor(state.limit * self.decrease_factor))
+        refused_at = state.limit if in_flight is None else max(1, min(state.limit, in_flight))
+        hold = self.ceiling_hold_seconds
+        known = state.refused_at if state.refused_at is not None else state.ceiling
+        if known is not None and state.limit >= known:
+            # Refused again at or above a concurrency refused before: probe less often.
+            hold = min(self.ceiling_hold_max_seconds, 2 * (state.hold_seconds or hold))
         return AimdState(
-            limit=max(1, math.floor(state.limit * self.decrease_factor)),
+            limit=limit,
             successes=0,
-            ceiling=state.limit,
+            # At or below the new limit a ceiling would say nothing about the next step up.
+            ceiling=min(state.limit, max(limit + 1, refused_at)),
             rate_limited_at=now,
+            hold_seconds=hold,
+            refused_at=refused_at,
         )
 
     def on_success(
@@ -209,11 +246,8 @@ class AimdLimit:
         ceiling = state.ceiling
         if ceiling is not None and limit + self.increase_step >= ceiling:
             held_since = state.rate_limited_at
-            if (
-                held_since is not None
-                and now is not None
-                and now - held_since < self.ceiling_hold_seconds
-            ):
+            hold = self.ceiling_hold_seconds if state.hold_seconds is None else state.hold_seconds
+            if held_since is not None and now is not None and now - held_since < hold:
                 return state  # stay below the last rate-limit point for a while
         if ceiling is not None and limit + self.increase_step > ceiling:
             needed *= self.ceiling_caution
@@ -363,6 +397,7 @@ class AdaptiveLimitSettings:
     usage_ratio: float = 0.8
     ceiling_caution: int = 4
     ceiling_hold_seconds: float = 30.0
+    ceiling_hold_max_seconds: float = 600.0  # never below ceiling_hold_seconds
     startup_ramp_seconds: float = 0.0
     default_cooldown_seconds: float = 2.0
     max_cooldown_seconds: float = 60.0
@@ -404,6 +439,9 @@ class AdaptiveRequestLimit:
             usage_ratio=settings.usage_ratio,
             ceiling_caution=settings.ceiling_caution,
             ceiling_hold_seconds=settings.ceiling_hold_seconds,
+            ceiling_hold_max_seconds=max(
+                settings.ceiling_hold_max_seconds, settings.ceiling_hold_seconds
+            ),
         )
         self._cooldown = CooldownPolicy(
             default_seconds=settings.default_cooldown_seconds,
@@ -489,7 +527,7 @@ class AdaptiveRequestLimit:
             self._ramp = None  # a rate limit aborts the startup ramp
             self._ramp_seconds = 0.0
             self._state = self._aimd.on_rate_limited(
-                self._state, limit_at_grant=limit_at_grant, now=now
+                self._state, limit_at_grant=limit_at_grant, now=now, in_flight=in_flight
             )
             until = self._cooldown.until(now, retry_after_seconds)
             if self._blocked_until is None or until > self._blocked_until:
@@ -507,10 +545,20 @@ class AdaptiveRequestLimit:
             self._changes[change] += 1
 
 
-def adaptive_limits(settings: AdaptiveLimitSettings) -> RequestLimitFactory:
-    """A :class:`RequestLimitFactory` giving every domain an :class:`AdaptiveRequestLimit`."""
+def adaptive_limits(
+    settings: AdaptiveLimitSettings,
+    *,
+    per_model: Mapping[ProviderModelKey, AdaptiveLimitSettings] | None = None,
+) -> RequestLimitFactory:
+    """A :class:`RequestLimitFactory` giving every domain an :class:`AdaptiveRequestLimit`.
+
+    ``per_model`` replaces ``settings`` for the domains of the provider/models it names (the
+    opt-in latency gradient of one self-hosted model, for instance).
+    """
+    overrides = dict(per_model or {})
 
     def factory(resource: RequestResourceKey, static_cap: int) -> RequestLimit:
-        return AdaptiveRequestLimit(settings, static_cap)
+        chosen = overrides.get(resource.provider_model, settings)
+        return AdaptiveRequestLimit(chosen, static_cap)
 
     return factory

@@ -1,19 +1,73 @@
-"""Request admission built from the run config: static or adaptive limits, breaker, timeout."""
+"""Request admission built from the run config: static or adaptive limits, breaker, timeout and
+the rpm / tpm budgets of the models."""
 
 from __future__ import annotations
 
-from sluiceway.config.models import RunConfig
+from collections.abc import Sequence
+
+from sluiceway.config.models import ModelConfig, ProviderConfig, RunConfig
 from sluiceway.observability import EventBus
 from sluiceway.requests.admission import RequestAdmissionController, RequestAdmissionSettings
-from sluiceway.requests.keys import RequestResourceResolver
+from sluiceway.requests.budgets import BudgetLimits, RequestBudgets
+from sluiceway.requests.keys import ProviderModelKey, RequestResourceResolver
 from sluiceway.requests.limits import AdaptiveLimitSettings, adaptive_limits, static_limits
 
 
+def _smallest(values: Sequence[int | None]) -> int | None:
+    given = [value for value in values if value is not None]
+    return min(given) if given else None
+
+
+def budgets_from_config(
+    providers: Sequence[ProviderConfig], models: Sequence[ModelConfig]
+) -> RequestBudgets | None:
+    """The budgets the config asks for, or ``None`` when no model sets ``rpm`` or ``tpm``.
+
+    Without a ``budget_key``, a model's ``rpm`` / ``tpm`` bound that provider/model alone (the
+    smallest value over its aliases, like the static cap). Every model of the providers that
+    share a ``budget_key`` is charged to one account budget whose ``rpm`` / ``tpm`` are the
+    smallest values given on any of those models.
+    """
+    key_of_provider = {provider.name: provider.budget_key for provider in providers}
+    by_model: dict[ProviderModelKey, list[ModelConfig]] = {}
+    by_account: dict[str, list[ModelConfig]] = {}
+    account_of: dict[ProviderModelKey, str] = {}
+    for model in models:
+        key = ProviderModelKey(provider=model.provider, model_id=model.model)
+        account = key_of_provider.get(model.provider)
+        if account is None:
+            by_model.setdefault(key, []).append(model)
+        else:
+            by_account.setdefault(account, []).append(model)
+            account_of[key] = account
+
+    def limits(members: list[ModelConfig]) -> BudgetLimits:
+        return BudgetLimits(
+            rpm=_smallest([m.rpm for m in members]), tpm=_smallest([m.tpm for m in members])
+        )
+
+    model_limits = {key: limits(members) for key, members in by_model.items()}
+    account_limits = {name: limits(members) for name, members in by_account.items()}
+    budgets = RequestBudgets(
+        models={key: value for key, value in model_limits.items() if not value.is_empty},
+        accounts={name: value for name, value in account_limits.items() if not value.is_empty},
+        account_of={
+            key: name for key, name in account_of.items() if not account_limits[name].is_empty
+        },
+    )
+    return None if budgets.is_empty else budgets
+
+
 def build_request_admission(
-    run: RunConfig, resolver: RequestResourceResolver, *, events: EventBus | None = None
+    run: RunConfig,
+    resolver: RequestResourceResolver,
+    *,
+    events: EventBus | None = None,
+    budgets: RequestBudgets | None = None,
 ) -> RequestAdmissionController:
     """The controller of one run, with every provider/model the resolver knows; its request
-    admission events go to ``events`` (default: a bus with no sinks)."""
+    admission events go to ``events`` (default: a bus with no sinks); ``budgets`` (see
+    :func:`budgets_from_config`) adds rpm / tpm budgets."""
     tuning = run.request_admission
     limits = static_limits
     if tuning.adaptive:
@@ -38,4 +92,5 @@ def build_request_admission(
         settings=RequestAdmissionSettings(breaker_open_after_seconds=run.circuit_breaker_seconds),
         aliases={key: resolver.aliases_of(key) for key in caps},
         events=events,
+        budgets=budgets,
     )

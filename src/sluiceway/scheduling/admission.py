@@ -9,10 +9,14 @@ diagnostic :class:`ReleaseResult` and changes nothing; ``release`` never raises.
 
 ``select_next(queue)`` selects through the queue's parking index when the policy declares
 ``stable_denials``: a group whose head the policy denies is parked and not evaluated again until
-a lease change could alter the verdict. Invalidation: a lease acquired or released by group ``g``
-unparks ``g`` (and the group of the policy delta); one by a group without queued demand for a
-leased resource unparks every group (the amount held outside the contenders moved); the queue
-unparks on head and demand-shape changes. Capacity and shutdown denials are never parked.
+a change could alter the verdict. The controller *watches* that queue: it keeps, per resource,
+the amount and weight held *outside* the contenders (by groups leasing the resource without
+queued demand for it) exact on every lease and demand change, so policies read them in O(1).
+Invalidation: a lease acquired or released by group ``g`` unparks ``g`` (and the group of the
+policy delta); the queue unparks a group whose head changes; any change of contention (demand
+shape, amount held outside) lets the next ``select_next`` ask the ``ParkingIndex`` which parked
+groups the new fair levels may admit, and unparks only those. Capacity and shutdown denials are
+never parked.
 
 Events (SPEC §9.1): ``task_lease_acquired`` and ``admission_denied`` from ``try_acquire``,
 ``task_lease_released`` and ``release_diagnostic`` from ``release``, each built only when a sink
@@ -23,9 +27,10 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple, cast
 
 from sluiceway.errors import EngineError
 from sluiceway.fair_queue import (
@@ -44,6 +49,7 @@ from sluiceway.observability.scheduler_events import (
     TaskLeaseAcquired,
     TaskLeaseReleased,
 )
+from sluiceway.scheduling.parking import ParkingIndex
 from sluiceway.scheduling.policies import (
     BoundedBorrowTaskAdmissionPolicy,
     PolicyDecision,
@@ -51,6 +57,7 @@ from sluiceway.scheduling.policies import (
     TaskAdmissionPolicy,
     TaskAdmissionPolicyKind,
     TaskDenialReason,
+    TaskLedgerReader,
 )
 from sluiceway.scheduling.tasks import SchedulableTask, SchedulerResourceRequest
 
@@ -74,8 +81,10 @@ class ReleaseStatus(enum.Enum):
     UNKNOWN = "unknown"  # carries this controller's mark but was never granted by it
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReleaseResult:
+class ReleaseResult(NamedTuple):
+    """What ``release`` did with a lease. A named tuple rather than a frozen dataclass: one is
+    built per release on the dispatch path, and a tuple is the cheapest immutable value."""
+
     status: ReleaseStatus
     lease_id: int
 
@@ -195,91 +204,67 @@ _LEASE_RELEASED = EventKind.TASK_LEASE_RELEASED
 
 
 class _LedgerReader:
-    """The live, read-only ledger a policy sees (implements ``TaskLedgerReader``)."""
+    """The live, read-only ledger a policy sees (implements ``TaskLedgerReader``). It holds the
+    controller's dicts themselves (never rebound), so each read is one or two lookups."""
 
     __slots__ = (
         "_controller",
-        "_leased_only_by_resource",
-        "_leased_only_shape",
-        "_leased_only_view",
+        "_debt",
+        "_group_leased",
+        "_group_weight",
+        "_leasing_groups",
+        "_limits",
+        "_outside_held",
+        "_outside_weight",
     )
 
     def __init__(self, controller: TaskAdmissionController) -> None:
         self._controller = controller
-        # resource -> (weight, held) of the groups leasing it without queued demand for it, valid
-        # for one queue view at one demand shape; lease changes update it in place.
-        self._leased_only_by_resource: dict[str, tuple[float, int]] = {}
-        self._leased_only_view: QueueView[SchedulableTask] | None = None
-        self._leased_only_shape = -1
+        self._limits = controller._limits
+        self._group_leased = controller._group_leased
+        self._group_weight = controller._group_weight
+        self._leasing_groups = controller._leasing_groups
+        self._debt = controller._debt
+        self._outside_held = controller._outside_held
+        self._outside_weight = controller._outside_weight
 
     def limit(self, resource: str) -> int:
-        return self._controller._limits[resource]
+        return self._limits[resource]
 
     def leased(self, resource: str) -> int:
         return self._controller._leased[resource]
 
     def group_leased(self, group: str, resource: str) -> int:
-        held = self._controller._group_leased.get(group)
+        held = self._group_leased.get(group)
         return held.get(resource, 0) if held else 0
 
     def debt(self, group: str) -> int:
-        return self._controller._debt.get(group, 0)
+        return self._debt.get(group, 0)
 
     def group_weight(self, group: str) -> float | None:
-        return self._controller._group_weight.get(group)
+        return self._group_weight.get(group)
 
     def leased_only_weight(self, resource: str, queue_view: QueueView[SchedulableTask]) -> float:
-        return self._leased_only(resource, queue_view)[0]
+        if queue_view is self._controller._watched_view:
+            return self._outside_weight[resource]
+        return self._scan_outside(resource, queue_view)[0]
 
     def leased_only_held(self, resource: str, queue_view: QueueView[SchedulableTask]) -> int:
-        return self._leased_only(resource, queue_view)[1]
+        if queue_view is self._controller._watched_view:
+            return self._outside_held[resource]
+        return self._scan_outside(resource, queue_view)[1]
 
-    def forget_leased_only(self) -> None:
-        self._leased_only_by_resource.clear()
-        self._leased_only_view = None
-
-    def note_held_change(
-        self, group: str, resource: str, change: int, weight_change: float
-    ) -> None:
-        """Keep the cached leased-only sums exact after ``group``'s holding of ``resource`` moved
-        by ``change`` (``weight_change``: its weight if it started or stopped leasing it)."""
-        view = self._leased_only_view
-        if view is None:
-            return
-        if view.demand_shape_version != self._leased_only_shape:
-            self.forget_leased_only()
-            return
-        cached = self._leased_only_by_resource.get(resource)
-        if cached is None or view.demand(group, resource):
-            return
-        weight = cached[0] + weight_change
-        held = cached[1] + change
-        # Sums of the same weights added and taken away: clear float residue once nothing is held.
-        self._leased_only_by_resource[resource] = (weight if held else 0.0, held)
-
-    def _leased_only(
+    def _scan_outside(
         self, resource: str, queue_view: QueueView[SchedulableTask]
     ) -> tuple[float, int]:
-        """Weight and amount held by groups with leases on ``resource`` and no queued demand."""
-        shape = queue_view.demand_shape_version
-        if queue_view is self._leased_only_view and shape == self._leased_only_shape:
-            cached = self._leased_only_by_resource.get(resource)
-            if cached is not None:
-                return cached
-        else:
-            self._leased_only_by_resource.clear()
-            self._leased_only_view = queue_view
-            self._leased_only_shape = shape
-        controller = self._controller
+        """Weight and amount held by groups leasing ``resource`` without queued demand for it in
+        ``queue_view`` (a view the controller does not watch: counted from scratch)."""
         weight = 0.0
         held = 0
-        weights = controller._group_weight
-        group_leased = controller._group_leased
-        for group in controller._leasing_groups.get(resource, ()):
+        for group in self._leasing_groups.get(resource, ()):
             if queue_view.demand(group, resource) == 0:
-                weight += weights[group]
-                held += group_leased[group][resource]
-        self._leased_only_by_resource[resource] = (weight, held)
+                weight += self._group_weight[group]
+                held += self._group_leased[group][resource]
         return weight, held
 
 
@@ -310,31 +295,38 @@ class TaskAdmissionController:
         self._limits = dict(limits)
         self._leased = dict.fromkeys(limits, 0)
         self._max_leased = dict.fromkeys(limits, 0)
-        self._group_leased: dict[str, dict[str, int]] = {}
+        self._group_leased: dict[str, dict[str, int]] = {}  # amounts > 0 only; may be empty
         self._group_leases: dict[str, int] = {}
         self._group_weight: dict[str, float] = {}
-        self._leasing_groups: dict[str, set[str]] = {}
+        self._leasing_groups: dict[str, set[str]] = {resource: set() for resource in limits}
         self._live: dict[int, TaskAdmissionLease] = {}
         # Policy state, apart from the ledger.
         self._debt: dict[str, int] = {}
-        # Counters.
+        # Counters. ``_version`` moves on every lease change and on shutdown.
         self._version = 0
-        self._next_id = 0
-        self._acquired = 0
+        self._acquired = 0  # also the id of the last lease granted
         self._released = 0
         self._diagnostics = 0
         self._denials: dict[TaskDenialReason, int] = {}
         self._shutting_down = False
-        self._reader = _LedgerReader(self)
         self._empty_view: QueueView[SchedulableTask] = WeightedFairQueue[SchedulableTask]().view()
-        # The queue whose parking index ``select_next`` keeps in sync with lease changes.
+        # The watched queue: the one ``select_next`` parks groups in. For it, the amount and
+        # weight held outside the contenders of each resource are kept exact incrementally.
         self._parking_queue: WeightedFairQueue[SchedulableTask] | None = None
+        self._watched_view: QueueView[SchedulableTask] | None = None
+        self._outside_held = dict.fromkeys(limits, 0)
+        self._outside_weight = dict.fromkeys(limits, 0.0)
+        self._contention_version = 0  # moves when demand shape or the outside amounts move
+        self._parking = ParkingIndex()
+        self._parking_checked = 0  # the contention version the parked groups were checked at
+        self._watcher = _DemandWatcher(self)
         self._stable_denials = bool(getattr(self._policy, "stable_denials", False))
-        # The last head ``select_next`` found admissible: (item, view, queue version, version).
-        # ``evaluate`` is pure, so while neither version moved its verdict still holds.
-        self._admitted_head: tuple[SchedulableTask, QueueView[SchedulableTask], int, int] | None = (
-            None
-        )
+        self._reader = _LedgerReader(self)
+        # The last head ``select_next`` found admissible, with the queue's and this controller's
+        # versions then. ``evaluate`` is pure: while neither version moved, the verdict holds.
+        self._admitted_item: SchedulableTask | None = None
+        self._admitted_queue_version = -1
+        self._admitted_version = -1
 
     @property
     def policy(self) -> TaskAdmissionPolicy:
@@ -344,14 +336,23 @@ class TaskAdmissionController:
     def events(self) -> EventBus:
         return self._events
 
+    @property
+    def ledger(self) -> TaskLedgerReader:
+        """The live, read-only ledger the policy is asked with (for tests and diagnostics)."""
+        return self._reader
+
     def has_capacity(self, request: SchedulerResourceRequest) -> bool:
-        """The hard ledger alone could grant ``request`` now (policy not consulted)."""
+        """The hard ledger alone could grant ``request`` now (policy not consulted). Raises
+        ``EngineError`` for a resource this controller has no limit for."""
         leased = self._leased
         limits = self._limits
-        return all(
-            leased[resource] + amount <= limits[resource]
-            for resource, amount in request.amounts.items()
-        )
+        for resource, amount in request.amounts.items():
+            limit = limits.get(resource)
+            if limit is None:
+                raise self._unknown_resource(None, resource)
+            if leased[resource] + amount > limit:
+                return False
+        return True
 
     def is_eligible(
         self, item: SchedulableTask, queue_view: QueueView[SchedulableTask] | None = None
@@ -366,78 +367,103 @@ class TaskAdmissionController:
     ) -> QueueSelection[SchedulableTask] | None:
         """The fairest queued head that may start now (as ``queue.select_next(is_eligible)``).
 
-        Groups denied by a policy with ``stable_denials`` are parked in ``queue``; this
-        controller unparks them on the lease changes that could admit them (module docstring).
-        Using a second queue unparks every group of the first. Changes nothing logical.
+        The first call with a queue makes it the watched queue (a second queue replaces it and
+        unparks every group of the first). Groups denied by a policy with ``stable_denials``
+        are parked in it and unparked when a change may admit them (module docstring).
+        Changes nothing logical.
         """
         if queue is not self._parking_queue:
-            if self._parking_queue is not None:
-                self._parking_queue.unpark_all()
-            self._parking_queue = queue
+            self._watch(queue)
         if self._shutting_down:
             return None
+        if self._parking_checked != self._contention_version:
+            self._unpark_due(queue)
         return queue.select_next_or_park(self._judge)
 
     def _judge(self, entry: QueueEntry[SchedulableTask]) -> HeadVerdict:
         item = entry.item
-        if not self.has_capacity(item.request):
-            return HeadVerdict.INELIGIBLE
-        queue = self._parking_queue
-        assert queue is not None
-        view = queue.view()
-        if self._policy.evaluate(item, view, self._reader).allowed:
-            self._admitted_head = (item, view, view.version, self._version)
-            return HeadVerdict.ELIGIBLE
-        return HeadVerdict.PARK if self._stable_denials else HeadVerdict.INELIGIBLE
+        leased = self._leased
+        limits = self._limits
+        for resource, amount in item.request.amounts.items():
+            limit = limits.get(resource)
+            if limit is None:
+                raise self._unknown_resource(item, resource)
+            if leased[resource] + amount > limit:
+                return _INELIGIBLE
+        view = self._watched_view
+        assert view is not None
+        decision = self._policy.evaluate(item, view, self._reader)
+        if decision.allowed:
+            self._admitted_item = item
+            self._admitted_queue_version = view.version
+            self._admitted_version = self._version
+            return _ELIGIBLE
+        if not self._stable_denials:
+            return _INELIGIBLE
+        self._parking.record(entry.group, decision.resource, decision.level_bound, entry.weight)
+        return _PARK
 
     def try_acquire(
         self, item: SchedulableTask, queue_view: QueueView[SchedulableTask] | None = None
     ) -> TaskAdmissionLease | TaskAdmissionDenied:
         view = queue_view if queue_view is not None else self._empty_view
-        denied = self._check(item, view)
-        if denied is not None:
-            self._denials[denied.reason] = self._denials.get(denied.reason, 0) + 1
-            if self._events.wants(EventKind.ADMISSION_DENIED):
-                task = item.task
-                self._events.emit(
-                    AdmissionDenied(
-                        task_id=task.task_id,
-                        column=task.column,
-                        row_group=task.row_group,
-                        group=item.group.key,
-                        attempt=item.attempt,
-                        reason=TaskDenialCode(denied.reason.value),
-                    )
-                )
-            return denied
-        delta = self._policy.on_acquire(item, view, self._reader)
+        if (
+            item is not self._admitted_item
+            or view is not self._watched_view
+            or self._admitted_queue_version != view.version
+            or self._admitted_version != self._version
+        ):
+            # Not the head ``select_next`` just judged admissible under this very state.
+            denied = self._check(item, view)
+            if denied is not None:
+                self._note_denial(item, denied)
+                return denied
+        reader = self._reader
+        delta = self._policy.on_acquire(item, view, reader)
+        spec = item.group
+        group = spec.key
+        weight = spec.weight
         amounts = item.request.amounts
-        group = item.group.key
-        held = self._group_leased.setdefault(group, {})
+        leases = self._group_leases.get(group)
+        if leases is None:  # the group's first live lease
+            self._group_leases[group] = 1
+            self._group_weight[group] = weight
+            held = self._group_leased.get(group)
+            if held is None:
+                held = self._group_leased[group] = {}
+        else:
+            self._group_leases[group] = leases + 1
+            held = self._group_leased[group]
+            if self._group_weight[group] != weight:
+                self._group_weight[group] = weight
+                self._recount_outside()
+        leased = self._leased
+        max_leased = self._max_leased
+        watched = self._watched_view
         for resource, amount in amounts.items():
-            now_leased = self._leased[resource] + amount
-            self._leased[resource] = now_leased
-            if now_leased > self._max_leased[resource]:
-                self._max_leased[resource] = now_leased
-        weight = item.group.weight
-        if self._group_weight.get(group, weight) != weight:
-            self._reader.forget_leased_only()
-        self._group_weight[group] = weight
-        for resource, amount in amounts.items():
+            now_leased = leased[resource] + amount
+            leased[resource] = now_leased
+            if now_leased > max_leased[resource]:
+                max_leased[resource] = now_leased
             if amount:
                 before = held.get(resource, 0)
                 if not before:
-                    self._leasing_groups.setdefault(resource, set()).add(group)
+                    self._leasing_groups[resource].add(group)
                 held[resource] = before + amount
-                self._reader.note_held_change(group, resource, amount, 0.0 if before else weight)
-        self._group_leases[group] = self._group_leases.get(group, 0) + 1
-        self._apply(delta)
-        self._next_id += 1
+                if watched is not None and not watched.demand(group, resource):
+                    self._outside_moved(resource, amount, weight if not before else 0.0)
+        if delta.debt_change:
+            self._apply(delta)
         self._acquired += 1
         self._version += 1
-        self._unpark_after_lease_change(group, amounts, delta)
+        queue = self._parking_queue
+        if queue is not None and queue.parked_count:
+            # ``group``'s leases (and the policy state of the delta's group) changed.
+            queue.unpark(group)
+            if delta.group is not None and delta.group != group:
+                queue.unpark(delta.group)
         lease = TaskAdmissionLease(
-            self._next_id, item.task_id, group, amounts, self._owner, False, item
+            self._acquired, item.task.task_id, group, amounts, self._owner, False, item
         )
         self._live[lease.lease_id] = lease
         if self._events.wants(_LEASE_ACQUIRED):
@@ -456,26 +482,21 @@ class TaskAdmissionController:
 
     def release(self, lease: TaskAdmissionLease) -> ReleaseResult:
         """Return a lease's resources. Never raises; misuse yields a diagnostic result."""
-        status = self._release_status(lease)
-        if status is not ReleaseStatus.RELEASED:
-            self._diagnostics += 1
-            if self._events.wants(EventKind.RELEASE_DIAGNOSTIC):
-                self._events.emit(
-                    ReleaseDiagnostic(
-                        lease_id=lease.lease_id,
-                        code=ReleaseDiagnosticCode(status.value),
-                        task_id=lease.task_id,
-                    )
-                )
-            return ReleaseResult(status=status, lease_id=lease.lease_id)
-        del self._live[lease.lease_id]
+        lease_id = lease.lease_id
+        live = self._live
+        if lease.owner != self._owner or lease.released or live.get(lease_id) is not lease:
+            return self._diagnose(lease)
+        del live[lease_id]
         lease.released = True
         group = lease.group
         delta = self._policy.on_release(group, self._reader)
         held = self._group_leased[group]
         weight = self._group_weight[group]
-        for resource, amount in lease.amounts.items():
-            self._leased[resource] -= amount
+        leased = self._leased
+        watched = self._watched_view
+        amounts = lease.amounts
+        for resource, amount in amounts.items():
+            leased[resource] -= amount
             if amount:
                 left = held[resource] - amount
                 if left:
@@ -483,18 +504,25 @@ class TaskAdmissionController:
                 else:
                     del held[resource]
                     self._leasing_groups[resource].discard(group)
-                self._reader.note_held_change(group, resource, -amount, 0.0 if left else -weight)
+                if watched is not None and not watched.demand(group, resource):
+                    self._outside_moved(resource, -amount, -weight if not left else 0.0)
         leases_left = self._group_leases[group] - 1
         if leases_left:
             self._group_leases[group] = leases_left
         else:
+            # Its (now empty) amounts map stays for its next lease: groups are few and reused.
             del self._group_leases[group]
-            del self._group_leased[group]
             del self._group_weight[group]
-        self._apply(delta)
+        if delta.debt_change:
+            self._apply(delta)
         self._released += 1
         self._version += 1
-        self._unpark_after_lease_change(group, lease.amounts, delta)
+        queue = self._parking_queue
+        if queue is not None and queue.parked_count:
+            # ``group``'s leases (and the policy state of the delta's group) changed.
+            queue.unpark(group)
+            if delta.group is not None and delta.group != group:
+                queue.unpark(delta.group)
         if self._events.wants(_LEASE_RELEASED) and lease.item is not None:
             item = lease.item
             task = item.task
@@ -505,10 +533,10 @@ class TaskAdmissionController:
                     row_group=task.row_group,
                     group=group,
                     attempt=item.attempt,
-                    lease_id=lease.lease_id,
+                    lease_id=lease_id,
                 )
             )
-        return ReleaseResult(status=ReleaseStatus.RELEASED, lease_id=lease.lease_id)
+        return ReleaseResult(_RELEASED, lease_id)
 
     def shutdown(self) -> None:
         """Deny every further acquisition; outstanding leases may still be released."""
@@ -587,21 +615,9 @@ class TaskAdmissionController:
         for resource, amount in item.request.amounts.items():
             limit = self._limits.get(resource)
             if limit is None:
-                raise EngineError(
-                    f"task {item.task_id} asks for scheduler resource {resource!r}, which has "
-                    f"no limit; known resources: {sorted(self._limits)}"
-                )
+                raise self._unknown_resource(item, resource)
             if self._leased[resource] + amount > limit:
                 return TaskAdmissionDenied(reason=TaskDenialReason.NO_CAPACITY, resource=resource)
-        admitted = self._admitted_head
-        if (
-            admitted is not None
-            and admitted[0] is item
-            and admitted[1] is queue_view
-            and admitted[2] == queue_view.version
-            and admitted[3] == self._version
-        ):
-            return None
         decision: PolicyDecision = self._policy.evaluate(item, queue_view, self._reader)
         if decision.allowed:
             return None
@@ -611,41 +627,160 @@ class TaskAdmissionController:
             detail=decision.detail,
         )
 
+    def _unknown_resource(self, item: SchedulableTask | None, resource: str) -> EngineError:
+        who = f"task {item.task_id}" if item is not None else "a task"
+        return EngineError(
+            f"{who} asks for scheduler resource {resource!r}, which has no limit; known "
+            f"resources: {sorted(self._limits)}"
+        )
+
+    def _note_denial(self, item: SchedulableTask, denied: TaskAdmissionDenied) -> None:
+        self._denials[denied.reason] = self._denials.get(denied.reason, 0) + 1
+        if self._events.wants(EventKind.ADMISSION_DENIED):
+            task = item.task
+            self._events.emit(
+                AdmissionDenied(
+                    task_id=task.task_id,
+                    column=task.column,
+                    row_group=task.row_group,
+                    group=item.group.key,
+                    attempt=item.attempt,
+                    reason=TaskDenialCode(denied.reason.value),
+                )
+            )
+
+    def _diagnose(self, lease: TaskAdmissionLease) -> ReleaseResult:
+        """A release that changes nothing: say why (duplicate, foreign or unknown lease)."""
+        if lease.owner != self._owner:
+            status = ReleaseStatus.FOREIGN
+        elif lease.released:
+            status = ReleaseStatus.DUPLICATE
+        else:
+            status = ReleaseStatus.UNKNOWN
+        self._diagnostics += 1
+        if self._events.wants(EventKind.RELEASE_DIAGNOSTIC):
+            self._events.emit(
+                ReleaseDiagnostic(
+                    lease_id=lease.lease_id,
+                    code=ReleaseDiagnosticCode(status.value),
+                    task_id=lease.task_id,
+                )
+            )
+        return ReleaseResult(status, lease.lease_id)
+
     def _apply(self, delta: PolicyStateDelta) -> None:
-        if delta.is_empty:
-            return
-        debt = self._debt.get(delta.group, 0) + delta.debt_change
-        if debt < 0 or debt > self._group_leases.get(delta.group, 0):
+        group = delta.group
+        if group is None:
             raise EngineError(
-                f"policy {self._policy.kind.value} set the debt of group {delta.group!r} to "
+                f"policy {self._policy.kind.value} returned a debt change of "
+                f"{delta.debt_change} naming no group; a delta that changes state names its group"
+            )
+        debt = self._debt.get(group, 0) + delta.debt_change
+        if debt < 0 or debt > self._group_leases.get(group, 0):
+            raise EngineError(
+                f"policy {self._policy.kind.value} set the debt of group {group!r} to "
                 f"{debt}; debt must stay between 0 and the group's live leases"
             )
         if debt:
-            self._debt[delta.group] = debt
+            self._debt[group] = debt
         else:
-            self._debt.pop(delta.group, None)
+            self._debt.pop(group, None)
 
-    def _unpark_after_lease_change(
-        self, group: str, amounts: Mapping[str, int], delta: PolicyStateDelta
+    # -- the watched queue: contention aggregates and parking ---------------------------------
+
+    def _watch(self, queue: WeightedFairQueue[SchedulableTask]) -> None:
+        """Make ``queue`` the one whose contention is kept and whose groups are parked."""
+        previous = self._parking_queue
+        if previous is not None:
+            previous.watch_demand(None)
+            previous.unpark_all()
+        self._parking.clear()
+        self._parking_queue = queue
+        self._watched_view = queue.view()
+        queue.unpark_all()  # parked by someone else: this controller knows nothing of them
+        queue.watch_demand(self._watcher)
+        self._recount_outside()
+
+    def _recount_outside(self) -> None:
+        """Count the amount and weight held outside the contenders from scratch."""
+        view = self._watched_view
+        for resource in self._limits:
+            if view is None:
+                weight, held = 0.0, 0
+            else:
+                weight, held = self._reader._scan_outside(resource, view)
+            self._outside_weight[resource] = weight
+            self._outside_held[resource] = held
+        self._contention_version += 1
+
+    def _outside_moved(self, resource: str, amount: int, weight: float) -> None:
+        """A group without queued demand for ``resource`` took (``amount`` > 0) or gave back
+        some of it; ``weight``: its weight if it started (> 0) or stopped (< 0) leasing it."""
+        held = self._outside_held[resource] + amount
+        self._outside_held[resource] = held
+        # Sums of the same weights added and taken away: no float residue once nothing is held.
+        self._outside_weight[resource] = self._outside_weight[resource] + weight if held else 0.0
+        self._contention_version += 1
+
+    def _demand_changed(
+        self, group: Hashable, resource: str, old_weight: float, new_weight: float
     ) -> None:
-        queue = self._parking_queue
-        if queue is None or not queue.parked_count:
+        """The watched queue's demand shape moved (called from inside the queue operation, so
+        only the aggregates move here; parked groups are looked at once it is complete)."""
+        self._contention_version += 1
+        if old_weight and new_weight:
+            return  # a weight change: the queued demand weights moved, nothing held did
+        key = cast("str", group)  # ready-queue groups are keyed by ``TaskGroupSpec.key``
+        held = self._group_leased.get(key)
+        amount = held.get(resource, 0) if held else 0
+        if not amount:
             return
-        view = queue.view()
-        for resource, amount in amounts.items():
-            if amount and view.demand(group, resource) == 0:
-                # Held outside the groups with queued demand: every share may have moved.
-                queue.unpark_all()
-                return
-        queue.unpark(group)
-        if delta.group != group:
-            queue.unpark(delta.group)
+        weight = self._group_weight[key]
+        if old_weight:  # stopped demanding: what it holds is now held outside
+            self._outside_moved(resource, amount, weight)
+        else:  # started demanding: what it holds is no longer outside
+            self._outside_moved(resource, -amount, -weight)
 
-    def _release_status(self, lease: TaskAdmissionLease) -> ReleaseStatus:
-        if lease.owner != self._owner:
-            return ReleaseStatus.FOREIGN
-        if lease.released:
-            return ReleaseStatus.DUPLICATE
-        if self._live.get(lease.lease_id) is not lease:
-            return ReleaseStatus.UNKNOWN
-        return ReleaseStatus.RELEASED
+    def _fair_level(self, resource: str, weight: float) -> float | None:
+        """``(limit - held outside) / queued demand weight`` of ``resource``, or ``None`` when a
+        demanding group of ``weight`` may have no queued peer left."""
+        view = self._watched_view
+        assert view is not None
+        total = view.demand_weight(resource)
+        if view.demanding_groups(resource) < 2 or total - weight <= 1e-9:
+            return None
+        return (self._limits[resource] - self._outside_held[resource]) / total
+
+    def _unpark_due(self, queue: WeightedFairQueue[SchedulableTask]) -> None:
+        """Contention moved since the parked groups were judged: unpark those it may admit."""
+        self._parking_checked = self._contention_version
+        if not queue.parked_count:
+            self._parking.clear()
+            return
+        for group in self._parking.due(self._fair_level):
+            queue.unpark(group)
+
+
+class _DemandWatcher:
+    """The controller's ears on its watched queue (``sluiceway.fair_queue.DemandWatcher``)."""
+
+    __slots__ = ("_controller",)
+
+    def __init__(self, controller: TaskAdmissionController) -> None:
+        self._controller = controller
+
+    def demand_changed(
+        self, group: Hashable, resource: str, old_weight: float, new_weight: float
+    ) -> None:
+        self._controller._demand_changed(group, resource, old_weight, new_weight)
+
+    def shape_changed(self) -> None:
+        """Nothing to do now: the next ``select_next`` looks at the parked groups, under the
+        contention it selects with (checking at every intermediate state would unpark groups
+        that the next change parks again)."""
+
+
+_ELIGIBLE = HeadVerdict.ELIGIBLE
+_INELIGIBLE = HeadVerdict.INELIGIBLE
+_PARK = HeadVerdict.PARK
+_RELEASED = ReleaseStatus.RELEASED

@@ -32,8 +32,12 @@ Both built-in policies have *stable denials* (``stable_denials = True``): a deni
 ``g``'s head can only turn into an admission when ``g``'s head, leases or debt change, when a group
 without queued demand for a resource acquires or releases it (``H``, leased-only weight), or when
 the queue's demand shape changes (``Q``, pressure). Under pressure, with ``g`` demanding ``r``,
-the cap reads ``held(g, r) / w(g) >= (limit(r) - H(r)) / Q(r)``: leases of other contenders do not
-move it. The controller uses this to park denied groups instead of evaluating them every cycle.
+the cap reads ``held(g, r) / w(g) >= (limit(r) - H(r)) / Q(r)``, the right side being the *fair
+level* of ``r`` (``Q`` = total weight of the groups with queued demand, ``g`` included): leases of
+other contenders do not move it, and the denial lifts only once the level rises above
+``held / w`` (``PolicyDecision.level_bound``) or the peers leave. A borrow-debt denial lifts only
+through ``g``'s own completions or the peers leaving (bound ``inf``). The controller uses this to
+park denied groups instead of evaluating them every cycle (``sluiceway.scheduling.parking``).
 """
 
 from __future__ import annotations
@@ -64,12 +68,20 @@ class TaskAdmissionPolicyKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyDecision:
-    """The verdict of :meth:`TaskAdmissionPolicy.evaluate`."""
+    """The verdict of :meth:`TaskAdmissionPolicy.evaluate`.
+
+    ``level_bound`` (a denial of a policy with ``stable_denials``, on ``resource``): a promise
+    that the denial stands while the group's own head, leases and debt do not change, another
+    group keeps queued demand for ``resource``, and the resource's fair level
+    ``(limit - held_outside) / queued_demand_weight`` (see the module docstring) stays at or below
+    the bound. ``None`` promises less: any change of contention may lift the denial.
+    """
 
     allowed: bool
     reason: TaskDenialReason | None = None
     resource: str | None = None
     detail: str = ""
+    level_bound: float | None = None
 
 
 ALLOWED = PolicyDecision(allowed=True)
@@ -77,14 +89,20 @@ ALLOWED = PolicyDecision(allowed=True)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyStateDelta:
-    """A change of policy state for one group, applied by the controller with the lease change."""
+    """A change of policy state for one group, applied by the controller with the lease change.
 
-    group: str
+    A delta that changes something names its ``group``; :data:`NO_POLICY_CHANGE` changes
+    nothing (policies return it on the common path, so a dispatch builds no delta)."""
+
+    group: str | None = None
     debt_change: int = 0
 
     @property
     def is_empty(self) -> bool:
         return self.debt_change == 0
+
+
+NO_POLICY_CHANGE = PolicyStateDelta()
 
 
 class TaskLedgerReader(Protocol):
@@ -152,13 +170,8 @@ def strict_share(
     ledger: TaskLedgerReader,
 ) -> float:
     """``limit * w / (w + W_other)`` over the groups contending for ``resource``."""
-    others = queued_peer_weight(group, weight, resource, queue_view)
-    leased_only = ledger.leased_only_weight(resource, queue_view)
-    if ledger.group_leased(group, resource) and queue_view.demand(group, resource) == 0:
-        own = ledger.group_weight(group)
-        leased_only -= own if own is not None else 0.0
-    others += max(leased_only, 0.0)
-    return ledger.limit(resource) * weight / (weight + others)
+    demands = queue_view.demand(group, resource) > 0
+    return _strict_share(group, weight, resource, demands, queue_view, ledger)
 
 
 def pressure_share(
@@ -170,11 +183,77 @@ def pressure_share(
 ) -> float:
     """The share a group may hold while peers wait: what groups without queued demand do not
     hold, split by weight among the groups with queued demand (work-conserving among them)."""
+    demands = queue_view.demand(group, resource) > 0
+    others = _peers(weight, resource, demands, queue_view)
+    return _pressure_share(group, weight, resource, demands, others, queue_view, ledger)
+
+
+# The helpers below take what the caller already read (does ``group`` have queued demand for
+# ``resource``, the queued peer weight), so one evaluation reads each value once.
+
+
+def _peers(
+    weight: float, resource: str, demands: bool, queue_view: QueueView[SchedulableTask]
+) -> float:
+    total = queue_view.demand_weight(resource)
+    if demands:
+        total -= weight
+    return total if total > 1e-9 else 0.0
+
+
+def _strict_share(
+    group: str,
+    weight: float,
+    resource: str,
+    demands: bool,
+    queue_view: QueueView[SchedulableTask],
+    ledger: TaskLedgerReader,
+) -> float:
+    others = queue_view.demand_weight(resource)
+    if demands:
+        others -= weight
+    if others <= 1e-9:
+        others = 0.0
+    leased_only = ledger.leased_only_weight(resource, queue_view)
+    if not demands and ledger.group_leased(group, resource):
+        own = ledger.group_weight(group)
+        leased_only -= own if own is not None else 0.0
+    if leased_only > 0.0:
+        others += leased_only
+    return ledger.limit(resource) * weight / (weight + others)
+
+
+def _pressure_share(
+    group: str,
+    weight: float,
+    resource: str,
+    demands: bool,
+    others: float,
+    queue_view: QueueView[SchedulableTask],
+    ledger: TaskLedgerReader,
+) -> float:
     held_elsewhere = ledger.leased_only_held(resource, queue_view)
-    if queue_view.demand(group, resource) == 0:
+    if not demands:
         held_elsewhere -= ledger.group_leased(group, resource)
-    others = queued_peer_weight(group, weight, resource, queue_view)
     return (ledger.limit(resource) - held_elsewhere) * weight / (weight + others)
+
+
+def _group_cap(
+    resource: str, held: int, bound: str, value: float, level_bound: float | None
+) -> PolicyDecision:
+    return PolicyDecision(
+        allowed=False,
+        reason=TaskDenialReason.GROUP_CAP,
+        resource=resource,
+        detail=f"holds {held} of {resource}, {bound} {value:.2f}",
+        level_bound=level_bound,
+    )
+
+
+def _cap_bound(held: int, weight: float, demands: bool) -> float | None:
+    """The level bound of a cap at the pressure share. With ``demands`` the group is one of the
+    ``Q`` contenders, so ``held >= (limit - H) * w / Q`` reads ``held / w >= level``."""
+    return held / weight if demands else None
 
 
 class StrictFairTaskAdmissionPolicy:
@@ -192,19 +271,25 @@ class StrictFairTaskAdmissionPolicy:
         queue_view: QueueView[SchedulableTask],
         ledger: TaskLedgerReader,
     ) -> PolicyDecision:
-        group = item.group.key
-        weight = item.group.weight
+        spec = item.group
+        group = spec.key
+        weight = spec.weight
         for resource in item.request.amounts:
-            if not queued_peer_weight(group, weight, resource, queue_view):
-                continue
+            demands = queue_view.demand(group, resource) > 0
+            others = queue_view.demand_weight(resource)
+            if demands:
+                others -= weight
+            if others <= 1e-9:
+                continue  # no peer pressure on this resource
             held = ledger.group_leased(group, resource)
-            share = pressure_share(group, weight, resource, queue_view, ledger)
+            # The pressure share, inline (this is the dispatch path).
+            outside = ledger.leased_only_held(resource, queue_view)
+            if not demands:
+                outside -= held
+            share = (ledger.limit(resource) - outside) * weight / (weight + others)
             if held >= share:
-                return PolicyDecision(
-                    allowed=False,
-                    reason=TaskDenialReason.GROUP_CAP,
-                    resource=resource,
-                    detail=f"holds {held} of {resource}, weighted share {share:.2f}",
+                return _group_cap(
+                    resource, held, "weighted share", share, _cap_bound(held, weight, demands)
                 )
         return ALLOWED
 
@@ -214,10 +299,10 @@ class StrictFairTaskAdmissionPolicy:
         queue_view: QueueView[SchedulableTask],
         ledger: TaskLedgerReader,
     ) -> PolicyStateDelta:
-        return PolicyStateDelta(group=item.group.key)
+        return NO_POLICY_CHANGE
 
     def on_release(self, group: str, ledger: TaskLedgerReader) -> PolicyStateDelta:
-        return PolicyStateDelta(group=group)
+        return NO_POLICY_CHANGE
 
 
 class BoundedBorrowTaskAdmissionPolicy:
@@ -246,42 +331,46 @@ class BoundedBorrowTaskAdmissionPolicy:
         queue_view: QueueView[SchedulableTask],
         ledger: TaskLedgerReader,
     ) -> PolicyDecision:
-        group = item.group.key
-        weight = item.group.weight
-        debt = ledger.debt(group)
+        spec = item.group
+        group = spec.key
+        weight = spec.weight
         amounts = item.request.amounts
+        debt = ledger.debt(group)
         if debt:
             for resource in amounts:
                 if queued_peer_weight(group, weight, resource, queue_view):
+                    # Only the group's own completions or the peers leaving lift it.
                     return PolicyDecision(
                         allowed=False,
                         reason=TaskDenialReason.BORROW_DEBT,
                         resource=resource,
                         detail=f"owes {debt} borrowed lease(s) while a peer group waits",
+                        level_bound=math.inf,
                     )
         for resource, amount in amounts.items():
             held = ledger.group_leased(group, resource)
-            if queued_peer_weight(group, weight, resource, queue_view):
-                share = pressure_share(group, weight, resource, queue_view, ledger)
+            demands = queue_view.demand(group, resource) > 0
+            others = queue_view.demand_weight(resource)
+            if demands:
+                others -= weight
+            if others > 1e-9:
+                # The pressure share, inline (this is the dispatch path).
+                outside = ledger.leased_only_held(resource, queue_view)
+                if not demands:
+                    outside -= held
+                share = (ledger.limit(resource) - outside) * weight / (weight + others)
                 if held < share:
                     continue
-                return PolicyDecision(
-                    allowed=False,
-                    reason=TaskDenialReason.GROUP_CAP,
-                    resource=resource,
-                    detail=f"holds {held} of {resource}, weighted share {share:.2f}",
+                return _group_cap(
+                    resource, held, "weighted share", share, _cap_bound(held, weight, demands)
                 )
-            share = strict_share(group, weight, resource, queue_view, ledger)
+            share = _strict_share(group, weight, resource, demands, queue_view, ledger)
             if held < share:
                 continue
             ceiling = share + math.ceil(self._ceiling_fraction * ledger.limit(resource))
             if held + amount > ceiling:
-                return PolicyDecision(
-                    allowed=False,
-                    reason=TaskDenialReason.GROUP_CAP,
-                    resource=resource,
-                    detail=f"holds {held} of {resource}, borrow ceiling {ceiling:.2f}",
-                )
+                # Without pressure: a peer arriving or leased-only weight moving may lift it.
+                return _group_cap(resource, held, "borrow ceiling", ceiling, None)
         return ALLOWED
 
     def on_acquire(
@@ -290,16 +379,22 @@ class BoundedBorrowTaskAdmissionPolicy:
         queue_view: QueueView[SchedulableTask],
         ledger: TaskLedgerReader,
     ) -> PolicyStateDelta:
-        group = item.group.key
-        weight = item.group.weight
+        spec = item.group
+        group = spec.key
+        weight = spec.weight
         for resource in item.request.amounts:
             held = ledger.group_leased(group, resource)
-            if held >= strict_share(group, weight, resource, queue_view, ledger):
+            if not held and weight > 0:
+                continue  # the share is > 0 (limit >= 1): holding nothing is below it
+            demands = queue_view.demand(group, resource) > 0
+            if held >= _strict_share(group, weight, resource, demands, queue_view, ledger):
                 return PolicyStateDelta(group=group, debt_change=1)
-        return PolicyStateDelta(group=group)
+        return NO_POLICY_CHANGE
 
     def on_release(self, group: str, ledger: TaskLedgerReader) -> PolicyStateDelta:
-        return PolicyStateDelta(group=group, debt_change=-1 if ledger.debt(group) else 0)
+        if ledger.debt(group):
+            return PolicyStateDelta(group=group, debt_change=-1)
+        return NO_POLICY_CHANGE
 
 
 def make_policy(

@@ -45,11 +45,13 @@ from sluiceway.observability.scheduler_events import (
     QueueDrained,
     QueueEmpty,
     ReadyEnqueued,
+    RequestPressureAdvisorySkipped,
     RetryDeferred,
     RowGroupAdmissionBlocked,
     RowGroupAdmissionTargetChanged,
     RowGroupAdmitted,
     RowGroupCheckpointed,
+    SalvageRedispatched,
     SchedulerHealthSnapshot,
     SchedulerJobCompleted,
     SchedulerJobStarted,
@@ -60,6 +62,7 @@ from sluiceway.observability.scheduler_events import (
     WorkerSpawnFailed,
 )
 from sluiceway.scheduling.admission import (
+    TaskAdmissionBlockSummary,
     TaskAdmissionController,
     TaskAdmissionLease,
     TaskDenialReason,
@@ -254,6 +257,30 @@ def commit_selection(
     return item
 
 
+def _stuck_message(summary: TaskAdmissionBlockSummary) -> str:
+    """Why queued work cannot start while nothing runs, and what to change."""
+    head = "ready tasks can never be admitted while nothing runs: " + summary.describe()
+    if summary.admissible_groups:
+        return (
+            f"{head}\ntask admission selected nothing although the heads of "
+            f"{list(summary.admissible_groups)} may start; this is an engine bug, please report it"
+        )
+    if summary.active_leases:
+        return (
+            f"{head}\n{summary.active_leases} task lease(s) are held although no task runs; "
+            "they were leaked (an engine bug, please report it)"
+        )
+    if any(group.can_never_fit for group in summary.blocked):
+        return (
+            f"{head}\nraise the scheduler limits in the run config (max_in_flight_tasks, "
+            "max_local_tasks) to at least what a single task needs"
+        )
+    return (
+        f"{head}\nthe task admission policy denies every queued head although nothing is in "
+        "flight; a policy must admit work when no lease is held (a bug in the policy)"
+    )
+
+
 class AsyncTaskScheduler:
     """Runs every task of a plan through readiness -> fair queue -> task admission -> execution.
 
@@ -274,8 +301,13 @@ class AsyncTaskScheduler:
         on_progress: Callable[[], None] | None = None,
         clock: Callable[[], float] | None = None,
         events: EventBus | None = None,
+        request_pressure: Callable[[ResolvedTaskScheduling], tuple[str, str] | None] | None = None,
     ) -> None:
         self._settings = settings
+        # Read-only advisory from request admission: the (provider, model) of a task whose
+        # model has no request capacity now, else None. Read only for its event (see
+        # ``_note_request_pressure``); dispatch never acts on it.
+        self._request_pressure = request_pressure
         # Pass the bus of ``admission`` too, so lease events land in the same streams.
         self._events = events if events is not None else EventBus()
         self._tracker = tracker
@@ -649,6 +681,8 @@ class AsyncTaskScheduler:
             self._note_queue_depth()
             if events.wants(EventKind.READY_ENQUEUED):
                 self._emit_enqueued(entries, accepted)
+            if events.wants(EventKind.SALVAGE_REDISPATCHED):
+                self._emit_redispatched(entries, accepted)
         admission = self._admission
         task_group = self._task_group
         assert task_group is not None
@@ -686,6 +720,10 @@ class AsyncTaskScheduler:
             if item.task.task_id not in self._first_started:
                 assert self._clock is not None
                 self._first_started[item.task.task_id] = self._clock()
+            if self._request_pressure is not None and events.wants(
+                EventKind.REQUEST_PRESSURE_ADVISORY_SKIPPED
+            ):
+                self._note_request_pressure(item)
             try:
                 worker = task_group.create_task(self._run_one(item, lease, execution_id))
             except BaseException as error:
@@ -761,6 +799,29 @@ class AsyncTaskScheduler:
                 )
             )
 
+    def _emit_redispatched(
+        self, entries: Sequence[QueueEntry[SchedulableTask]], accepted: Sequence[Hashable]
+    ) -> None:
+        """``salvage_redispatched`` per retry attempt (deferred by ``retry_deferred``) that is
+        back in the ready queue."""
+        taken = set(accepted)
+        events = self._events
+        for entry in entries:
+            if entry.item.attempt > 1 and entry.item_id in taken:
+                events.emit(_task_event(SalvageRedispatched, entry.item))
+
+    def _note_request_pressure(self, item: SchedulableTask) -> None:
+        """``request_pressure_advisory_skipped`` when a task got its lease although request
+        admission has no capacity for its model now: task admission is not provider-aware
+        (SPEC §5.7), so the task goes ahead and waits for a request lease holding its task lease."""
+        assert self._request_pressure is not None
+        pressured = self._request_pressure(self._scheduling[item.task.generator])
+        if pressured is not None:
+            provider, model = pressured
+            self._events.emit(
+                _task_event(RequestPressureAdvisorySkipped, item, provider=provider, model=model)
+            )
+
     def _emit_drained(self, item: SchedulableTask) -> None:
         """``queue_drained`` for the group the committed ``item`` left empty, and the queue."""
         queue = self._queue
@@ -785,17 +846,31 @@ class AsyncTaskScheduler:
                 maxima[key] = depth
 
     def _check_liveness(self) -> None:
-        """Queued work that can never start while nothing runs is an error, not a hang."""
-        if self._running or self._checkpointing or self._stop is not None or not len(self._queue):
+        """Called before the loop sleeps. With nothing running, checkpointing or stopping,
+        nothing can wake it again: an unfinished run is stuck, and that is an error that says
+        which tasks wait on what, not a hang."""
+        if self._running or self._checkpointing or self._stop is not None:
             return
-        summary = self._admission.explain_blocked(self._queue.view())
-        if not summary.is_stuck:
+        if len(self._queue):
+            summary = self._admission.explain_blocked(self._queue.view())
+            raise EngineError(_stuck_message(summary))
+        if self._is_finished():
             return
+        tracker = self._tracker
+        waiting = {
+            row_group: tracker.unfinished_rows(row_group)
+            for row_group in tracker.tracked_row_groups()
+        }
+        detail = "; ".join(
+            f"row group {row_group}: {len(rows)} unfinished row(s), waiting on "
+            f"{sorted(set(rows.values()))}"
+            for row_group, rows in waiting.items()
+            if rows
+        )
         raise EngineError(
-            "ready tasks can never be admitted while nothing runs: "
-            + summary.describe()
-            + "\nraise the scheduler limits in the run config (max_in_flight_tasks, "
-            "max_local_tasks) to at least what a single task needs"
+            "the run can make no progress: no task is ready, queued or running, yet "
+            f"{self._in_flight_row_groups} row group(s) in flight are unfinished "
+            f"({detail or 'no unfinished rows tracked'}); this is an engine bug, please report it"
         )
 
     # -- one task ----------------------------------------------------------------------------

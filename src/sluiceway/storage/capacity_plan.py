@@ -57,9 +57,10 @@ def _read_only(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CapacityPlan:
-    """``configured`` capacity values by dotted name, the ``runtime_snapshot`` taken at the end
-    of the run and the ``observed_maxima``; the last two are free-form JSON-like mappings."""
+class AsyncCapacityPlan:
+    """The capacity plan of one run (SPEC §9.2): ``configured`` capacity values by dotted name,
+    the ``runtime_snapshot`` taken at the end of the run and the ``observed_maxima``; the last
+    two are free-form JSON-like mappings."""
 
     configured: Mapping[str, CapacityValue] = field(default_factory=dict)
     runtime_snapshot: Mapping[str, Any] = field(default_factory=dict)
@@ -85,7 +86,11 @@ class CapacityPlan:
         return dumps_document(self.to_dict())
 
 
-def capacity_plan_from_json(text: str) -> CapacityPlan:
+CapacityPlan = AsyncCapacityPlan
+"""The same class under its short name."""
+
+
+def capacity_plan_from_json(text: str) -> AsyncCapacityPlan:
     """Reads ``capacity_plan.json`` text back (values as written: redacted, floats as strings)."""
     try:
         data = json.loads(text)
@@ -100,7 +105,7 @@ def capacity_plan_from_json(text: str) -> CapacityPlan:
             )
             for name, item in data["configured"].items()
         }
-        return CapacityPlan(
+        return AsyncCapacityPlan(
             configured=configured,
             runtime_snapshot=data["runtime_snapshot"],
             observed_maxima=data["observed_maxima"],
@@ -113,7 +118,7 @@ def capacity_plan_from_json(text: str) -> CapacityPlan:
         ) from exc
 
 
-def write_capacity_plan(path: Path, plan: CapacityPlan) -> Path:
+def write_capacity_plan(path: Path, plan: AsyncCapacityPlan) -> Path:
     """Writes ``plan`` atomically and returns the file written. ``path`` is either the output
     directory (the file is ``capacity_plan.json`` in it) or the file path itself.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,12 +52,16 @@ class RecoveredOutput:
         return frozenset(group.index for group in self.manifest.row_groups)
 
 
-def inspect_output(directory: Path) -> RecoveredOutput | None:
+def inspect_output(
+    directory: Path, *, accept: Callable[[RunManifest], None] | None = None
+) -> RecoveredOutput | None:
     """Checks ``directory`` for a resumable dataset; ``None`` when it holds none at all.
 
     Raises ``StorageError`` naming the path and the fix when the path is a file, the directory
     is not writable, part files or a journal exist without a manifest, the manifest is damaged,
     or a listed Parquet file is truncated, damaged or holds the wrong number of rows.
+    ``accept`` sees the manifest as soon as it is read, before any Parquet file is checked, and
+    raises to refuse it (a config mismatch is the first thing to report).
     """
     if directory.exists() and not directory.is_dir():
         raise StorageError(
@@ -81,6 +85,8 @@ def inspect_output(directory: Path) -> RecoveredOutput | None:
             "there; fix its permissions and run with --resume again."
         )
     manifest = read_manifest_file(manifest_path)
+    if accept is not None:
+        accept(manifest)
     missing: list[int] = []
     for group in manifest.row_groups:
         if group.status is RowGroupStatus.PARTIAL:

@@ -313,6 +313,41 @@ def test_rpm_refuses_within_the_rolling_window_and_names_the_wait() -> None:
     assert model.statistics().rate_limited == 3
 
 
+def test_tpm_refuses_tokens_beyond_the_rolling_window_and_names_the_wait() -> None:
+    model = _model(tpm=100)
+    assert model.admit(0.0, tokens=60) is None
+    assert model.admit(5.0, tokens=30) is None
+    # 90 spent: 20 more would pass 100 until the first 60 leave the window at 60 s.
+    assert model.admit(10.0, tokens=20) == Refusal(
+        reason=RefusalReason.TPM, retry_after_seconds=50.0
+    )
+    assert model.admit(10.0, tokens=10) is None  # exactly 100 fits
+    assert model.admit(RPM_WINDOW_SECONDS, tokens=20) is None
+    assert model.statistics().rate_limited == 1
+
+
+def test_a_request_above_the_whole_tpm_is_admitted_into_an_empty_window_only() -> None:
+    model = _model(tpm=100)
+    assert model.admit(0.0, tokens=500) is None
+    refusal = model.admit(1.0, tokens=500)
+    assert refusal is not None and refusal.retry_after_seconds == 59.0
+
+
+def test_a_tpm_refusal_does_not_take_an_rpm_slot() -> None:
+    model = _model(rpm=2, tpm=10)
+    assert model.admit(0.0, tokens=10) is None
+    assert model.admit(1.0, tokens=5) is not None  # tpm
+    assert model.admit(RPM_WINDOW_SECONDS, tokens=5) is None
+    assert model.admit(RPM_WINDOW_SECONDS, tokens=5) is None  # the refused one left no trace
+
+
+def test_the_token_cost_is_the_usage_the_answer_reports() -> None:
+    model = _model(tpm=1000)
+    request = _chat()
+    assert model.token_cost(request) == model.respond(request).usage.total_tokens > 0
+    assert model.token_cost(_embedding()) == 0  # rejected as invalid: costs nothing
+
+
 def test_finish_without_admit_and_a_backwards_clock_are_engine_errors() -> None:
     model = _model()
     with pytest.raises(EngineError, match="without an admitted attempt"):

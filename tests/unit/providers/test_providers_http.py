@@ -22,6 +22,7 @@ from sluiceway.providers.anthropic import AnthropicClient
 from sluiceway.providers.base import ChatMessage, GenerationKind, ModelRequest
 from sluiceway.providers.behaviour import SimulationSettings
 from sluiceway.providers.http_errors import error_for_response, parse_retry_after
+from sluiceway.providers.http_transport import Http11Transport
 from sluiceway.providers.mock_server import MockProviderServer, MockServerSettings
 from sluiceway.providers.openai import OpenAICompatibleClient
 
@@ -86,6 +87,31 @@ async def test_429_carries_retry_after_in_each_form(server: MockProviderServer, 
         await client.aclose()
     assert caught.value.retry_after_seconds is not None
     assert 0.0 < caught.value.retry_after_seconds <= 2.5
+
+
+async def test_tpm_beyond_the_window_is_a_429_with_token_headers() -> None:
+    mock = MockProviderServer(MockServerSettings(simulation=SimulationSettings(tpm=1)))
+    await mock.start()
+    seen: list[httpx.Response] = []
+
+    class Recording(Http11Transport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            seen.append(response)
+            return response
+
+    client = OpenAICompatibleClient("mock", base_url=mock.base_url, transport=Recording(1))
+    try:
+        assert (await client.send(_chat())).text  # an empty window takes one large request
+        with pytest.raises(RateLimitedError) as caught:
+            await client.send(_chat())
+    finally:
+        await client.aclose()
+        await mock.aclose()
+    assert caught.value.retry_after_seconds is not None
+    assert 55.0 <= caught.value.retry_after_seconds <= 60.0
+    assert seen[-1].headers["x-ratelimit-limit-tokens"] == "1"
+    assert seen[-1].headers["x-ratelimit-remaining-tokens"] == "0"
 
 
 async def test_capacity_is_per_model(server: MockProviderServer) -> None:

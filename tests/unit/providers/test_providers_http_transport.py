@@ -1,20 +1,22 @@
-"""The sharded httpx transport of the HTTP providers, over real loopback sockets."""
+"""The provider clients' HTTP/1.1 transport over real loopback sockets: the pool bound, keep-alive
+reuse, waiting for a free connection, every body framing, and failures that free their slot."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
-import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 
-import sluiceway.providers.http_base  # noqa: F401  (records a missing sniffio once)
 from sluiceway.providers.base import ChatMessage, GenerationKind, ModelRequest
 from sluiceway.providers.behaviour import SimulationSettings
-from sluiceway.providers.http_base import ShardedTransport
+from sluiceway.providers.http_base import uses_proxy
+from sluiceway.providers.http_transport import Http11Transport
 from sluiceway.providers.mock_server import MockProviderServer, MockServerSettings
 from sluiceway.providers.openai import OpenAICompatibleClient
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _chat(n: int) -> ModelRequest:
@@ -26,60 +28,279 @@ def _chat(n: int) -> ModelRequest:
     )
 
 
-def test_connections_are_split_over_small_pools() -> None:
-    assert ShardedTransport(64).shard_count == 8
-    assert ShardedTransport(9).shard_count == 2
-    assert ShardedTransport(1).shard_count == 1
-    with pytest.raises(ValueError, match="max_connections >= 1"):
-        ShardedTransport(0)
-
-
-async def test_concurrent_requests_spread_over_shards_and_free_their_slots() -> None:
+async def _mock(latency_seconds: float = 0.0) -> MockProviderServer:
     server = MockProviderServer(
-        MockServerSettings(simulation=SimulationSettings(latency_seconds=0.2))
+        MockServerSettings(simulation=SimulationSettings(latency_seconds=latency_seconds))
     )
     await server.start()
-    transport = ShardedTransport(24, shard_connections=8)
-    client = OpenAICompatibleClient(
-        "mock", base_url=server.base_url, api_key=None, max_connections=24
-    )
+    return server
+
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class _RawServer:
+    """A loopback server that answers with hand-written bytes; ``close`` waits for its handlers
+    to finish, so no socket outlives the test."""
+
+    def __init__(self, server: asyncio.Server, handlers: list[asyncio.Task[None]]) -> None:
+        self._server = server
+        self._handlers = handlers
+
+    def close(self) -> None:
+        self._server.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+
+async def _raw_server(handler: RawHandler) -> tuple[_RawServer, str]:
+    handlers: list[asyncio.Task[None]] = []
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return _RawServer(server, handlers), f"http://127.0.0.1:{port}"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    return head
+
+
+def test_the_pool_needs_a_connection() -> None:
+    with pytest.raises(ValueError, match="max_connections >= 1"):
+        Http11Transport(0)
+
+
+async def test_concurrent_requests_get_their_own_connections_which_are_kept_alive() -> None:
+    server = await _mock(latency_seconds=0.2)
+    transport = Http11Transport(24)
     try:
         async with httpx.AsyncClient(transport=transport) as http:
-            peaks: list[tuple[int, ...]] = []
-
-            async def one() -> int:
-                response = await http.post(
-                    server.base_url + "/chat/completions",
-                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-                )
-                peaks.append(transport.in_flight)
-                return response.status_code
-
-            statuses = await asyncio.gather(*(one() for _ in range(24)))
-            assert statuses == [200] * 24
-            assert transport.in_flight == (0, 0, 0)
-            assert max(max(p) for p in peaks) <= 8
+            responses = await asyncio.gather(
+                *(http.post(server.base_url + "/chat/completions", json=BODY) for _ in range(24))
+            )
+            assert [r.status_code for r in responses] == [200] * 24
             assert server.stats()["models"]["m"]["max_in_flight"] == 24  # none waited
-        answers = await asyncio.gather(*(client.send(_chat(n)) for n in range(48)))
-        assert len(answers) == 48
+            assert (transport.open_connections, transport.idle_connections) == (24, 24)
+            for _ in range(2):
+                await asyncio.gather(
+                    *(
+                        http.post(server.base_url + "/chat/completions", json=BODY)
+                        for _ in range(24)
+                    )
+                )
+            assert transport.connections_opened == 24 and transport.requests_sent == 72
+    finally:
+        await server.aclose()
+    assert transport.open_connections == 0
+
+
+async def test_requests_beyond_the_pool_wait_for_a_connection_and_reuse_it() -> None:
+    server = await _mock(latency_seconds=0.05)
+    transport = Http11Transport(2)
+    client = OpenAICompatibleClient("mock", base_url=server.base_url, transport=transport)
+    try:
+        answers = await asyncio.gather(*(client.send(_chat(n)) for n in range(6)))
+        assert len(answers) == 6
+        assert server.stats()["models"]["m"]["max_in_flight"] == 2
+        assert transport.connections_opened == 2  # finished requests hand theirs over
     finally:
         await client.aclose()
         await server.aclose()
 
 
-async def test_a_failed_request_frees_its_slot() -> None:
-    transport = ShardedTransport(2, shard_connections=1)
+async def test_a_request_that_finds_no_free_connection_in_time_is_a_pool_timeout() -> None:
+    arrived = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        arrived.set()
+        await reader.read()  # never answers; returns when the client closes
+        writer.close()
+
+    server, base = await _raw_server(handler)
+    transport = Http11Transport(1)
+    try:
+        async with httpx.AsyncClient(transport=transport) as http:
+            hung = asyncio.create_task(http.post(base + "/x", json=BODY))
+            await arrived.wait()
+            with pytest.raises(httpx.PoolTimeout):
+                await http.post(base + "/x", json=BODY, timeout=httpx.Timeout(5.0, pool=0.05))
+            hung.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await hung
+            assert transport.open_connections == 0  # the cancelled request closed its own
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_failed_connect_frees_its_slot() -> None:
+    transport = Http11Transport(1)
     async with httpx.AsyncClient(transport=transport) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get("http://127.0.0.1:9/")  # discard port: nothing listens
-    assert transport.in_flight == (0, 0)
+        with pytest.raises(httpx.ConnectError):
+            await http.get("http://127.0.0.1:9/")
+    assert transport.open_connections == 0
 
 
-def test_a_missing_sniffio_fails_to_import_at_once() -> None:
-    if sys.modules.get("sniffio") is not None:
-        pytest.skip("sniffio is installed")
-    started = time.perf_counter()
-    for _ in range(200):
-        with pytest.raises(ImportError):
-            import sniffio  # noqa: F401
-    assert time.perf_counter() - started < 0.05
+async def test_chunked_interim_and_close_delimited_bodies_are_read_whole() -> None:
+    answers = iter(
+        [
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b'4;ext=1\r\n{"a"\r\n3\r\n: 1\r\n1\r\n}\r\n0\r\ntrailer: x\r\n\r\n',
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b'HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{"closed": true}',
+        ]
+    )
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await _read_request(reader)
+                answer = next(answers)
+                writer.write(answer)
+                await writer.drain()
+                if b"connection: close" in answer:
+                    break
+        except (asyncio.IncompleteReadError, StopIteration):
+            pass
+        writer.close()
+
+    server, base = await _raw_server(handler)
+    transport = Http11Transport(1)
+    try:
+        async with httpx.AsyncClient(transport=transport) as http:
+            chunked = await http.post(base + "/x", json=BODY)
+            assert chunked.json() == {"a": 1}
+            empty = await http.post(base + "/x", json=BODY)
+            assert (empty.status_code, empty.content) == (204, b"")
+            closed = await http.post(base + "/x", json=BODY)
+            assert closed.json() == {"closed": True}
+        assert transport.connections_opened == 1  # kept alive until the server said close
+        assert transport.open_connections == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()  # without saying so in a header
+        await writer.wait_closed()
+        closed.set()
+
+    server, base = await _raw_server(handler)
+    transport = Http11Transport(4)
+    try:
+        async with httpx.AsyncClient(transport=transport) as http:
+            assert (await http.get(base + "/")).json() == {}
+            await closed.wait()
+            await asyncio.sleep(0)  # one loop turn: the client reads the end of the stream
+            assert transport.idle_connections == 1
+            assert (await http.get(base + "/")).json() == {}
+        assert transport.connections_opened == 2
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"", "without sending a complete answer"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}", "2 of 10 body bytes"),
+        (b"NOTHTTP\r\n\r\n", "malformed status line"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+    ],
+)
+async def test_broken_answers_are_protocol_errors(answer: bytes, message: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server, base = await _raw_server(handler)
+    transport = Http11Transport(1)
+    try:
+        async with httpx.AsyncClient(transport=transport) as http:
+            with pytest.raises(httpx.RemoteProtocolError, match=message):
+                await http.get(base + "/")
+        assert transport.open_connections == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def slow_server() -> AsyncIterator[str]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await reader.read()  # never answers; returns when the client closes
+        writer.close()
+
+    server, base = await _raw_server(handler)
+    try:
+        yield base
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_no_answer_in_time_is_a_read_timeout_and_closes_the_connection(
+    slow_server: str,
+) -> None:
+    transport = Http11Transport(1)
+    async with httpx.AsyncClient(transport=transport) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get(slow_server + "/", timeout=httpx.Timeout(5.0, read=0.05))
+        assert transport.open_connections == 0
+
+
+@pytest.mark.parametrize(
+    ("environment", "base_url", "proxied"),
+    [
+        ({}, "https://api.example.com/v1", False),
+        ({"HTTPS_PROXY": "http://proxy.internal:3128"}, "https://api.example.com/v1", True),
+        ({"HTTPS_PROXY": "http://proxy.internal:3128"}, "http://127.0.0.1:8000/v1", False),
+        (
+            {"ALL_PROXY": "http://proxy.internal:3128", "NO_PROXY": "api.example.com"},
+            "https://api.example.com/v1",
+            False,
+        ),
+    ],
+)
+def test_a_proxy_in_the_environment_selects_httpx_own_transport(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], base_url: str, proxied: bool
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert uses_proxy(base_url) is proxied

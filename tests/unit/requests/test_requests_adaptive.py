@@ -189,3 +189,35 @@ async def test_acquire_sync_on_the_loop_thread_is_refused() -> None:
     controller, _ = _controller()
     with pytest.raises(EngineError, match="loop's own thread"):
         controller.acquire_sync(_item(), loop=asyncio.get_running_loop())
+
+
+def test_the_latency_gradient_can_be_turned_on_for_one_model_only() -> None:
+    slow = ProviderModelKey(provider="self-hosted", model_id="m")
+    controller = AdaptiveRequestAdmissionController(
+        {KEY: 16, slow: 16},
+        model_limit_settings={slow: AdaptiveLimitSettings(latency_gradient=True)},
+    )
+    chat_slow = RequestResourceKey(provider_model=slow, domain=RequestDomain.CHAT)
+    controller.try_acquire(_item())
+    controller.try_acquire(RequestAdmissionItem(resource=chat_slow))
+    snapshot = controller.pressure.snapshot()
+    plain, gradient = snapshot.domain(CHAT), snapshot.domain(chat_slow)
+    assert plain is not None and gradient is not None
+    # The gradient limit starts at a quarter of the initial limit; plain AIMD at the cap.
+    assert (plain.limit, gradient.limit) == (16, 4)
+
+
+def test_a_burst_remembers_the_concurrency_of_the_refusal_not_the_limit() -> None:
+    controller, _ = _controller(cap=64, initial_limit=36)
+    leases = [_lease(controller.try_acquire(_item())) for _ in range(36)]
+    # The provider serves 32: its 4 refusals come back while all 36 are in flight.
+    refused, served = leases[32:], leases[:32]
+    controller.release(refused[0], LIMITED, retry_after_seconds=1.0)
+    domain = controller.pressure.snapshot().domain(CHAT)
+    assert domain is not None and (domain.limit, domain.rate_limit_ceiling) == (27, 36)
+    for lease in refused[1:]:  # the rest of the burst: no new decrease, a tighter ceiling
+        controller.release(lease, LIMITED, retry_after_seconds=1.0)
+    for lease in served:
+        controller.release(lease, OK)
+    domain = controller.pressure.snapshot().domain(CHAT)
+    assert domain is not None and (domain.limit, domain.rate_limit_ceiling) == (27, 33)

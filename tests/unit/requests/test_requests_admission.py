@@ -368,6 +368,7 @@ class _ScriptedLimit:
         in_flight: int,
         retry_after_seconds: float | None,
         latency_seconds: float | None = None,
+        in_flight_at_grant: int | None = None,
     ) -> None:
         self.reports.append((outcome, limit_at_grant, retry_after_seconds))
         self.limit = self.next_limit

@@ -182,13 +182,15 @@ async def _queued_wait() -> MemoryEventSink:
 
 async def _wait_ends_without_a_lease() -> MemoryEventSink:
     bus, sink = _bus()
-    controller, _ = _adaptive(bus, cap=1)
+    controller, clock = _adaptive(bus, cap=1)
     held = _lease(controller.try_acquire(_item(1)))
     with pytest.raises(RequestAdmissionError, match="waited 0s"):
         await controller.acquire(_item(2, timeout=0.0))
+    timed_out = asyncio.create_task(controller.acquire(_item(3, timeout=0.001)))
+    await _settle()
+    clock.advance(0.001)  # nothing releases: the controller's timer ends the wait
     with pytest.raises(RequestAdmissionError, match="waited"):
-        # Nothing releases: the loop's timer ends the wait.
-        await controller.acquire(_item(3, timeout=0.001))
+        await timed_out
     cancelled = asyncio.create_task(controller.acquire(_item(4)))
     await _settle()
     cancelled.cancel()

@@ -13,6 +13,7 @@ from sluiceway.errors import (
     EngineError,
     NonRetryableGenerationError,
     ProviderError,
+    ProviderOverloadedError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     RateLimitedError,
@@ -32,6 +33,8 @@ from sluiceway.requests import (
     classify_exception,
     retry_delay_seconds,
 )
+from sluiceway.requests.admission import AdaptiveRequestAdmissionController
+from sluiceway.testing import FakeClock
 from sluiceway.testing.providers import Hang, Reply, ScriptedProviderClient
 
 KEY = ProviderModelKey(provider="acme", model_id="m-1")
@@ -304,3 +307,20 @@ def test_retry_delays_are_reproducible_from_the_seed() -> None:
 def test_invalid_retry_policies_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(EngineError, match=message):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("status", [503, 529])
+async def test_an_overload_answer_is_rate_pressure_that_decreases_the_limit(status: int) -> None:
+    clock = FakeClock(start=0.0)
+    controller = AdaptiveRequestAdmissionController({KEY: 8}, clock=clock, timers=clock)
+    executor = ModelRequestExecutor(
+        controller, retry=RetryPolicy(max_attempts=1), rng=random.Random(1), clock=clock
+    )
+    client = ScriptedProviderClient([ProviderOverloadedError(f"HTTP {status}")])
+    with pytest.raises(NonRetryableGenerationError, match="gave up after 1 attempt"):
+        await executor.execute(CHAT, client, REQUEST)
+    domain = controller.statistics().provider_models[KEY].domains[RequestDomain.CHAT]
+    assert domain.outcomes[RequestReleaseOutcome.RATE_LIMITED] == 1
+    assert (domain.limit, domain.limit_decreases, domain.cooldowns) == (6, 1, 1)
+    pressure = controller.pressure.snapshot().domain(CHAT)
+    assert pressure is not None and pressure.blocked_until == 2.0  # the default cooldown

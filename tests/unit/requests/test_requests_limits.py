@@ -26,7 +26,42 @@ AIMD = AimdLimit(max_limit=32, successes_until_increase=2)
 
 def test_a_rate_limit_decreases_multiplicatively_and_remembers_the_ceiling() -> None:
     state = AIMD.on_rate_limited(AimdState(limit=32), limit_at_grant=32)
-    assert state == AimdState(limit=24, successes=0, ceiling=32)
+    assert state == AimdState(limit=24, successes=0, ceiling=32, hold_seconds=30.0, refused_at=32)
+
+
+def test_the_ceiling_is_what_was_in_flight_when_the_first_refusal_arrived() -> None:
+    state = AIMD.on_rate_limited(AimdState(limit=32), limit_at_grant=32, in_flight=30)
+    assert (state.limit, state.ceiling) == (24, 30)
+
+
+def test_the_ceiling_is_never_above_the_limit_in_force() -> None:
+    state = AIMD.on_rate_limited(AimdState(limit=16), limit_at_grant=16, in_flight=40)
+    assert state.ceiling == 16
+
+
+def test_the_ceiling_stays_above_the_decreased_limit() -> None:
+    state = AIMD.on_rate_limited(AimdState(limit=32), limit_at_grant=32, in_flight=10)
+    assert (state.limit, state.ceiling) == (24, 25)
+
+
+def test_each_further_refusal_of_the_burst_lowers_the_ceiling_by_one() -> None:
+    state = AimdState(limit=24, ceiling=32, refused_at=32)
+    after = AIMD.on_rate_limited(state, limit_at_grant=32, in_flight=31)
+    assert (after.ceiling, after.refused_at) == (31, 31)
+
+
+def test_further_refusals_never_bring_the_ceiling_to_the_limit() -> None:
+    state = AimdState(limit=1, ceiling=2, refused_at=2)
+    after = AIMD.on_rate_limited(state, limit_at_grant=2, in_flight=1)
+    assert (after.ceiling, after.refused_at) == (2, 1)
+
+
+def test_a_refusal_above_the_previous_refusal_doubles_the_hold() -> None:
+    aimd = AimdLimit(max_limit=64, ceiling_hold_seconds=30.0)
+    # The ceiling was kept above the decreased limit (37), but 33 is where it was refused.
+    state = AimdState(limit=36, ceiling=37, refused_at=33, hold_seconds=30.0)
+    after = aimd.on_rate_limited(state, limit_at_grant=36, in_flight=36, now=5.0)
+    assert (after.limit, after.hold_seconds) == (27, 60.0)
 
 
 def test_a_lease_granted_above_the_current_limit_does_not_decrease_again() -> None:
@@ -180,11 +215,39 @@ def test_after_the_hold_the_ceiling_is_probed_again() -> None:
     assert aimd.on_success(state, in_flight=32, now=130.0).limit == 33
 
 
+def test_a_refused_probe_of_the_ceiling_doubles_the_hold() -> None:
+    aimd = AimdLimit(max_limit=64, ceiling_hold_seconds=30.0, ceiling_hold_max_seconds=100.0)
+    state = aimd.on_rate_limited(
+        AimdState(limit=33, ceiling=33, rate_limited_at=0.0, hold_seconds=30.0),
+        limit_at_grant=33,
+        now=50.0,
+    )
+    assert (state.limit, state.ceiling, state.hold_seconds) == (24, 33, 60.0)
+
+
+def test_the_doubled_hold_stops_at_its_maximum() -> None:
+    aimd = AimdLimit(max_limit=64, ceiling_hold_seconds=30.0, ceiling_hold_max_seconds=100.0)
+    probe = AimdState(limit=33, ceiling=33, rate_limited_at=0.0, hold_seconds=60.0)
+    assert aimd.on_rate_limited(probe, limit_at_grant=33, now=90.0).hold_seconds == 100.0
+
+
+def test_a_rate_limit_below_the_ceiling_starts_the_hold_over() -> None:
+    aimd = AimdLimit(max_limit=64, ceiling_hold_seconds=30.0)
+    below = AimdState(limit=28, ceiling=33, rate_limited_at=0.0, hold_seconds=120.0)
+    assert aimd.on_rate_limited(below, limit_at_grant=28, now=10.0).hold_seconds == 30.0
+
+
+def test_the_doubled_hold_keeps_the_step_to_the_ceiling_back() -> None:
+    aimd = AimdLimit(max_limit=64, successes_until_increase=1, ceiling_hold_seconds=30.0)
+    state = AimdState(limit=32, ceiling=33, rate_limited_at=100.0, hold_seconds=60.0)
+    assert aimd.on_success(state, in_flight=32, now=159.9) is state
+
+
 def test_the_adaptive_limit_settles_below_the_ceiling_it_learned() -> None:
     limit = AdaptiveRequestLimit(
         AdaptiveLimitSettings(successes_until_increase=1, default_cooldown_seconds=1.0), 64
     )
-    limit.on_outcome(LIMITED, now=0.0, limit_at_grant=33, in_flight=33, retry_after_seconds=None)
+    limit.on_outcome(LIMITED, now=0.0, limit_at_grant=64, in_flight=64, retry_after_seconds=None)
     assert limit.limit == 48
     limit.advance(1.0)
     for step in range(40):  # plenty of successes, well inside the hold
@@ -192,12 +255,28 @@ def test_the_adaptive_limit_settles_below_the_ceiling_it_learned() -> None:
         limit.on_outcome(
             OK, now=now, limit_at_grant=64, in_flight=limit.limit, retry_after_seconds=None
         )
-    assert limit.limit == 63  # ceiling 64 (the limit when limited): held one below it
+    assert limit.limit == 63  # ceiling 64 (all 64 in flight when refused): held one below it
+
+
+def test_a_ceiling_learned_from_fewer_in_flight_holds_the_decreased_limit() -> None:
+    limit = AdaptiveRequestLimit(
+        AdaptiveLimitSettings(successes_until_increase=1, default_cooldown_seconds=1.0), 64
+    )
+    limit.on_outcome(LIMITED, now=0.0, limit_at_grant=64, in_flight=33, retry_after_seconds=None)
+    assert (limit.limit, limit.ceiling) == (48, 49)
+    limit.advance(1.0)
+    for step in range(40):
+        limit.on_outcome(
+            OK, now=1.0 + step * 0.1, limit_at_grant=48, in_flight=48, retry_after_seconds=None
+        )
+    assert limit.limit == 48
 
 
 def test_a_negative_ceiling_hold_is_refused() -> None:
     with pytest.raises(EngineError):
         AimdLimit(max_limit=4, ceiling_hold_seconds=-1.0)
+    with pytest.raises(EngineError, match="ceiling_hold_max_seconds"):
+        AimdLimit(max_limit=4, ceiling_hold_seconds=60.0, ceiling_hold_max_seconds=30.0)
 
 
 def test_the_gradient_baseline_is_the_lowest_latency_seen() -> None:

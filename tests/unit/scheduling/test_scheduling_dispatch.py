@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from sluiceway.context import current_task
-from sluiceway.errors import EngineError, RunCancelledError
+from sluiceway.errors import RunCancelledError
 from sluiceway.fair_queue import QueueView
 from sluiceway.scheduling.admission import (
     ReleaseResult,
@@ -210,31 +210,6 @@ async def test_failing_task_propagates_and_still_releases_its_lease() -> None:
         await scheduler.run()
     assert caught.group_contains(RuntimeError, match="storage is gone")
     assert admission.active_leases == 0
-
-
-async def test_work_that_can_never_be_admitted_fails_instead_of_hanging() -> None:
-    scheduler, _, _ = _scheduler(2, 2, limits={"submission": 1, "local": 0 + 1})
-    # A local task needs `local`; a controller without it can never admit the root.
-    resolver = TaskSchedulingResolver()
-    admission = RecordingAdmission({"submission": 1, "local": 1})
-    admission._limits["local"] = 0  # a broken configuration the engine must explain
-    stuck = AsyncTaskScheduler(
-        SchedulerSettings(
-            num_records=2,
-            buffer_size=2,
-            max_concurrent_row_groups=1,
-            max_task_attempts=1,
-            run_id="t",
-        ),
-        tracker=CompletionTracker(NODES),
-        scheduling=[resolver.resolve(g) for g in GENERATORS],
-        admission=admission,
-        handler=ScriptedHandler(admission),
-    )
-    with pytest.raises(ExceptionGroup) as caught:
-        await stuck.run()
-    assert caught.group_contains(EngineError, match="can never be admitted")
-    del scheduler
 
 
 async def test_a_row_dropped_while_a_sibling_task_runs_is_checkpointed_after_it_finishes() -> None:

@@ -188,7 +188,13 @@ GROUPS = {"a": 1, "b": 2, "c": 3}
 
 
 class QueueControllerPolicyMachine(RuleBasedStateMachine):
-    """The ready queue, the controller and a policy driven together, as the dispatch loop does."""
+    """The ready queue, the controller and a policy driven together, as the dispatch loop does:
+    ``controller.select_next(queue)`` -> ``try_acquire`` -> ``commit``, releases in any order."""
+
+    # What the runs exercised (checked by ``test_the_machine_exercises_debt_and_fairness``).
+    seen_debt_while_peer_waits = 0
+    seen_fair_service_steps = 0
+    seen_lone_group_checks = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -219,43 +225,21 @@ class QueueControllerPolicyMachine(RuleBasedStateMachine):
     @rule(group=st.sampled_from(sorted(GROUPS)), count=st.integers(min_value=1, max_value=4))
     def enqueue(self, group: str, count: int) -> None:
         for _ in range(count):
-            item = _item(group, GROUPS[group])
-            _enqueue(self.queue, item)
-            self.enqueued.add(item.task_id)
+            self._add(group)
 
     @precondition(lambda self: self.controller is not None)
     @rule(steps=st.integers(min_value=1, max_value=8))
     def dispatch(self, steps: int) -> None:
-        controller = self.controller
-        assert controller is not None
-        view = self.queue.view()
         for _ in range(steps):
-            selection = self.queue.select_next(lambda e: controller.is_eligible(e.item, view))
-            if selection is None:
+            if self._dispatch_one() is None:
                 self._check_lone_group_is_work_conserving()
                 break
-            item = selection.entry.item
-            group = item.group.key
-            debt = controller.view().debt_by_group.get(group, 0)
-            peer_waiting = queued_peer_weight(group, item.group.weight, "submission", view) > 0
-            lease = controller.try_acquire(item, view)
-            assert isinstance(lease, TaskAdmissionLease)
-            # A group in debt gets nothing while a peer waits and the resource is free.
-            assert not (debt and peer_waiting)
-            assert self.queue.commit(selection) is item
-            assert item.task_id not in self.running
-            self.running[item.task_id] = lease
 
     @precondition(lambda self: bool(self.running))
     @rule(data=st.data())
     def complete(self, data: st.DataObject) -> None:
-        controller = self.controller
-        assert controller is not None
         task_id = data.draw(st.sampled_from(sorted(self.running)))
-        lease = self.running.pop(task_id)
-        assert controller.release(lease).released
-        self.done.add(task_id)
-        self.released.append(lease)
+        self._complete(task_id)
 
     @precondition(lambda self: bool(self.released))
     @rule(data=st.data())
@@ -267,6 +251,109 @@ class QueueControllerPolicyMachine(RuleBasedStateMachine):
         assert controller.release(lease).status is ReleaseStatus.DUPLICATE
         assert controller.view().leased == before
 
+    @precondition(lambda self: self.controller is not None)
+    @rule(
+        depths=st.fixed_dictionaries(
+            {group: st.integers(min_value=1, max_value=12) for group in sorted(GROUPS)}
+        ),
+        data=st.data(),
+    )
+    def backlogged_service_tracks_weights(
+        self, depths: dict[str, int], data: st.DataObject
+    ) -> None:
+        """Settle (finish what runs, serve what is queued), then backlog every group and serve
+        one task at a time: while all groups stay backlogged, normalized service ``S_g / w_g``
+        of any two groups differs by at most one item of each (``1 / w_g + 1 / w_h``)."""
+        self._settle()
+        for group, depth in depths.items():
+            for _ in range(depth):
+                self._add(group)
+        served = dict.fromkeys(GROUPS, 0)
+        budget = data.draw(st.integers(min_value=1, max_value=sum(depths.values())))
+        for _ in range(budget):
+            view = self.queue.view()
+            if any(not view.queued_in_group(group) for group in GROUPS):
+                break  # a group ran dry: the bound holds only while all are backlogged
+            task_id = self._dispatch_one()
+            assert task_id is not None
+            served[task_id.split("/")[0]] += 1
+            QueueControllerPolicyMachine.seen_fair_service_steps += 1
+            self._complete(task_id)
+            for g, wg in GROUPS.items():
+                for h, wh in GROUPS.items():
+                    assert served[g] / wg - served[h] / wh <= 1 / wg + 1 / wh + 1e-9, served
+
+    @precondition(lambda self: self.controller is not None)
+    @rule(group=st.sampled_from(sorted(GROUPS)), extra=st.integers(min_value=1, max_value=3))
+    def lone_group_takes_everything(self, group: str, extra: int) -> None:
+        """With no other group queued or holding leases, one group gets the whole limit."""
+        self._settle()
+        for _ in range(self.limit + extra):
+            self._add(group)
+        while self._dispatch_one() is not None:
+            pass
+        self._check_lone_group_is_work_conserving()
+
+    @precondition(lambda self: self.controller is not None)
+    @rule()
+    def borrow_then_a_peer_arrives(self) -> None:
+        """ "b" holds a lease, "a" works alone beyond its strict share (borrowing, under
+        bounded borrow), then "b" queues again: from then on "a" may not start while in debt."""
+        self._settle()
+        self._add("b")
+        self._dispatch_one()
+        for _ in range(self.limit):
+            self._add("a")
+        while self._dispatch_one() is not None:
+            pass
+        self._add("b")
+        while self._dispatch_one() is not None:
+            pass
+
+    def _settle(self) -> None:
+        """Finish what runs and serve what is queued, one at a time."""
+        for task_id in sorted(self.running):
+            self._complete(task_id)
+        while len(self.queue):
+            # With nothing in flight every head may start: the queue drains without a stall.
+            started = self._dispatch_one()
+            assert started is not None
+            self._complete(started)
+
+    def _add(self, group: str) -> None:
+        item = _item(group, GROUPS[group])
+        _enqueue(self.queue, item)
+        self.enqueued.add(item.task_id)
+
+    def _dispatch_one(self) -> str | None:
+        """One dispatch cycle; the id of the task that started, or None if nothing could."""
+        controller = self.controller
+        assert controller is not None
+        view = self.queue.view()
+        selection = controller.select_next(self.queue)
+        if selection is None:
+            return None
+        item = selection.entry.item
+        group = item.group.key
+        debt = controller.view().debt_by_group.get(group, 0)
+        peer_waiting = queued_peer_weight(group, item.group.weight, "submission", view) > 0
+        lease = controller.try_acquire(item, view)
+        assert isinstance(lease, TaskAdmissionLease)
+        # A group in debt gets nothing while a peer waits and the resource is free.
+        assert not (debt and peer_waiting)
+        assert self.queue.commit(selection) is item
+        assert item.task_id not in self.running
+        self.running[item.task_id] = lease
+        return item.task_id
+
+    def _complete(self, task_id: str) -> None:
+        controller = self.controller
+        assert controller is not None
+        lease = self.running.pop(task_id)
+        assert controller.release(lease).released
+        self.done.add(task_id)
+        self.released.append(lease)
+
     def _check_lone_group_is_work_conserving(self) -> None:
         controller = self.controller
         assert controller is not None
@@ -274,6 +361,7 @@ class QueueControllerPolicyMachine(RuleBasedStateMachine):
         backlogged = list(view.backlogged_groups())
         holders = set(controller.view().leased_by_group)
         if len(backlogged) == 1 and holders <= set(backlogged):
+            QueueControllerPolicyMachine.seen_lone_group_checks += 1
             assert controller.view().leased["submission"] == self.limit
 
     @invariant()
@@ -284,6 +372,27 @@ class QueueControllerPolicyMachine(RuleBasedStateMachine):
         assert queued | running | self.done == self.enqueued
 
     @invariant()
+    def policy_calls_change_nothing(self) -> None:
+        """``evaluate`` is pure, and ``on_acquire`` / ``on_release`` only return a delta: asking
+        them about every queued head leaves the ledger, the debt and the queue as they were,
+        and asking twice gives the same answer."""
+        controller = self.controller
+        if controller is None:
+            return
+        policy = controller.policy
+        ledger = controller.ledger
+        view = self.queue.view()
+        before = (controller.view(), self.queue.statistics(), view.version)
+        for group in list(view.backlogged_groups()):
+            head = view.first_candidate(group)
+            assert head is not None
+            first = policy.evaluate(head.item, view, ledger)
+            assert policy.evaluate(head.item, view, ledger) == first
+            policy.on_acquire(head.item, view, ledger)
+            policy.on_release(head.item.group.key, ledger)
+        assert (controller.view(), self.queue.statistics(), view.version) == before
+
+    @invariant()
     def ledger_within_bounds_and_debt_backed_by_leases(self) -> None:
         controller = self.controller
         if controller is None:
@@ -292,11 +401,29 @@ class QueueControllerPolicyMachine(RuleBasedStateMachine):
         leased = view.leased["submission"]
         assert 0 <= leased <= self.limit
         assert leased == len(self.running) == view.active_leases
+        queue_view = self.queue.view()
         for group, debt in view.debt_by_group.items():
             assert 0 < debt <= view.leased_by_group.get(group, 0)
+            if queued_peer_weight(group, GROUPS[group], "submission", queue_view):
+                QueueControllerPolicyMachine.seen_debt_while_peer_waits += 1
 
 
 QueueControllerPolicyMachine.TestCase.settings = settings(
     max_examples=80, stateful_step_count=40, deadline=None
 )
 test_queue_controller_policy_machine = QueueControllerPolicyMachine.TestCase
+
+
+def test_the_machine_exercises_debt_and_fairness() -> None:
+    machine = QueueControllerPolicyMachine
+    for _ in range(3):  # the machine's runs are random: run it again if it missed a case
+        if (
+            machine.seen_debt_while_peer_waits
+            and machine.seen_fair_service_steps
+            and machine.seen_lone_group_checks
+        ):
+            break
+        machine.TestCase().runTest()
+    assert machine.seen_debt_while_peer_waits > 0
+    assert machine.seen_fair_service_steps > 0
+    assert machine.seen_lone_group_checks > 0

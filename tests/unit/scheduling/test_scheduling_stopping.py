@@ -1,13 +1,10 @@
-"""Scheduler contracts for stalls, retry budgets, the adaptive horizon and liveness messages."""
+"""Scheduler contracts for stalls, retry budgets and the adaptive horizon."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 
-import pytest
-
-from sluiceway.errors import EngineError
 from sluiceway.scheduling.admission import TaskAdmissionController
 from sluiceway.scheduling.resolver import TaskSchedulingResolver
 from sluiceway.scheduling.row_group_admission import RowGroupAdmissionReason, RowGroupHorizonMode
@@ -140,15 +137,3 @@ async def test_a_fixed_horizon_never_goes_beyond_the_minimum() -> None:
     stats = scheduler.statistics()
     assert stats.max_row_groups_in_flight == 2
     assert RowGroupAdmissionReason.ADMITTED_IDLE_CAPACITY not in stats.row_group_admission
-
-
-async def test_work_that_can_never_fit_is_explained_with_tasks_and_resources() -> None:
-    handler = Handler()
-    scheduler = _scheduler(handler, num_records=2, limits={"submission": 4, "local": 4})
-    scheduler._admission._limits["local"] = 0  # a ledger no local task can ever fit
-    with pytest.raises(ExceptionGroup) as caught:
-        await scheduler.run()
-    (error,) = caught.value.exceptions
-    assert isinstance(error, EngineError)
-    assert "root/0/*" in str(error) and "'local'" in str(error)
-    assert "max_local_tasks" in str(error)

@@ -202,3 +202,17 @@ def test_remove_journal_deletes_the_side_files(tmp_path: Path) -> None:
     assert journal_files(tmp_path)
     remove_journal(tmp_path)
     assert journal_files(tmp_path) == []
+
+
+def test_results_queued_together_are_committed_in_one_transaction(tmp_path: Path) -> None:
+    journal = _journal(tmp_path)
+    # Queued before the writer starts: its first commit takes them all.
+    for row in range(200):
+        journal.record(row // 20, "text", row, encode_payload({"text": f"t{row}"}))
+    journal.forget_row_group(0)
+    journal.start()
+    journal.close()
+    stats = journal.statistics()
+    assert (stats.recorded, stats.committed, stats.batches) == (200, 200, 1)
+    assert stats.forgotten_row_groups == 1
+    assert count_entries(tmp_path / JOURNAL_FILE_NAME) == 180

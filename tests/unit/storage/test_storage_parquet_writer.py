@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import math
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -351,3 +352,32 @@ def test_any_column_values_round_trip(
         for row, index in zip(rows, indices, strict=True)
     ]
     assert _records(frame) == expected
+
+
+class _ThreadRecordingZone(dt.tzinfo):
+    """A fixed UTC+1 zone that notes which thread asks for its offset: encoding an aware
+    datetime calls it, so it shows where a row group is encoded and written."""
+
+    def __init__(self) -> None:
+        self.threads: set[int] = set()
+
+    def utcoffset(self, value: dt.datetime | None) -> dt.timedelta:
+        self.threads.add(threading.get_ident())
+        return dt.timedelta(hours=1)
+
+    def dst(self, value: dt.datetime | None) -> dt.timedelta:
+        return dt.timedelta(0)
+
+    def tzname(self, value: dt.datetime | None) -> str:
+        return "UTC+01"
+
+
+async def test_a_row_group_is_encoded_and_written_off_the_event_loop(tmp_path: Path) -> None:
+    zone = _ThreadRecordingZone()
+    writer = RowGroupWriter(tmp_path, column_order=["at"])
+    rows = [{"at": dt.datetime(2025, 3, 1, 9, minute, tzinfo=zone)} for minute in range(3)]
+    written = await writer.write(0, rows, [0, 1, 2])
+    assert zone.threads, "encoding never asked the zone for its offset"
+    assert threading.get_ident() not in zone.threads
+    frame = pq.read_table(written.path).to_pandas()
+    assert list(frame["at"].dt.hour) == [8, 8, 8]  # 09:xx at UTC+1, stored in UTC

@@ -1,0 +1,533 @@
+"""The httpx transport of the provider clients: HTTP/1.1 keep-alive over asyncio protocols.
+
+One connection carries one request at a time; idle connections are kept per origin (scheme,
+host, port) for ``keepalive_expiry_seconds`` and reused newest first; at most ``max_connections``
+are open at once, and a request that finds none free waits (FIFO) up to the pool timeout. The
+whole answer is read before ``handle_async_request`` returns (provider answers are small JSON
+documents). Bodies are framed by ``Content-Length``, ``Transfer-Encoding: chunked`` or the end of
+the connection. There are no retries: a failed attempt raises and is counted by the executor.
+
+Why not httpcore's pool: per request it scans its connections and asks each idle one whether it
+is readable through anyio (a ``poll`` and a ``getpeername`` system call each), and wraps every
+read and write in cancel scopes. Here readability is known from the protocol callbacks, and a
+request costs a few callbacks on the event loop.
+
+Failures are httpx's exceptions (``ConnectError``, ``ConnectTimeout``, ``ReadError``,
+``ReadTimeout``, ``WriteError``, ``WriteTimeout``, ``PoolTimeout``, ``RemoteProtocolError``),
+so the client boundary maps them as it maps any httpx failure. Cancelling a request closes its
+connection (its state is unknown) and frees the slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+_MAX_HEAD_BYTES = 64 * 1024
+_READ_CHUNK = 64 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+DEFAULT_KEEPALIVE_EXPIRY_SECONDS = 5.0
+
+Origin = tuple[bytes, bytes, int]
+
+
+class _Timeout(Exception):
+    """A wait ran out of time; turned into the httpx timeout of the phase that waited."""
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: a receive buffer and at most one waiter for more bytes."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.eof = False
+        self.error: BaseException | None = None
+        self.idle_since = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._paused = False
+
+    # -- protocol callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.error = exc
+        self.transport = None
+        self._wake()
+        writable = self._writable
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        writable = self._writable
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- used by the transport ---------------------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        """An idle connection that the server has not closed and that has no stray bytes."""
+        return self.transport is not None and not self.eof and not self.buffer
+
+    async def _wait(self, future: asyncio.Future[None], timeout_seconds: float | None) -> None:
+        handle = None
+        if timeout_seconds is not None:
+            handle = self._loop.call_later(timeout_seconds, _expire, future)
+        try:
+            await future
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+    async def write(self, data: bytes, timeout_seconds: float | None) -> None:
+        transport = self.transport
+        if transport is None:
+            raise ConnectionResetError("the connection was closed before the request was sent")
+        transport.write(data)
+        while self._paused and self.transport is not None:
+            self._writable = self._loop.create_future()
+            try:
+                await self._wait(self._writable, timeout_seconds)
+            finally:
+                self._writable = None
+        if self.transport is None:
+            raise ConnectionResetError("the connection was closed while the request was sent")
+
+    async def fill(self, timeout_seconds: float | None) -> bool:
+        """Wait for more bytes; False once the peer closed the connection."""
+        if self.eof:
+            return False
+        self._waiter = self._loop.create_future()
+        try:
+            await self._wait(self._waiter, timeout_seconds)
+        finally:
+            self._waiter = None
+        return bool(self.buffer) or not self.eof
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(_Timeout())
+
+
+class Http11Transport(httpx.AsyncBaseTransport):
+    """A keep-alive HTTP/1.1 pool of at most ``max_connections`` connections; no retries.
+
+    ``ssl_context`` is used for ``https`` origins (default: httpx's, made at the first https
+    connection). ``statistics`` counts connections opened and requests sent.
+    """
+
+    def __init__(
+        self,
+        max_connections: int,
+        *,
+        keepalive_expiry_seconds: float = DEFAULT_KEEPALIVE_EXPIRY_SECONDS,
+        ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"Http11Transport needs max_connections >= 1, got {max_connections}")
+        self.max_connections = max_connections
+        self._keepalive_expiry_seconds = keepalive_expiry_seconds
+        self._ssl_context = ssl_context
+        self._clock = clock
+        # Mutable state, all of it:
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._open = 0  # connections open or being opened, idle ones included
+        self._slot_waiters: collections.deque[tuple[Origin, asyncio.Future[_Connection | None]]] = (
+            collections.deque()
+        )
+        self._closed = False
+        self.connections_opened = 0
+        self.requests_sent = 0
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    # -- the request -------------------------------------------------------------------------
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts = request.extensions.get("timeout", {})
+        url = request.url
+        origin: Origin = (url.raw_scheme, url.raw_host, url.port or _default_port(url.raw_scheme))
+        body = request.content if isinstance(request.stream, httpx.ByteStream) else b""
+        if not isinstance(request.stream, httpx.ByteStream):
+            body = b"".join([chunk async for chunk in request.stream])  # type: ignore[union-attr]
+        head = _request_head(request, len(body))
+        connection = await self._checkout(origin, request, timeouts)
+        reuse = False
+        try:
+            self.requests_sent += 1
+            try:
+                await connection.write(head + body, timeouts.get("write"))
+            except _Timeout:
+                raise httpx.WriteTimeout("timed out sending the request", request=request) from None
+            except OSError as exc:
+                raise httpx.WriteError(
+                    f"sending the request failed: {exc}", request=request
+                ) from None
+            response, reuse = await self._read_response(connection, request, timeouts.get("read"))
+            return response
+        finally:
+            self._checkin(origin, connection, reuse)
+
+    async def _read_response(
+        self, connection: _Connection, request: httpx.Request, timeout_seconds: float | None
+    ) -> tuple[httpx.Response, bool]:
+        try:
+            return await self._parse(connection, request, timeout_seconds)
+        except _Timeout:
+            raise httpx.ReadTimeout("timed out waiting for the answer", request=request) from None
+        except OSError as exc:
+            raise httpx.ReadError(f"reading the answer failed: {exc}", request=request) from None
+
+    async def _parse(
+        self, connection: _Connection, request: httpx.Request, timeout_seconds: float | None
+    ) -> tuple[httpx.Response, bool]:
+        buffer = connection.buffer
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            if len(buffer) > _MAX_HEAD_BYTES:
+                raise httpx.RemoteProtocolError(
+                    "the answer's headers are too large", request=request
+                )
+            if not await connection.fill(timeout_seconds):
+                _raise_if_reset(connection)
+                raise httpx.RemoteProtocolError(
+                    "the server closed the connection without sending a complete answer",
+                    request=request,
+                )
+        lines = bytes(buffer[:end]).split(b"\r\n")
+        del buffer[: end + 4]
+        status_line = lines[0].split(b" ", 2)
+        if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+            raise httpx.RemoteProtocolError(
+                f"malformed status line {lines[0][:80]!r}", request=request
+            )
+        try:
+            status = int(status_line[1])
+        except ValueError:
+            raise httpx.RemoteProtocolError(
+                f"malformed status code {status_line[1][:20]!r}", request=request
+            ) from None
+        version = status_line[0]
+        reason = status_line[2] if len(status_line) > 2 else b""
+        headers: list[tuple[bytes, bytes]] = []
+        length: int | None = None
+        chunked = False
+        connection_header = b""
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                raise httpx.RemoteProtocolError(f"malformed header {line[:80]!r}", request=request)
+            name = name.strip()
+            value = value.strip()
+            headers.append((name, value))
+            lowered = name.lower()
+            if lowered == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise httpx.RemoteProtocolError(
+                        f"bad content-length {value[:20]!r}", request=request
+                    ) from None
+            elif lowered == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lowered == b"connection":
+                connection_header = value.lower()
+        if 100 <= status < 200:
+            # An interim answer (e.g. 100 Continue): the final one follows on the same stream.
+            return await self._parse(connection, request, timeout_seconds)
+        keep_alive = (
+            b"close" not in connection_header
+            if version == b"HTTP/1.1"
+            else b"keep-alive" in connection_header
+        )
+        if request.method == "HEAD" or status in _NO_BODY_STATUSES:
+            content = b""
+        elif chunked:
+            content = await _read_chunked(connection, request, timeout_seconds)
+        elif length is not None:
+            while len(buffer) < length:
+                if not await connection.fill(timeout_seconds):
+                    _raise_if_reset(connection)
+                    raise httpx.RemoteProtocolError(
+                        f"the server closed the connection {len(buffer)} of {length} body bytes in",
+                        request=request,
+                    )
+            content = bytes(buffer[:length])
+            del buffer[:length]
+        else:
+            while await connection.fill(timeout_seconds):
+                pass
+            _raise_if_reset(connection)
+            content = bytes(buffer)
+            buffer.clear()
+            keep_alive = False
+        response = httpx.Response(
+            status,
+            headers=headers,
+            content=content,
+            request=request,
+            extensions={"http_version": version, "reason_phrase": reason},
+        )
+        return response, keep_alive and not connection.buffer
+
+    # -- the pool ----------------------------------------------------------------------------
+
+    async def _checkout(
+        self, origin: Origin, request: httpx.Request, timeouts: dict[str, float | None]
+    ) -> _Connection:
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed", request=request)
+        idle = self._idle.get(origin)
+        now = self._clock()
+        while idle:
+            connection = idle.pop()
+            if connection.reusable and now - connection.idle_since < self._keepalive_expiry_seconds:
+                return connection
+            self._discard(connection)
+        handed = await self._take_slot(origin, request, timeouts.get("pool"))
+        if handed is not None:
+            return handed
+        try:
+            return await self._connect(origin, request, timeouts.get("connect"))
+        except BaseException:
+            self._free_slot()
+            raise
+
+    async def _take_slot(
+        self, origin: Origin, request: httpx.Request, timeout_seconds: float | None
+    ) -> _Connection | None:
+        """Count a slot for a new connection (``None``), or wait for one: then either a slot
+        or an idle connection of ``origin`` handed over by a finished request."""
+        if self._open >= self.max_connections:
+            self._close_one_idle()
+        if self._open < self.max_connections and not self._slot_waiters:
+            self._open += 1
+            return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_Connection | None] = loop.create_future()
+        entry = (origin, future)
+        self._slot_waiters.append(entry)
+        handle = (
+            loop.call_later(timeout_seconds, _expire, future)
+            if timeout_seconds is not None
+            else None
+        )
+        try:
+            return await future  # the slot is counted for us before the future resolves
+        except _Timeout:
+            raise httpx.PoolTimeout("no connection became free in time", request=request) from None
+        except BaseException:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                handed = future.result()  # granted, then cancelled: pass it on
+                if handed is None:
+                    self._free_slot()
+                else:
+                    self._checkin(origin, handed, True)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+            if entry in self._slot_waiters:
+                self._slot_waiters.remove(entry)
+
+    def _free_slot(self) -> None:
+        self._open -= 1
+        while self._slot_waiters and self._open < self.max_connections:
+            _, waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                self._open += 1
+                waiter.set_result(None)
+
+    def _close_one_idle(self) -> None:
+        oldest: tuple[float, Origin, _Connection] | None = None
+        for origin, idle in self._idle.items():
+            if idle and (oldest is None or idle[0].idle_since < oldest[0]):
+                oldest = (idle[0].idle_since, origin, idle[0])
+        if oldest is not None:
+            self._idle[oldest[1]].remove(oldest[2])
+            self._discard(oldest[2])
+
+    def _discard(self, connection: _Connection) -> None:
+        connection.close()
+        self._free_slot()
+
+    async def _connect(
+        self, origin: Origin, request: httpx.Request, timeout_seconds: float | None
+    ) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        context = None
+        if scheme == b"https":
+            if self._ssl_context is None:
+                self._ssl_context = httpx.create_ssl_context()
+            context = self._ssl_context
+        elif scheme != b"http":
+            raise httpx.UnsupportedProtocol(
+                f"the provider transport speaks http and https, not {scheme.decode()!r}",
+                request=request,
+            )
+        connection = _Connection(loop)
+        hostname = host.decode("ascii")
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await loop.create_connection(
+                    lambda: connection,
+                    hostname,
+                    port,
+                    ssl=context,
+                    server_hostname=hostname if context is not None else None,
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(
+                f"no connection to {hostname}:{port} within {timeout_seconds}s", request=request
+            ) from None
+        except OSError as exc:
+            raise httpx.ConnectError(
+                f"cannot connect to {hostname}:{port}: {exc}", request=request
+            ) from None
+        self.connections_opened += 1
+        return connection
+
+    def _checkin(self, origin: Origin, connection: _Connection, reuse: bool) -> None:
+        if not (reuse and connection.reusable and not self._closed):
+            connection.abort()
+            self._free_slot()
+            return
+        for entry in self._slot_waiters:
+            waiting_origin, waiter = entry
+            if waiting_origin == origin and not waiter.done():
+                self._slot_waiters.remove(entry)
+                waiter.set_result(connection)  # the slot goes with the connection
+                return
+        if self._slot_waiters:
+            # Waiters for other origins: close this connection to make room for theirs.
+            self._discard(connection)
+            return
+        connection.idle_since = self._clock()
+        self._idle.setdefault(origin, []).append(connection)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+                self._open -= 1
+            idle.clear()
+        for _, waiter in self._slot_waiters:
+            if not waiter.done():
+                waiter.cancel()
+        self._slot_waiters.clear()
+
+
+def _default_port(scheme: bytes) -> int:
+    return 443 if scheme == b"https" else 80
+
+
+def _request_head(request: httpx.Request, body_length: int) -> bytes:
+    target = request.url.raw_path or b"/"
+    parts = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+    has_length = False
+    for name, value in request.headers.raw:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            continue  # the body is sent whole, framed by its length
+        if lowered == b"content-length":
+            has_length = True
+            value = str(body_length).encode("ascii")
+        parts += (name, b": ", value, b"\r\n")
+    if not has_length and (body_length or request.method in ("POST", "PUT", "PATCH")):
+        parts.append(f"content-length: {body_length}\r\n".encode("ascii"))
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _raise_if_reset(connection: _Connection) -> None:
+    error = connection.error
+    if isinstance(error, OSError):
+        raise error
+
+
+async def _read_chunked(
+    connection: _Connection, request: httpx.Request, timeout_seconds: float | None
+) -> bytes:
+    buffer = connection.buffer
+    body = bytearray()
+
+    async def line() -> bytes:
+        while True:
+            end = buffer.find(b"\r\n")
+            if end >= 0:
+                text = bytes(buffer[:end])
+                del buffer[: end + 2]
+                return text
+            if len(buffer) > _MAX_HEAD_BYTES or not await connection.fill(timeout_seconds):
+                _raise_if_reset(connection)
+                raise httpx.RemoteProtocolError("a chunked body ended early", request=request)
+
+    while True:
+        size_text = (await line()).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise httpx.RemoteProtocolError(
+                f"bad chunk size {size_text[:20]!r}", request=request
+            ) from None
+        if size == 0:
+            while await line():
+                pass  # trailers
+            return bytes(body)
+        while len(buffer) < size + 2:
+            if not await connection.fill(timeout_seconds):
+                _raise_if_reset(connection)
+                raise httpx.RemoteProtocolError("a chunked body ended early", request=request)
+        body += buffer[:size]
+        del buffer[: size + 2]
