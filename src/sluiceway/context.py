@@ -10,7 +10,10 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from sluiceway.values import fast_init
 
+
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskCorrelation:
     """Who is running: enough to attribute a model call to a task and to a fairness group."""

@@ -2,8 +2,10 @@
 interrupted (SIGINT) at seeded random points, then ``sluiceway run --resume``. The final dataset
 must equal an uninterrupted run with the same seed, and no model request whose result was
 already kept (journaled, or in a checkpointed row group) may be sent again. Requests are counted
-by content hash where the generator receives the answer: a custom column appends one line per
-completed call to a log file named by an environment variable."""
+by content hash twice: at the provider (the simulated provider's ``request_log`` gets the key of
+every answered attempt, written through at once, so it survives SIGKILL) and where the generator
+receives the answer (a custom column appends one line per completed call to a log file named by
+an environment variable). Every prompt names its row, so one content hash is one cell."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ NUM_RECORDS = 240
 BUFFER_SIZE = 20
 DEADLINE_SECONDS = 60.0
 LOG_ENV = "SLUICEWAY_CRASH_REQUEST_LOG"
+PROVIDER_LOG = "provider.log"  # relative to the workspace, where the runs start
 
 COLUMN_MODULE = f'''
 import hashlib
@@ -51,11 +54,12 @@ async def counted(row, ctx):
 '''
 
 
-def _config() -> dict[str, object]:
+def _config(*, provider_log: bool = True) -> dict[str, object]:
+    simulation: dict[str, object] = {"latency_seconds": 0.01}
+    if provider_log:
+        simulation["request_log"] = PROVIDER_LOG
     return {
-        "providers": [
-            {"name": "sim", "type": "simulated", "simulation": {"latency_seconds": 0.01}}
-        ],
+        "providers": [{"name": "sim", "type": "simulated", "simulation": simulation}],
         "models": [
             {"alias": "writer", "provider": "sim", "model": "sim-w", "max_parallel_requests": 8}
         ],
@@ -66,8 +70,14 @@ def _config() -> dict[str, object]:
                 "sampler": {"kind": "category", "values": ["a", "b", "c"]},
             },
             {"name": "n", "type": "sampler", "sampler": {"kind": "integer", "low": 0, "high": 99}},
+            {"name": "serial", "type": "sampler", "sampler": {"kind": "uuid"}},
             {"name": "title", "type": "expression", "template": "{{ n }} on {{ topic }}"},
-            {"name": "text", "type": "llm_text", "model": "writer", "prompt": "Write {{ title }}"},
+            {
+                "name": "text",
+                "type": "llm_text",
+                "model": "writer",
+                "prompt": "Write {{ title }} ({{ serial }})",
+            },
             {
                 "name": "summary",
                 "type": "custom",
@@ -91,11 +101,13 @@ class Workspace:
     config: Path
 
 
-def _workspace(root: Path) -> Workspace:
+def _workspace(root: Path, *, provider_log: bool = True) -> Workspace:
+    """A directory with the column module and the config; ``provider_log=False`` for runs under
+    a file-size or disk limit, which the provider's log must not count against."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "crash_columns.py").write_text(COLUMN_MODULE)
     config = root / "config.yaml"
-    config.write_text(yaml.safe_dump(_config()))
+    config.write_text(yaml.safe_dump(_config(provider_log=provider_log)))
     return Workspace(root=root, config=config)
 
 
@@ -149,6 +161,12 @@ def _log_entries(log: Path) -> list[tuple[str, int, str]]:
     return entries
 
 
+def _provider_keys(ws: Workspace) -> list[str]:
+    """Request keys the simulated provider answered, in order, over every run so far."""
+    log = ws.root / PROVIDER_LOG
+    return log.read_text().split() if log.exists() else []
+
+
 def _part_files(out: Path) -> int:
     return len(list(out.glob("part-*.parquet"))) if out.exists() else 0
 
@@ -186,6 +204,9 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     assert code == 0, (ws.root / "baseline.stderr").read_text()
     assert len(_log_entries(ws.root / "baseline.log")) == NUM_RECORDS
     assert _model_requests(ws.root / "baseline.stdout") == len(MODEL_COLUMNS) * NUM_RECORDS
+    keys = _provider_keys(ws)
+    # One answered request per model cell, each with its own content.
+    assert len(set(keys)) == len(keys) == len(MODEL_COLUMNS) * NUM_RECORDS
     return load_dataset(out)
 
 
@@ -240,8 +261,11 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_dataset(
         # it commits while the run goes on, not only when it ends.
         assert any(cell[1] // BUFFER_SIZE not in _written_groups(out) for cell in kept)
 
+    answered_first = _provider_keys(ws)
+
     second = _start(ws, out, second_log, "--resume")
     assert _finish(second) == 0, (tmp_path / "second.stderr").read_text()
+    answered_second = _provider_keys(ws)[len(answered_first) :]
 
     pd.testing.assert_frame_equal(load_dataset(out), baseline)
     assert read_manifest(out).status is RunStatus.COMPLETED
@@ -260,6 +284,17 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_dataset(
     repeated = {digest for *_, digest in before} & {digest for *_, digest in after}
     if point.signal is signal.SIGINT:
         assert repeated == set(), "an interrupt must keep every completed request"
+    # At the provider, by content hash: the resumed run asks for exactly the cells not kept,
+    # so it repeats at most the answers that arrived but were not kept when the run stopped
+    # (with SIGKILL: results not yet committed to the journal; with SIGINT: none).
+    first_keys, second_keys = set(answered_first), set(answered_second)
+    assert len(second_keys) == len(answered_second) == len(MODEL_COLUMNS) * NUM_RECORDS - len(kept)
+    lost = len(first_keys) - len(kept)
+    assert lost >= 0
+    assert len(first_keys & second_keys) <= lost
+    assert len(first_keys | second_keys) == len(MODEL_COLUMNS) * NUM_RECORDS
+    if point.signal is signal.SIGINT:
+        assert first_keys & second_keys == set(), "an interrupt must keep every answer"
     assert not (out / JOURNAL_FILE_NAME).exists()
 
 
@@ -290,7 +325,7 @@ def _limit_file_size() -> None:
 def test_a_write_refused_by_a_file_size_limit_fails_loudly_and_resume_completes(
     tmp_path: Path, baseline: pd.DataFrame
 ) -> None:
-    ws = _workspace(tmp_path)
+    ws = _workspace(tmp_path, provider_log=False)
     out = tmp_path / "data"
     code, stderr = _run_with_file_size_limit(ws, out, "--no-journal")
     assert code == 1, stderr
@@ -308,7 +343,7 @@ def test_a_write_refused_by_a_file_size_limit_fails_loudly_and_resume_completes(
 
 
 def test_a_journal_that_cannot_be_written_fails_loudly(tmp_path: Path) -> None:
-    ws = _workspace(tmp_path)
+    ws = _workspace(tmp_path, provider_log=False)
     out = tmp_path / "data"
     code, stderr = _run_with_file_size_limit(ws, out)
     assert code == 1, stderr
@@ -382,7 +417,7 @@ def test_a_full_disk_fails_loudly_and_resume_completes_once_space_is_free(
     disk_bytes: int,
     fails_at: str,
 ) -> None:
-    ws = _workspace(tmp_path)
+    ws = _workspace(tmp_path, provider_log=False)
     disk = tmp_path / "disk"
     disk.mkdir()
     env = {

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sluiceway.scheduling.metadata import SchedulingMetadata
+from sluiceway.values import fast_init
 
 
 class GenerationStrategy(enum.Enum):
@@ -90,6 +91,7 @@ class ModelCalls(Protocol):
     def embed_sync(self, alias: str, texts: Sequence[str]) -> list[list[float]]: ...
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerationContext:
     """What a generator may use besides its input rows.

@@ -23,11 +23,15 @@ _SIMULATION_EXCLUDED = frozenset(
         "latency_tail_seconds",
         "capacity",
         "rpm",
+        "tpm",
         "retry_after_seconds",
         "queueing",
+        "request_log",
     }
 )
-_MODEL_EXCLUDED = frozenset({"max_parallel_requests", "timeout_seconds", "rpm", "tpm"})
+_MODEL_EXCLUDED = frozenset(
+    {"max_parallel_requests", "timeout_seconds", "rpm", "tpm", "latency_gradient"}
+)
 _COLUMN_EXCLUDED = frozenset({"scheduling"})
 _RUN_INCLUDED = ("num_records", "seed")
 

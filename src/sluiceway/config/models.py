@@ -94,10 +94,14 @@ class SimulationSettingsConfig(ConfigModel):
     latency_tail_seconds: float = Field(default=0.0, ge=0.0)
     capacity: int | None = Field(default=None, ge=1)
     rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
     retry_after_seconds: float = Field(default=1.0, ge=0.0)
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    invalid_json_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     embedding_dimensions: int = Field(default=16, ge=1)
     queueing: bool = False
+    # A file that gets the request key (hex) of every answered attempt, one line each.
+    request_log: str | None = None
 
 
 ProviderType = Literal["openai", "anthropic", "simulated"]
@@ -174,6 +178,8 @@ class ModelConfig(ConfigModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
+    # None: the run's request_admission.latency_gradient; True / False: this endpoint's own.
+    latency_gradient: bool | None = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -268,6 +268,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         request_resolver,
         events=bus,
         budgets=budgets_from_config(config.providers, config.models),
+        models=config.models,
     )
     executor = ModelRequestExecutor(
         request_admission,

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sluiceway.values import fast_init
+
 
 class GenerationKind(enum.Enum):
     """What a request asks the model for; part of a model task's scheduling identity."""
@@ -21,12 +23,14 @@ class GenerationKind(enum.Enum):
     EMBEDDING = "embedding"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChatMessage:
     role: str
     content: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelRequest:
     """One concrete request to one model endpoint.
@@ -44,6 +48,7 @@ class ModelRequest:
     timeout_seconds: float | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TokenUsage:
     prompt_tokens: int = 0
@@ -54,6 +59,7 @@ class TokenUsage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelResponse:
     """A successful answer: ``text`` for chat kinds, ``embeddings`` for embedding requests."""

@@ -420,7 +420,8 @@ class BehaviourModel:
         if kind is GenerationKind.EMBEDDING:
             return self._embed(request)
         prompt_words = _count_words(request.messages)
-        draw = hashlib.blake2b(key, digest_size=16, person=b"sim-text").digest()
+        # The key is already a uniform hash of the request and the seed: its bytes pick the text.
+        draw = key
         reasoning = _REASONING[(draw[9] << 8 | draw[10]) & _SENTENCE_MASK]
         if kind is GenerationKind.TEXT:
             text, words = self._text(request.messages, draw)
@@ -452,15 +453,15 @@ class BehaviourModel:
         """(answer, word count): two or three bank sentences picked by ``draw`` bytes."""
         bank = _SENTENCES
         mask = _SENTENCE_MASK
-        first, words = bank[(draw[0] << 8 | draw[1]) & mask]
-        second, more = bank[(draw[2] << 8 | draw[3]) & mask]
+        first, words, first_lowered = bank[(draw[0] << 8 | draw[1]) & mask]
+        second, more, _ = bank[(draw[2] << 8 | draw[3]) & mask]
         words += more
         topic = _topic_words(messages, draw[6], draw[7])
         if topic:
-            first = f"Regarding {topic}, {first[0].lower()}{first[1:]}"
+            first = f"Regarding {topic}, {first_lowered}"
             words += 2 + topic.count(" ")
         if draw[8] & 1:
-            third, more = bank[(draw[4] << 8 | draw[5]) & mask]
+            third, more, _ = bank[(draw[4] << 8 | draw[5]) & mask]
             text = f"{first} {second} {third}"
             words += more
         else:
@@ -551,6 +552,8 @@ def _unit_draw(request_key: bytes, attempt_number: int, purpose: bytes) -> float
 
 
 def _count_words(messages: tuple[ChatMessage, ...]) -> int:
+    if len(messages) == 1:
+        return messages[0].content.count(" ") + 1
     return sum(message.content.count(" ") + 1 for message in messages)
 
 
@@ -590,14 +593,15 @@ def _topic_words(messages: tuple[ChatMessage, ...], first: int, second: int) -> 
     return picked
 
 
-def _sentence_bank(seed: int, opening: str, size: int) -> tuple[tuple[str, int], ...]:
-    """``size`` sentences of 5 to 10 vocabulary words with their word counts, fixed by ``seed``."""
+def _sentence_bank(seed: int, opening: str, size: int) -> tuple[tuple[str, int, str], ...]:
+    """``size`` sentences of 5 to 10 vocabulary words, fixed by ``seed``: each with its word
+    count and its form with a lower-case first letter (to follow an opening clause)."""
     rng = random.Random(seed)
-    bank: list[tuple[str, int]] = []
+    bank: list[tuple[str, int, str]] = []
     for _ in range(size):
         words = [WORDS[rng.getrandbits(8)] for _ in range(rng.randint(5, 10))]
         text = f"{opening} {' '.join(words)}." if opening else " ".join(words).capitalize() + "."
-        bank.append((text, len(words) + len(opening.split())))
+        bank.append((text, len(words) + len(opening.split()), text[0].lower() + text[1:]))
     return tuple(bank)
 
 
@@ -606,5 +610,5 @@ def _sentence_bank(seed: int, opening: str, size: int) -> tuple[tuple[str, int],
 _SENTENCE_MASK = 0x3FF
 _SENTENCES = _sentence_bank(20_240_601, "", _SENTENCE_MASK + 1)
 _REASONING = tuple(
-    text for text, _ in _sentence_bank(20_240_602, "First consider the", _SENTENCE_MASK + 1)
+    text for text, _, _ in _sentence_bank(20_240_602, "First consider the", _SENTENCE_MASK + 1)
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from sluiceway.config.models import ModelConfig, ProviderConfig
 from sluiceway.errors import ConfigError, ConfigIssue
@@ -26,8 +27,10 @@ def simulation_settings(provider: ProviderConfig) -> SimulationSettings:
         latency_tail_seconds=sim.latency_tail_seconds,
         capacity=sim.capacity,
         rpm=sim.rpm,
+        tpm=sim.tpm,
         retry_after_seconds=sim.retry_after_seconds,
         failure_rate=sim.failure_rate,
+        invalid_json_rate=sim.invalid_json_rate,
         embedding_dimensions=sim.embedding_dimensions,
         queueing=sim.queueing,
     )
@@ -42,7 +45,13 @@ def build_provider_client(
 ) -> ProviderClient:
     """The client of one configured provider. Raises :class:`ConfigError` for a missing key."""
     if provider.type == "simulated":
-        return SimulatedProvider(provider.name, simulation_settings(provider), seed=seed)
+        log = provider.simulation.request_log
+        return SimulatedProvider(
+            provider.name,
+            simulation_settings(provider),
+            seed=seed,
+            request_log=None if log is None else Path(log),
+        )
     env = os.environ if environ is None else environ
     api_key: str | None = None
     if provider.api_key_env is not None:

@@ -2,14 +2,18 @@
 
 It answers offline and deterministically (``type: simulated`` providers), with the latency,
 capacity, rate limits and faults of :mod:`sluiceway.providers.behaviour`. Capacity, RPM and
-TPM apply per model id, like a real endpoint's per-model limits.
+TPM apply per model id, like a real endpoint's per-model limits. With a ``request_log`` every
+answered attempt appends the hex of its request key (a hash of the request content and the seed)
+as one line to that file, written through at once, so a killed process leaves a complete count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from sluiceway.errors import (
     BadRequestError,
@@ -47,6 +51,7 @@ class SimulatedProvider:
         seed: int,
         clock: Callable[[], float] | None = None,
         track_requests: bool = False,
+        request_log: Path | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -59,6 +64,18 @@ class SimulatedProvider:
             AttemptLedger() if self.behaviour.uses_attempt_numbers else None
         )
         self._completed: Counter[str] | None = Counter() if track_requests else None
+        # One write(2) per answer on an O_APPEND descriptor: lines never interleave or tear.
+        self._log_fd: int | None = None
+        if request_log is not None:
+            try:
+                self._log_fd = os.open(
+                    request_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+                )
+            except OSError as error:
+                raise EngineError(
+                    f"simulated provider {name!r}: cannot open its request log {request_log} "
+                    f"({error.strerror}); fix simulation.request_log or the directory"
+                ) from None
 
     def _now(self) -> float:
         clock = self._clock
@@ -120,6 +137,8 @@ class SimulatedProvider:
                     attempts.forget(key)
             if self._completed is not None:
                 self._completed[key.hex()] += 1
+            if self._log_fd is not None:
+                os.write(self._log_fd, key.hex().encode() + b"\n")
             return response
         except BadRequestError:
             outcome = AttemptOutcome.REJECTED
@@ -153,4 +172,6 @@ class SimulatedProvider:
         return self.behaviour.request_key(request).hex()
 
     async def aclose(self) -> None:
-        return None
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None

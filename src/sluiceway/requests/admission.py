@@ -76,6 +76,7 @@ from sluiceway.requests.limits import (
     static_limits,
 )
 from sluiceway.requests.outcomes import RequestReleaseOutcome
+from sluiceway.values import fast_init
 
 DEFAULT_GROUP = "default"
 
@@ -168,6 +169,7 @@ class ReleaseResult(enum.Enum):
         return self is ReleaseResult.OK
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestAdmissionItem:
     """One request asking for a lease: resource, fairness group and weight, correlation.
@@ -232,6 +234,7 @@ class RequestAdmissionItem:
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class RequestAdmissionLease:
     """Proof that one request may be in flight. Identity-compared; released exactly once."""
@@ -246,6 +249,7 @@ class RequestAdmissionLease:
     reserved_tokens: int = 0  # charged to the tpm budgets of its provider/model, if any
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestAdmissionDenied:
     """Why ``try_acquire`` gave no lease. A budget refusal is ``no_capacity`` with

@@ -4,6 +4,7 @@ the rpm / tpm budgets of the models."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from sluiceway.config.models import ModelConfig, ProviderConfig, RunConfig
 from sluiceway.observability import EventBus
@@ -64,24 +65,38 @@ def build_request_admission(
     *,
     events: EventBus | None = None,
     budgets: RequestBudgets | None = None,
+    models: Sequence[ModelConfig] = (),
 ) -> RequestAdmissionController:
     """The controller of one run, with every provider/model the resolver knows; its request
     admission events go to ``events`` (default: a bus with no sinks); ``budgets`` (see
-    :func:`budgets_from_config`) adds rpm / tpm budgets."""
+    :func:`budgets_from_config`) adds rpm / tpm budgets. A model of ``models`` that sets
+    ``latency_gradient`` overrides the run's setting for its provider/model (on if any of its
+    aliases turns it on)."""
     tuning = run.request_admission
     limits = static_limits
     if tuning.adaptive:
+        settings = AdaptiveLimitSettings(
+            initial_limit=tuning.initial_limit,
+            decrease_factor=tuning.decrease_factor,
+            successes_until_increase=tuning.successes_until_increase,
+            ceiling_hold_seconds=tuning.ceiling_hold_seconds,
+            startup_ramp_seconds=tuning.startup_ramp_seconds,
+            default_cooldown_seconds=tuning.default_cooldown_seconds,
+            max_cooldown_seconds=tuning.max_cooldown_seconds,
+            latency_gradient=tuning.latency_gradient,
+        )
+        gradient: dict[ProviderModelKey, bool] = {}
+        for model in models:
+            if model.latency_gradient is not None:
+                key = ProviderModelKey(provider=model.provider, model_id=model.model)
+                gradient[key] = gradient.get(key, False) or model.latency_gradient
         limits = adaptive_limits(
-            AdaptiveLimitSettings(
-                initial_limit=tuning.initial_limit,
-                decrease_factor=tuning.decrease_factor,
-                successes_until_increase=tuning.successes_until_increase,
-                ceiling_hold_seconds=tuning.ceiling_hold_seconds,
-                startup_ramp_seconds=tuning.startup_ramp_seconds,
-                default_cooldown_seconds=tuning.default_cooldown_seconds,
-                max_cooldown_seconds=tuning.max_cooldown_seconds,
-                latency_gradient=tuning.latency_gradient,
-            )
+            settings,
+            per_model={
+                key: replace(settings, latency_gradient=on)
+                for key, on in gradient.items()
+                if on != settings.latency_gradient
+            },
         )
     caps = resolver.static_caps()
     return RequestAdmissionController(

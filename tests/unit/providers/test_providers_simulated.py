@@ -263,3 +263,35 @@ async def test_is_a_provider_client() -> None:
     assert client.name == "sim"
     assert (await client.send(_request())).text
     await client.aclose()
+
+
+async def test_the_request_log_gets_one_key_per_answered_attempt(tmp_path: Any) -> None:
+    log = tmp_path / "answered.log"
+    provider = SimulatedProvider(
+        "sim", SimulationSettings(capacity=1), seed=3, request_log=log, track_requests=True
+    )
+    first = ModelRequest(
+        model_id="m", kind=GenerationKind.TEXT, messages=(ChatMessage(role="user", content="a"),)
+    )
+    second = ModelRequest(
+        model_id="m", kind=GenerationKind.TEXT, messages=(ChatMessage(role="user", content="b"),)
+    )
+    await provider.send(first)
+    await provider.send(second)
+    await provider.send(first)
+    # Written through at once: readable before the provider is closed.
+    lines = log.read_text().split()
+    assert lines == [
+        provider.request_key_hex(first),
+        provider.request_key_hex(second),
+        provider.request_key_hex(first),
+    ]
+    assert sorted(lines) == sorted(provider.completed_request_keys().elements())
+    await provider.aclose()
+
+
+def test_an_unwritable_request_log_is_a_clear_error(tmp_path: Any) -> None:
+    with pytest.raises(EngineError, match="cannot open its request log"):
+        SimulatedProvider(
+            "sim", SimulationSettings(), seed=3, request_log=tmp_path / "missing" / "x.log"
+        )
