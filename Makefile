@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= examples/quickstart.yaml
 OUT ?= out/quickstart
 
-.PHONY: setup run test check lint format typecheck contracts smoke clean
+.PHONY: setup run test check lint format typecheck contracts smoke bench-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ check: lint typecheck contracts test
 
 smoke: $(STAMP)
 	$(BIN)/python benchmarks/scale_smoke.py --records 100000
+
+# Every benchmark scenario at tiny sizes, one iteration each (under a minute; CI runs it).
+bench-smoke: $(STAMP)
+	$(BIN)/sluiceway bench all --smoke -o out/bench-smoke
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

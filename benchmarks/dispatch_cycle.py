@@ -6,6 +6,8 @@ enqueued per cycle, outside the timed part) while 32 background leases stay held
 caps and parked groups are in play), times each cycle with ``perf_counter_ns`` and prints p50 and
 p95 in microseconds for both policies: the median over ``--repeat`` measurements and their range.
 Target (SPEC §12): p95 < 20 us at 100k queued x 256 groups, flat in the number of queued tasks.
+Each row also shows the machine reference measured just before it (``ref_us``: p50 of 100 empty
+Python calls): this shared machine's speed drifts by 2x and more, so read a row next to it.
 """
 
 from __future__ import annotations
@@ -99,9 +101,12 @@ def main() -> None:
         "median [min - max] in microseconds"
     )
     print(f"machine reference before: {reference_us():.2f} us per 100 empty Python calls (p50)")
-    print(f"{'policy':<15} {'queued':>7} {'groups':>6}  {'p50_us':<22} {'p95_us':<22}")
+    print(
+        f"{'policy':<15} {'queued':>7} {'groups':>6}  {'p50_us':<22} {'p95_us':<22} {'ref_us':>6}"
+    )
     for queued in args.queued:
         for groups in args.groups:
+            reference = reference_us()
             runs: dict[str, list[tuple[float, float]]] = {name: [] for name in policies}
             for _ in range(args.repeat):  # alternate, so drift on a shared machine hits both
                 for name, make in policies.items():
@@ -111,6 +116,7 @@ def main() -> None:
                 p95s = [p95 for _, p95 in results]
                 print(
                     f"{name:<15} {queued:>7} {groups:>6}  {_spread(p50s):<22} {_spread(p95s):<22}"
+                    f" {reference:>6.2f}"
                 )
     print(f"machine reference after: {reference_us():.2f} us per 100 empty Python calls (p50)")
 

@@ -1,12 +1,13 @@
 """Scale smoke: N records through sampler -> expression -> llm_text on a zero-latency model.
 
 Reports wall time, model calls per second, CPU seconds (all threads) and peak RSS.
-``--no-journal`` turns the cell journal off, to measure what it costs; ``--events`` writes every
-event to ``events.jsonl`` in the output directory (no report), to measure what the JSONL sink
-costs; ``--live-view`` drives the rich live view of ``sluiceway run`` (rendered into a terminal
-that discards its output), to measure what the display costs. Not a test: run it by hand or
-with ``make smoke`` and read the figures (they depend on the machine and on what else runs on
-it).
+``--no-journal`` turns the cell journal off, to measure what it costs; ``--events`` writes the
+events to ``events.jsonl`` in the output directory (no report), to measure what the JSONL sink
+costs, with the per-task detail of ``--trace-sample-rate`` of the task attempts (default: the
+run config's default, as ``sluiceway run`` does; 1 records every event); ``--live-view``
+drives the rich live view of ``sluiceway run`` (rendered into a terminal that discards its
+output), to measure what the display costs. Not a test: run it by hand or with ``make smoke``
+and read the figures (they depend on the machine and on what else runs on it).
 
     .venv/bin/python benchmarks/scale_smoke.py --records 100000
 """
@@ -31,7 +32,10 @@ from sluiceway.engine.run import RunOptions, run_dataset
 from sluiceway.observability import EVENTS_FILE_NAME
 
 
-def smoke_config(records: int, buffer_size: int) -> DatasetConfig:
+def smoke_config(
+    records: int, buffer_size: int, trace_sample_rate: float | None = None
+) -> DatasetConfig:
+    events = {} if trace_sample_rate is None else {"trace_sample_rate": trace_sample_rate}
     return DatasetConfig.model_validate(
         {
             "providers": [{"name": "sim", "type": "simulated"}],
@@ -74,6 +78,7 @@ def smoke_config(records: int, buffer_size: int) -> DatasetConfig:
                 "seed": 7,
                 "buffer_size": buffer_size,
                 "max_concurrent_row_groups": 4,
+                "events": events,
             },
         }
     )
@@ -97,13 +102,20 @@ def main() -> int:
         help="write every event to events.jsonl in the output directory (default: off)",
     )
     parser.add_argument(
+        "--trace-sample-rate",
+        type=float,
+        default=None,
+        help="run.events.trace_sample_rate: share of task attempts whose detail events are "
+        "recorded (default: the config default; 1 = every event)",
+    )
+    parser.add_argument(
         "--live-view",
         action=argparse.BooleanOptionalAction,
         default=False,
         help="render the rich live view into a discarding terminal (default: off)",
     )
     args = parser.parse_args()
-    config = smoke_config(args.records, args.buffer_size)
+    config = smoke_config(args.records, args.buffer_size, args.trace_sample_rate)
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as devnull:
         progress = (
             RichProgress(Console(file=devnull, force_terminal=True, width=160))
@@ -137,6 +149,7 @@ def main() -> int:
         "journal": args.journal,
         "events": args.events,
         "live_view": args.live_view,
+        "trace_sample_rate": config.run.events.trace_sample_rate,
         "events_file_mib": round(events_mib, 1),
         "rows_written": info.rows_written,
         "rows_dropped": info.rows_dropped,

@@ -27,8 +27,9 @@ import enum
 import heapq
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from sluiceway.errors import EngineError
 
@@ -80,6 +81,20 @@ class QueueSelection(NamedTuple, Generic[T]):
     sequence_version: int
 
 
+# ``tuple.__new__`` called directly: the generated ``QueueSelection.__new__`` is a Python frame
+# more, on every dispatch.
+_new_selection: Callable[[type[QueueSelection[Any]], tuple[Any, int]], QueueSelection[Any]] = (
+    tuple.__new__
+)
+
+
+class DemandTables(NamedTuple):
+    """Live read-only tables of a queue's demand (:meth:`QueueView.demand_tables`)."""
+
+    by_group: Mapping[Hashable, Mapping[str, int]]
+    weight: Mapping[str, float]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueStatistics:
     queued: int
@@ -93,29 +108,38 @@ class QueueStatistics:
     parked_groups: int = 0
 
 
+# A heap entry: (start tag, tie-break sequence, group). Sequences are unique, so comparisons
+# never reach the group. An entry is live while it *is* its group's ``heap_entry``.
+_HeapEntry = tuple[float, int, "_Group[Any]"]
+
+
 class _Group(Generic[T]):
     __slots__ = (
         "demand",
         "entries",
         "finish_tag",
+        "heap_entry",
         "heap_seq",
-        "heap_token",
         "key",
         "parked",
         "start_tag",
+        "tag_step",
         "weight",
     )
 
     def __init__(self, key: Hashable, weight: float) -> None:
         self.key = key
         self.weight = weight
+        self.tag_step = 1.0 / weight  # finish tag = start tag + 1 / weight
         self.entries: deque[QueueEntry[T]] = deque()
         self.start_tag = 0.0
         self.finish_tag = 0.0
-        self.heap_token = 0
-        self.heap_seq = 0  # tie-break order of the group's live heap entry
+        # The group's live heap entry; ``None`` while it has no entries or is parked. Any other
+        # heap entry naming the group is stale (dropped when it reaches the top).
+        self.heap_entry: _HeapEntry | None = None
+        self.heap_seq = 0  # tie-break order of its heap entry when it was parked
         self.parked = False  # out of the heap until unparked; has entries while parked
-        self.demand: dict[str, int] = {}
+        self.demand: dict[str, int] = {}  # one dict for the group's life (never rebound)
 
 
 class QueueView(Generic[T]):
@@ -153,6 +177,15 @@ class QueueView(Generic[T]):
         """How many groups have queued demand for ``resource`` (kept incrementally)."""
         return self._queue._demand_groups.get(resource, 0)
 
+    def demand_tables(self) -> DemandTables:
+        """The live tables behind ``demand`` and ``demand_weight``, for readers on a hot path:
+        ``group -> resource -> queued amount`` (amounts > 0 only: a resource is a key exactly
+        while the group has queued demand for it) and ``resource -> total weight``
+        of the groups with queued demand. The same dicts for the queue's life, updated in place;
+        read them, never write them."""
+        queue = self._queue
+        return DemandTables(queue._group_demand, queue._demand_weight)
+
     @property
     def version(self) -> int:
         """Changes whenever the queue changes; a cache key for values derived from the view."""
@@ -177,19 +210,21 @@ class WeightedFairQueue(Generic[T]):
     def __init__(self) -> None:
         self._groups: dict[Hashable, _Group[T]] = {}
         self._ids: dict[Hashable, Hashable] = {}  # item_id -> group key, for dedup and removal
-        self._heap: list[tuple[float, int, int, Hashable]] = []  # (start tag, seq, token, group)
+        self._heap: list[_HeapEntry] = []
         self._backlogged = 0
         self._virtual_time = 0.0
         self._seq = 0
         self._version = 0
         self._enqueued_total = 0
         self._duplicates = 0
-        self._committed = 0
         self._stale = 0
         self._removed = 0
         # resource -> total weight / number of the groups with queued demand for it.
         self._demand_weight: dict[str, float] = {}
         self._demand_groups: dict[str, int] = {}
+        # group -> its queued demand (the ``_Group.demand`` dicts themselves): one lookup for
+        # readers on the dispatch path (``QueueView.demand_tables``).
+        self._group_demand: dict[Hashable, dict[str, int]] = {}
         self._demand_watcher: DemandWatcher | None = None
         self._shape_version = 0
         self._shape_changed = False
@@ -222,9 +257,11 @@ class WeightedFairQueue(Generic[T]):
             if group is None:
                 group = _Group(entry.group, entry.weight)
                 self._groups[entry.group] = group
+                self._group_demand[entry.group] = group.demand
             if group.weight != entry.weight:
                 old_weight = group.weight
                 group.weight = entry.weight
+                group.tag_step = 1.0 / entry.weight
                 for resource in group.demand:
                     self._demand_weight[resource] += entry.weight - old_weight
                     if self._demand_watcher is not None:
@@ -238,6 +275,11 @@ class WeightedFairQueue(Generic[T]):
                 for resource, amount in entry.demand.items():
                     if not amount:
                         continue
+                    if amount < 0:
+                        raise EngineError(
+                            f"item {entry.item_id!r} has a demand of {amount} for {resource!r}; "
+                            "a demand is >= 0"
+                        )
                     before = group.demand.get(resource, 0)
                     group.demand[resource] = before + amount
                     if not before:
@@ -276,7 +318,7 @@ class WeightedFairQueue(Generic[T]):
             return None
         head = top.entries[0]
         if is_eligible is None or is_eligible(head):
-            return QueueSelection(head, self._version)
+            return _new_selection(QueueSelection, (head, self._version))
         if len(self._heap) == 1:
             return None
 
@@ -285,25 +327,55 @@ class WeightedFairQueue(Generic[T]):
 
         return self._walk(None, judge)
 
+    def peek(self) -> QueueSelection[T] | None:
+        """The fairest head of a group that is not parked, unjudged: what
+        ``select_next_or_park`` returns when its judge finds that head eligible. Changes nothing
+        logical (stale heap entries above it are dropped)."""
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            top = entry[2]
+            if top.heap_entry is entry:
+                return _new_selection(QueueSelection, (top.entries[0], self._version))
+            heapq.heappop(heap)
+        return None
+
     def select_next_or_park(
-        self, judge: Callable[[QueueEntry[T]], HeadVerdict]
+        self,
+        judge: Callable[[QueueEntry[T]], HeadVerdict],
+        judged: tuple[QueueSelection[T], HeadVerdict] | None = None,
     ) -> QueueSelection[T] | None:
         """Like ``select_next``, but a head judged ``PARK`` takes its group out of the heap.
 
         Parked groups are not visited again until unparked, so a run of groups that stay
         ineligible costs one visit each instead of one per selection. Changes nothing logical.
+        ``judged``: a selection ``peek`` returned and the caller's verdict on it; while that
+        selection is current, its head is not shown to ``judge`` again.
         """
-        top = self._live_top()
-        if top is None:
+        heap = self._heap
+        while heap:  # the live top (``_live_top``, inline: this is the dispatch path)
+            entry = heap[0]
+            top = entry[2]
+            if top.heap_entry is entry:
+                break
+            heapq.heappop(heap)
+        else:
             return None
         head = top.entries[0]
-        verdict = judge(head)
+        if (
+            judged is not None
+            and judged[0].entry is head
+            and judged[0].sequence_version == self._version
+        ):
+            verdict = judged[1]
+        else:
+            verdict = judge(head)
         if verdict is _ELIGIBLE:
             # The common case: the fairest head may start. No walk, no frontier.
-            return QueueSelection(head, self._version)
+            return _new_selection(QueueSelection, (head, self._version))
         if verdict is _PARK:
             self._park(top)
-        if len(self._heap) == 1:
+        if len(heap) == 1:
             return None
         return self._walk(None, judge)
 
@@ -313,7 +385,6 @@ class WeightedFairQueue(Generic[T]):
         """Visit the heap in tag order without popping it (a small heap of indices) until a head
         is eligible. ``top`` is the live group at index 0, or ``None`` if it was judged already."""
         heap = self._heap
-        groups = self._groups
         size = len(heap)
         if top is None:
             frontier: list[tuple[float, int, int]] = []
@@ -324,13 +395,13 @@ class WeightedFairQueue(Generic[T]):
             frontier = [(heap[0][0], heap[0][1], 0)]
         while frontier:
             _, _, index = heapq.heappop(frontier)
-            _start, _seq, token, key = heap[index]
-            group = groups[key]
-            if group.heap_token == token and group.entries:
+            entry = heap[index]
+            group = entry[2]
+            if group.heap_entry is entry:
                 head = group.entries[0]
                 verdict = judge(head)
                 if verdict is _ELIGIBLE:
-                    return QueueSelection(head, self._version)
+                    return _new_selection(QueueSelection, (head, self._version))
                 if verdict is _PARK:
                     self._park(group)
             child = 2 * index + 1
@@ -342,7 +413,10 @@ class WeightedFairQueue(Generic[T]):
         return None
 
     def _park(self, group: _Group[T]) -> None:
-        group.heap_token += 1  # its heap entry goes stale; unpark pushes a new one
+        live = group.heap_entry
+        assert live is not None  # only a group in the heap is parked
+        group.heap_seq = live[1]  # unpark restores this tie order
+        group.heap_entry = None  # its heap entry goes stale; unpark pushes a new one
         group.parked = True
         self._parked.add(group.key)
 
@@ -371,42 +445,57 @@ class WeightedFairQueue(Generic[T]):
     def parked_count(self) -> int:
         return len(self._parked)
 
+    @property
+    def parked_groups(self) -> AbstractSet[Hashable]:
+        """The parked groups: a live read-only set (the same object for the queue's life)."""
+        return self._parked
+
     def commit(self, selection: QueueSelection[T]) -> T | None:
         """Remove the selected head; return ``None`` for a stale selection (nothing changes)."""
-        if selection.sequence_version != self._version:
+        entry, version = selection
+        if version != self._version:
             self._stale += 1
             return None
-        entry = selection.entry
         group = self._groups[entry.group]
         entries = group.entries
         if not entries or entries[0] is not entry:
             raise EngineError("a selection of the current version is not its group's head")
         entries.popleft()
-        self._forget(group, entry)
+        del self._ids[entry.item_id]
+        demand = entry.demand
+        if demand:
+            # ``_forget``'s demand bookkeeping, inline (this is the dispatch path).
+            queued = group.demand
+            for resource, amount in demand.items():
+                if amount:
+                    left = queued[resource] - amount
+                    if left:
+                        queued[resource] = left
+                    else:
+                        self._drop_demand(group, resource)
         if group.parked:  # its head changes
             self._clear_parked(group)
         start = group.start_tag
         if start > self._virtual_time:
             self._virtual_time = start
-        finish = start + 1.0 / group.weight
-        group.finish_tag = finish
+        group.finish_tag = finish = start + group.tag_step
         heap = self._heap
+        live = group.heap_entry
         # Usually the committed group's entry is the heap's top: replace it in one sift.
-        at_top = bool(heap) and heap[0][2] == group.heap_token and heap[0][3] == group.key
-        group.heap_token += 1  # invalidates the group's heap entry
+        at_top = live is not None and heap[0] is live
         if entries:
             group.start_tag = finish
             if at_top:
-                self._seq += 1
-                group.heap_seq = self._seq
-                heapq.heapreplace(heap, (finish, self._seq, group.heap_token, group.key))
+                self._seq = seq = self._seq + 1
+                group.heap_entry = replacement = (finish, seq, group)
+                heapq.heapreplace(heap, replacement)
             else:
                 self._push(group)
         else:
+            group.heap_entry = None
             if at_top:
                 heapq.heappop(heap)
             self._backlogged -= 1
-        self._committed += 1
         self._version += 1
         if self._shape_changed:
             self._note_shape_change()
@@ -425,10 +514,9 @@ class WeightedFairQueue(Generic[T]):
         if was_head or not group.entries:
             self._clear_parked(group)
         if not group.entries:
-            group.heap_token += 1
+            group.heap_entry = None
             self._backlogged -= 1
         elif was_head:
-            group.heap_token += 1
             self._push(group)
         self._removed += 1
         self._version += 1
@@ -444,7 +532,8 @@ class WeightedFairQueue(Generic[T]):
             backlogged_groups=self._backlogged,
             enqueued_total=self._enqueued_total,
             duplicates_ignored=self._duplicates,
-            committed_total=self._committed,
+            # Every accepted item is queued, committed or removed.
+            committed_total=self._enqueued_total - len(self._ids) - self._removed,
             stale_commits=self._stale,
             removed_total=self._removed,
             virtual_time=self._virtual_time,
@@ -454,24 +543,29 @@ class WeightedFairQueue(Generic[T]):
     def _forget(self, group: _Group[T], entry: QueueEntry[T]) -> None:
         del self._ids[entry.item_id]
         if entry.demand:
+            queued = group.demand
             for resource, amount in entry.demand.items():
                 if not amount:
                     continue
-                left = group.demand[resource] - amount
+                left = queued[resource] - amount
                 if left:
-                    group.demand[resource] = left
+                    queued[resource] = left
                 else:
-                    del group.demand[resource]
-                    self._shape_changed = True
-                    groups_left = self._demand_groups[resource] - 1
-                    if groups_left:
-                        self._demand_groups[resource] = groups_left
-                        self._demand_weight[resource] -= group.weight
-                    else:
-                        del self._demand_groups[resource]
-                        del self._demand_weight[resource]
-                    if self._demand_watcher is not None:
-                        self._demand_watcher.demand_changed(group.key, resource, group.weight, 0.0)
+                    self._drop_demand(group, resource)
+
+    def _drop_demand(self, group: _Group[T], resource: str) -> None:
+        """``group`` has no queued demand for ``resource`` any more."""
+        del group.demand[resource]
+        self._shape_changed = True
+        groups_left = self._demand_groups[resource] - 1
+        if groups_left:
+            self._demand_groups[resource] = groups_left
+            self._demand_weight[resource] -= group.weight
+        else:
+            del self._demand_groups[resource]
+            del self._demand_weight[resource]
+        if self._demand_watcher is not None:
+            self._demand_watcher.demand_changed(group.key, resource, group.weight, 0.0)
 
     def _note_shape_change(self) -> None:
         """After a change: a new demand shape may make any parked head eligible again (without a
@@ -493,33 +587,31 @@ class WeightedFairQueue(Generic[T]):
     def _restore(self, group: _Group[T]) -> None:
         group.parked = False
         # Same start tag and tie-break sequence as before parking: the order is unchanged.
-        heapq.heappush(self._heap, (group.start_tag, group.heap_seq, group.heap_token, group.key))
+        group.heap_entry = entry = (group.start_tag, group.heap_seq, group)
+        heapq.heappush(self._heap, entry)
 
     def _push(self, group: _Group[T]) -> None:
-        self._seq += 1
-        group.heap_seq = self._seq
-        heapq.heappush(self._heap, (group.start_tag, self._seq, group.heap_token, group.key))
+        """Give ``group`` a new live heap entry at its start tag (any older one goes stale)."""
+        self._seq = seq = self._seq + 1
+        group.heap_entry = entry = (group.start_tag, seq, group)
+        heapq.heappush(self._heap, entry)
         if len(self._heap) > 2 * self._backlogged + 16:
             self._compact()
 
     def _compact(self) -> None:
         """Rebuild the heap from the live entries only. Stale entries pile up below a head that
         stays ineligible (it is never popped); compaction keeps the heap O(G), amortized O(1)."""
-        self._heap = [
-            (group.start_tag, group.heap_seq, group.heap_token, group.key)
-            for group in self._groups.values()
-            if group.entries and not group.parked
-        ]
-        heapq.heapify(self._heap)
+        heap = [group.heap_entry for group in self._groups.values() if group.heap_entry]
+        heapq.heapify(heap)
+        self._heap[:] = heap  # in place: a caller may hold the list
 
     def _live_top(self) -> _Group[T] | None:
         """The group of the heap's top entry after dropping stale entries above it."""
         heap = self._heap
-        groups = self._groups
         while heap:
             top = heap[0]
-            group = groups[top[3]]
-            if group.heap_token == top[2] and group.entries:
+            group = top[2]
+            if group.heap_entry is top:
                 return group
             heapq.heappop(heap)
         return None

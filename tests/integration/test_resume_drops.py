@@ -5,6 +5,7 @@ the request again. Drops for account reasons (credentials) are not journaled and
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,21 @@ BUFFER_SIZE = 5
 class RejectingProvider:
     """The simulated provider, rejecting about one request in thirteen as invalid (decided by the
     request's content, so the same request is always rejected). Counts every request it is
-    sent by content hash, and the cell that sent it."""
+    sent by content hash, and the cell that sent it.
 
-    def __init__(self, stop_after: int | None = None) -> None:
+    With ``stop_after`` and ``journal``: once that many requests were sent, the first request
+    from a row group that has a drop in the journal sets ``reached`` and, like every request
+    after it, never gets an answer. So that row group cannot complete (completing it would
+    move its drop from the journal to the manifest) and the stop finds the drop journaled."""
+
+    def __init__(self, stop_after: int | None = None, journal: Path | None = None) -> None:
         self.inner = SimulatedProvider("sim", SimulationSettings(latency_seconds=0.01), seed=SEED)
         self.name = "sim"
         self.sent: Counter[str] = Counter()
         self.rejected: set[str] = set()
         self.cell_of: dict[str, tuple[str, int, int]] = {}
         self.stop_after = stop_after
+        self.journal = journal
         self.reached = asyncio.Event()
 
     async def send(self, request: ModelRequest) -> ModelResponse:
@@ -56,12 +63,34 @@ class RejectingProvider:
         task = current_task.get()
         if task is not None and task.row_index is not None:
             self.cell_of[key] = (task.column, task.row_group, task.row_index)
-        if self.stop_after is not None and sum(self.sent.values()) >= self.stop_after:
+        if self.reached.is_set() or (
+            self.stop_after is not None
+            and self.journal is not None
+            and task is not None
+            and sum(self.sent.values()) >= self.stop_after
+            and self.journal.exists()
+            and task.row_group in {self.cell_of[k][1] for k in self.journaled_drops(self.journal)}
+        ):
             self.reached.set()
+            await asyncio.Event().wait()  # held until the run is cancelled
         if int(key[:2], 16) % 13 == 0:
             self.rejected.add(key)
             raise BadRequestError(f"invalid request {key[:8]}")
         return await self.inner.send(request)
+
+    def journaled_drops(self, journal: Path) -> set[str]:
+        """Request keys of the rejected requests whose drop is already in the journal."""
+        try:
+            journaled = {(column, row) for _, column, row in read_journal_keys(journal)}
+        except sqlite3.Error:  # the journal's writer has not created its table yet
+            return set()
+        return {
+            key
+            for key in self.rejected
+            if key in self.cell_of
+            and (self.cell_of[key][0], self.cell_of[key][1] * BUFFER_SIZE + self.cell_of[key][2])
+            in journaled
+        }
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -99,7 +128,7 @@ async def test_a_permanent_drop_is_replayed_on_resume_without_a_request(
 ) -> None:
     expected, expected_dropped = baseline
     out = tmp_path / "data"
-    first = RejectingProvider(stop_after=stop_after)
+    first = RejectingProvider(stop_after=stop_after, journal=out / JOURNAL_FILE_NAME)
     task = asyncio.create_task(_run(out, first))
     reached = asyncio.create_task(first.reached.wait())
     await asyncio.wait({task, reached}, return_when=asyncio.FIRST_COMPLETED)
@@ -108,14 +137,7 @@ async def test_a_permanent_drop_is_replayed_on_resume_without_a_request(
     with pytest.raises((asyncio.CancelledError, RunStoppedError)):
         await task
     assert read_manifest(out).status is RunStatus.CANCELLED
-    journaled = {(column, row) for _, column, row in read_journal_keys(out / JOURNAL_FILE_NAME)}
-    journaled_drops = {
-        key
-        for key in first.rejected
-        if key in first.cell_of
-        and (first.cell_of[key][0], first.cell_of[key][1] * BUFFER_SIZE + first.cell_of[key][2])
-        in journaled
-    }
+    journaled_drops = first.journaled_drops(out / JOURNAL_FILE_NAME)
     assert journaled_drops, "the stop came before any drop was journaled"
 
     second = RejectingProvider()

@@ -43,6 +43,7 @@ from sluiceway.errors import (
 from sluiceway.fair_queue import QueueEntry, WeightedFairQueue
 from sluiceway.observability import (
     EVENTS_FILE_NAME,
+    TRACED_KINDS,
     AttemptEvent,
     CorrelatedRuntimeView,
     Event,
@@ -51,9 +52,12 @@ from sluiceway.observability import (
     EventStream,
     MemoryEventSink,
     TaskEvent,
+    TraceSampler,
     read_events,
+    read_events_header,
 )
 from sluiceway.observability.otel import OpenTelemetryEventSink
+from sluiceway.observability.report import Layer, build_report
 from sluiceway.observability.request_events import (
     RequestLeaseAcquired,
     RequestLimitDecreased,
@@ -115,6 +119,8 @@ def _config(num_records: int = 12, buffer_size: int = 4, **run: Any) -> dict[str
             "buffer_size": buffer_size,
             "retry": {"max_attempts": 2, "backoff_base_seconds": 0.0},
             "early_shutdown": {"enabled": False},
+            # These tests read full timelines: every task attempt is traced.
+            "events": {"trace_sample_rate": 1.0},
             **run,
         },
     }
@@ -268,6 +274,7 @@ def _write(tmp_path: Path, config: dict[str, Any]) -> Path:
 def _sim_config(num_records: int) -> dict[str, Any]:
     config = _config(num_records)
     config["providers"] = [{"name": "p", "type": "simulated"}]
+    del config["run"]["events"]  # the default trace sampling of `sluiceway run`
     return config
 
 
@@ -276,7 +283,10 @@ def test_cli_run_writes_events_and_report_and_report_rebuilds_it(tmp_path: Path)
     result = runner.invoke(app, ["run", str(_write(tmp_path, _sim_config(9))), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / EVENTS_FILE_NAME).is_file() and (out / "report.md").is_file()
+    # `sluiceway run` samples task timelines by default, and says so in the report.
+    assert read_events_header(out / EVENTS_FILE_NAME)["trace_sample_rate"] == 1 / 16
     first = (out / "report.md").read_text()
+    assert "## Trace sampling" in first and "1/16 of the task attempts" in first
     assert CANARY not in first and CANARY not in (out / EVENTS_FILE_NAME).read_text()
     (out / "report.md").unlink()
     result = runner.invoke(app, ["report", str(out)])
@@ -304,6 +314,16 @@ def test_cli_run_flags_move_or_turn_off_events_and_report(tmp_path: Path) -> Non
 
     result = runner.invoke(app, ["run", config, "-o", str(out), "--events", "x", "--no-events"])
     assert result.exit_code == 2
+
+    full = tmp_path / "full"
+    result = runner.invoke(app, ["run", config, "-o", str(full), "-q", "--trace-sample-rate", "1"])
+    assert result.exit_code == 0, result.output
+    assert read_events_header(full / EVENTS_FILE_NAME)["trace_sample_rate"] == 1.0
+    spawned = [e for e in read_events(full / EVENTS_FILE_NAME) if isinstance(e, WorkerSpawned)]
+    # Every task attempt: 6 text cells and 2 samplers in each of the 2 row groups.
+    assert len(spawned) == 6 + 2 * 2
+    result = runner.invoke(app, ["run", config, "-o", str(full), "--trace-sample-rate", "2"])
+    assert result.exit_code == 2 and "trace-sample-rate" in result.output
 
 
 # -- every canonical kind, each at its point ----------------------------------------------------
@@ -388,11 +408,12 @@ def _engine_events(
     return sink.events
 
 
-def _busy_run() -> tuple[Event, ...]:
+def _busy_run(trace_sample_rate: float = 1.0) -> tuple[Event, ...]:
     """Rate limits and recovery, queued and immediate waits, pressure, retries and drops, an
     adaptive row-group horizon and a task admission that blocks and caps groups."""
     RETRIED.clear()
     config = _storm_config(
+        events={"trace_sample_rate": trace_sample_rate},
         max_concurrent_row_groups=1,
         max_in_flight_tasks=8,
         max_local_tasks=1,
@@ -582,7 +603,12 @@ def _assert_emitted_at_their_points(events: Sequence[Event]) -> None:
     spawned = {e.execution_id: e for e in events if isinstance(e, WorkerSpawned)}
     ended = {e.execution_id: e for e in events if isinstance(e, TaskCompleted)}
     for event in events:
-        if isinstance(event, AttemptEvent) and event.correlation is not None:
+        # (An untraced attempt of a sampled run has no worker_spawned to compare with.)
+        if (
+            isinstance(event, AttemptEvent)
+            and event.correlation is not None
+            and event.correlation.traced
+        ):
             worker = spawned[event.correlation.execution_id]
             assert (event.correlation.task_id, event.correlation.column) == (
                 worker.task_id,
@@ -921,3 +947,154 @@ def test_plain_progress_lines_of_a_run_show_models_limits_and_rate_limits(tmp_pa
     assert lines[-1].startswith(f"progress: {done}/24 records (100.0%), ")
     assert re.search(r"; m \(p/m-1\) 0/\d/2 in flight/limit/cap, 2 rate limited", lines[-1])
     assert len(lines) > 3  # a line per update, not only start and end
+
+
+# -- trace sampling -----------------------------------------------------------------------------
+
+ALWAYS_SEEN_IN_A_BUSY_RUN = {
+    EventKind.SCHEDULER_JOB_STARTED,
+    EventKind.SCHEDULER_JOB_COMPLETED,
+    EventKind.SCHEDULER_HEALTH_SNAPSHOT,
+    EventKind.ROW_GROUP_ADMITTED,
+    EventKind.ROW_GROUP_CHECKPOINTED,
+    EventKind.QUEUE_DRAINED,
+    EventKind.ADMISSION_BLOCKED,
+    EventKind.RETRY_DEFERRED,
+    EventKind.SALVAGE_REDISPATCHED,
+    EventKind.NON_RETRYABLE_DROPPED,
+    EventKind.REQUEST_RESOURCE_REGISTERED,
+    EventKind.REQUEST_RATE_LIMITED,
+    EventKind.REQUEST_LIMIT_DECREASED,
+    EventKind.REQUEST_LIMIT_INCREASED,
+}
+
+
+def test_a_sampled_run_records_traced_timelines_only_and_every_aggregate() -> None:
+    events = _busy_run(trace_sample_rate=0.5)
+    _assert_emitted_at_their_points(events)  # the invariants hold for the traced attempts
+    sampler = TraceSampler(0.5)
+    attempts = _by_attempt(events)
+    traced = {key for key in attempts if sampler.traces(*key)}
+    for key, seen in attempts.items():
+        detail = set(seen) & TRACED_KINDS
+        if key in traced:
+            # A traced attempt has its whole timeline (the advisory only under pressure), or
+            # its start when it was withdrawn from the queue because its row was dropped.
+            assert {EventKind.DEPENDENCY_READY, EventKind.READY_ENQUEUED} <= detail, key
+            if EventKind.SELECTED in detail:
+                assert set(TASK_POINTS) - {EventKind.REQUEST_PRESSURE_ADVISORY_SKIPPED} <= detail
+        else:
+            assert not detail, key  # an untraced one only its always-recorded events
+    untraced_failures = [
+        key
+        for key, seen in attempts.items()
+        if key not in traced
+        and {EventKind.RETRY_DEFERRED, EventKind.NON_RETRYABLE_DROPPED} & set(seen)
+    ]
+    assert traced and untraced_failures  # both sides of the sample are in this run
+    for event in events:
+        if isinstance(event, AttemptEvent) and event.kind in TRACED_KINDS:
+            assert event.correlation is not None and event.correlation.traced
+    assert {event.kind for event in events} >= ALWAYS_SEEN_IN_A_BUSY_RUN
+    # Every rate-limited attempt is counted, traced or not.
+    assert sum(e.kind is EventKind.REQUEST_RATE_LIMITED for e in events) == 2
+    # The attempts that are traced make request calls attributed to their own worker.
+    view = CorrelatedRuntimeView.from_events(events)
+    assert {(t.task_id, t.attempt) for t in view.timelines()} == traced
+
+
+def test_the_same_config_traces_the_same_task_attempts_and_rate_one_traces_all(
+    tmp_path: Path,
+) -> None:
+    def traced_attempts(out: Path, rate: float) -> tuple[set[tuple[str, int]], RunOutcome]:
+        outcome = _run(
+            out,
+            CanaryProvider(),
+            config=_config(num_records=40, events={"trace_sample_rate": rate}),
+        )
+        events = list(read_events(out / EVENTS_FILE_NAME))
+        assert read_events_header(out / EVENTS_FILE_NAME)["trace_sample_rate"] == rate
+        return {(e.task_id, e.attempt) for e in events if isinstance(e, WorkerSpawned)}, outcome
+
+    first, outcome = traced_attempts(tmp_path / "a", 0.25)
+    second, _ = traced_attempts(tmp_path / "b", 0.25)
+    assert first == second
+    every, full = traced_attempts(tmp_path / "c", 1.0)
+    dispatched = full.capacity_plan.runtime_snapshot["scheduler"]["tasks_dispatched"]
+    assert len(every) == dispatched
+    assert outcome.capacity_plan.runtime_snapshot["scheduler"]["tasks_dispatched"] == dispatched
+    assert first == {key for key in every if TraceSampler(0.25).traces(*key)}
+    assert 0 < len(first) < len(every)
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "## Trace sampling" in report and "1/4 of the task attempts" in report
+    assert "## Trace sampling" not in (tmp_path / "c" / "report.md").read_text()
+
+
+def _attribution_config(rate: float) -> DatasetConfig:
+    """400 cells on one simulated model of 4 parallel requests at 20 ms each, 16 tasks in flight:
+    cells wait in the ready queue, then for a request lease, then at the provider. Each layer
+    holds a steady share of the outstanding attempts, so a stall of the machine (which the
+    shares of one run cannot avoid) moves them little."""
+    return DatasetConfig.model_validate(
+        {
+            "providers": [
+                {"name": "sim", "type": "simulated", "simulation": {"latency_seconds": 0.02}}
+            ],
+            "models": [
+                {"alias": "m", "provider": "sim", "model": "m-1", "max_parallel_requests": 4}
+            ],
+            "columns": [
+                {
+                    "name": "n",
+                    "type": "sampler",
+                    "sampler": {"kind": "integer", "low": 1, "high": 9},
+                },
+                {"name": "text", "type": "llm_text", "model": "m", "prompt": "Say {{ n }}"},
+            ],
+            "run": {
+                "num_records": 400,
+                "seed": 3,
+                "buffer_size": 100,
+                "max_concurrent_row_groups": 2,
+                "max_in_flight_tasks": 16,
+                "events": {"trace_sample_rate": rate},
+            },
+        }
+    )
+
+
+def test_a_sampled_report_attributes_time_like_a_full_trace_of_the_same_config(
+    tmp_path: Path,
+) -> None:
+    shares = {}
+    for rate in (1.0, 0.25):
+        out = tmp_path / f"rate-{rate}"
+        outcome = asyncio.run(
+            run_dataset(
+                _attribution_config(rate),
+                RunOptions(output_dir=out, events_file=out / EVENTS_FILE_NAME, report=True),
+            )
+        )
+        assert outcome.info.rows_written == 400
+        artifacts = build_report(out)
+        rows = {row.name: row for row in artifacts.attribution.by_column}
+        rows["overall"] = artifacts.attribution.overall
+        shares[rate] = {
+            (name, layer): row.share(layer) for name, row in rows.items() for layer in Layer
+        }
+        if rate < 1:
+            traced = rows["text"].attempts
+            assert 60 < traced < 140  # about a quarter of the 400 cells
+            text = artifacts.report_path.read_text()
+            # The sample's request count is scaled back to the run: near the 400 made.
+            (estimate,) = re.findall(r"model requests \| ≈([\d,]+) success", text)
+            assert abs(int(estimate.replace(",", "")) - 400) < 100
+        else:
+            assert rows["text"].attempts == 400
+    assert shares[1.0].keys() == shares[0.25].keys()
+    # The cells and the whole run; the sampler column has 8 attempts (2 traced): too few.
+    compared = [key for key in shares[1.0] if key[0] in ("text", "overall")]
+    assert len(compared) == 2 * len(Layer)
+    for key in compared:
+        full = shares[1.0][key]
+        assert abs(shares[0.25][key] - full) < 0.1, (key, full, shares[0.25][key])

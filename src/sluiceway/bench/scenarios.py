@@ -130,26 +130,41 @@ def _chain(model: str) -> list[dict[str, Any]]:
 
 
 ZERO = Endpoint(alias="m", client_cap=256)
-LATENCY = Endpoint(alias="m", latency_seconds=0.02, capacity=8, client_cap=8)
-MOCK_LATENCY = Endpoint(alias="m", latency_seconds=0.05, capacity=8, client_cap=8)
+# Latency-bound endpoints answer in 200 ms, an LLM-like latency at which the event loop's timer
+# overshoot (a few tenths of a millisecond per wait here) stays a small share of each request.
+LATENCY = Endpoint(alias="m", latency_seconds=0.2, capacity=32, client_cap=32)
+MOCK_LATENCY = Endpoint(alias="m", latency_seconds=0.2, capacity=32, client_cap=32)
 WIDE = tuple(
-    Endpoint(alias=f"w{i}", latency_seconds=0.02, capacity=4, client_cap=4) for i in range(4)
+    Endpoint(alias=f"w{i}", latency_seconds=0.2, capacity=8, client_cap=8) for i in range(4)
 )
-GENERATE = Endpoint(alias="gen", latency_seconds=0.02, capacity=8, client_cap=8)
-JUDGE = Endpoint(alias="judge", latency_seconds=0.02, capacity=8, client_cap=8)
-DYNAMIC = Endpoint(alias="dyn", latency_seconds=0.02, capacity=8, client_cap=8)
-# True capacity 8 at 20 ms = 400 calls/s; the client starts at twice that.
+GENERATE = Endpoint(alias="gen", latency_seconds=0.2, capacity=16, client_cap=16)
+JUDGE = Endpoint(alias="judge", latency_seconds=0.2, capacity=16, client_cap=16)
+DYNAMIC = Endpoint(alias="dyn", latency_seconds=0.2, capacity=32, client_cap=32)
+# True capacity 32 at 200 ms = 160 calls/s; the client starts at twice that.
 RATE_LIMITED = Endpoint(
-    alias="m", latency_seconds=0.02, capacity=8, client_cap=16, retry_after_seconds=0.2
+    alias="m", latency_seconds=0.2, capacity=32, client_cap=64, retry_after_seconds=1.0
 )
 HEAVY_ROOT = Endpoint(alias="slow", latency_seconds=0.1, capacity=16, client_cap=16)
 FAST = Endpoint(alias="fast", latency_seconds=0.005, capacity=16, client_cap=16)
 COOLING = Endpoint(
-    alias="a", latency_seconds=0.05, capacity=4, client_cap=16, retry_after_seconds=0.5
+    alias="a", latency_seconds=0.2, capacity=8, client_cap=32, retry_after_seconds=1.0
 )
-BUSY = Endpoint(alias="b", latency_seconds=0.02, capacity=8, client_cap=8)
+BUSY = Endpoint(alias="b", latency_seconds=0.2, capacity=16, client_cap=16)
 
-_LATENCY_NOTE = "sum over models of capacity / latency"
+_LATENCY_NOTE = (
+    "sum over models of capacity / mean latency (measured per answered request; "
+    "utilization_configured uses the configured latency)"
+)
+
+
+def _capacities(*endpoints: Endpoint) -> dict[str, Any]:
+    """The analysis that lets the worker measure each model's mean latency (its model id)."""
+    return {
+        "capacity_by_model": {
+            f"bench-{ep.alias}": min(ep.client_cap, ep.capacity or ep.client_cap)
+            for ep in endpoints
+        }
+    }
 
 
 def _sum_limit(*endpoints: Endpoint) -> float:
@@ -246,6 +261,7 @@ def _memory(records: int, base_url: str | None) -> ConfigDocument:
 
 
 _TASK_EVENTS = ("ready_enqueued", "task_lease_acquired", "worker_spawned")
+_LATENCY_EVENTS = ("model_request_completed",)
 _REQUEST_EVENTS = ("model_request_completed", "request_rate_limited")
 _OVERHEAD_TARGET = ">= 10,000 model calls/s on one core (SPEC §12)"
 _UTILIZATION_TARGET = ">= 98% of the physical limit (SPEC §12)"
@@ -276,66 +292,74 @@ SCENARIOS: Mapping[str, Scenario] = {
         ),
         Scenario(
             name="narrow-chain",
-            summary="3-column LLM chain on one model, 20 ms latency, capacity 8",
+            summary="3-column LLM chain on one model, 200 ms latency, capacity 32",
             build=_narrow_latency,
-            records=600,
+            records=1000,
             smoke_records=40,
             primary_metric="utilization",
             physical_limit_per_second=_sum_limit(LATENCY),
             limit_note=_LATENCY_NOTE,
             target=_UTILIZATION_TARGET,
+            event_kinds=_LATENCY_EVENTS,
+            analysis=_capacities(LATENCY),
         ),
         Scenario(
             name="narrow-chain-mock",
-            summary="narrow-chain against the loopback mock server (50 ms latency, capacity 8)",
+            summary="narrow-chain against the loopback mock server (200 ms, capacity 32)",
             build=_narrow_mock,
-            records=300,
+            records=1000,
             smoke_records=20,
             primary_metric="utilization",
             physical_limit_per_second=_sum_limit(MOCK_LATENCY),
-            limit_note=_LATENCY_NOTE,
+            limit_note="capacity / configured latency (the client cannot see the server's own)",
             target=_UTILIZATION_TARGET,
             transport=Transport.MOCK_SERVER,
             mock_endpoint=MOCK_LATENCY,
         ),
         Scenario(
             name="wide-roots",
-            summary="4 independent LLM roots on 4 models, 20 ms latency, capacity 4 each",
+            summary="4 independent LLM roots on 4 models, 200 ms latency, capacity 8 each",
             build=_wide,
-            records=500,
+            records=750,
             smoke_records=40,
             primary_metric="utilization",
             physical_limit_per_second=_sum_limit(*WIDE),
             limit_note=_LATENCY_NOTE,
             target=_UTILIZATION_TARGET,
+            event_kinds=_LATENCY_EVENTS,
+            analysis=_capacities(*WIDE),
         ),
         Scenario(
             name="generate-judge",
-            summary="llm_text on one model, llm_judge of it on another; 20 ms, capacity 8 each",
+            summary="llm_text on one model, llm_judge of it on another; 200 ms, capacity 16 each",
             build=_judge,
-            records=1000,
+            records=1500,
             smoke_records=40,
             primary_metric="utilization",
             physical_limit_per_second=_sum_limit(GENERATE, JUDGE),
             limit_note=_LATENCY_NOTE,
             target=_UTILIZATION_TARGET,
+            event_kinds=_LATENCY_EVENTS,
+            analysis=_capacities(GENERATE, JUDGE),
         ),
         Scenario(
             name="dynamic-calls",
-            summary="custom column making 0, 1, 2 or 3 sequential calls per row; 20 ms, cap 8",
+            summary="custom column making 0, 1, 2 or 3 sequential calls per row; 200 ms, cap 32",
             build=_dynamic,
-            records=1200,
+            records=2000,
             smoke_records=40,
             primary_metric="utilization",
             physical_limit_per_second=_sum_limit(DYNAMIC),
             limit_note=_LATENCY_NOTE,
             target=_UTILIZATION_TARGET,
+            event_kinds=_LATENCY_EVENTS,
+            analysis=_capacities(DYNAMIC),
         ),
         Scenario(
             name="rate-limit",
-            summary="client cap 16 against a true capacity of 8 (20 ms): 400 calls/s possible",
+            summary="client cap 64 against a true capacity of 32 (200 ms): 160 calls/s possible",
             build=_rate_limit,
-            records=8000,
+            records=4000,
             smoke_records=200,
             primary_metric="goodput_ratio",
             ratio_metrics=("goodput_ratio", "goodput_after_settle_ratio"),
@@ -361,9 +385,9 @@ SCENARIOS: Mapping[str, Scenario] = {
         ),
         Scenario(
             name="cross-provider-cooldown",
-            summary="provider A over-capped (cap 16 vs capacity 4) cools down; B has its own work",
+            summary="provider A over-capped (cap 32 vs capacity 8) cools down; B has its own work",
             build=_cooldown,
-            records=600,
+            records=1200,
             smoke_records=40,
             primary_metric="busy_provider_utilization_in_cooldown",
             ratio_metrics=("busy_provider_utilization_in_cooldown",),

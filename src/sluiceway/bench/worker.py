@@ -12,6 +12,7 @@ the dynamic-calls scenario names as its custom column (``sluiceway_bench_worker:
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import hashlib
 import json
@@ -67,6 +68,8 @@ def _event_metrics(
     downstream = analysis.get("downstream_column")
     completions: list[tuple[float, str, str]] = []
     limited: list[tuple[float, str, float]] = []
+    latency_sum: dict[str, float] = {}
+    latency_count: dict[str, int] = {}
     for event in events:
         kind = str(event.kind.value)
         if kind in ("ready_enqueued", "task_lease_acquired", "worker_spawned"):
@@ -83,7 +86,11 @@ def _event_metrics(
             elif key not in leased:
                 hidden_waiters += 1  # a worker started without a task lease
         elif kind == "model_request_completed":
-            completions.append((event.captured_at, event.provider, str(event.outcome.value)))
+            outcome = str(event.outcome.value)
+            completions.append((event.captured_at, event.provider, outcome))
+            if outcome == "success":
+                latency_sum[event.model] = latency_sum.get(event.model, 0.0) + event.latency_seconds
+                latency_count[event.model] = latency_count.get(event.model, 0) + 1
         elif kind == "request_rate_limited":
             limited.append((event.captured_at, event.provider, event.cooldown_seconds or 0.0))
     if leased:  # task events were captured
@@ -92,6 +99,15 @@ def _event_metrics(
         metrics["first_downstream_dispatch_seconds"] = first_downstream
         metrics["downstream_ready_to_dispatch_p50_seconds"] = _percentile(gaps, 0.5)
         metrics["downstream_ready_to_dispatch_p95_seconds"] = _percentile(gaps, 0.95)
+    capacities: Mapping[str, int] = analysis.get("capacity_by_model", {})
+    if capacities and latency_count:
+        # SPEC §10: the limit of a model is capacity / mean latency, the latency each answered
+        # request took from its start to its answer (timer overshoot included).
+        means = {model: latency_sum[model] / latency_count[model] for model in latency_count}
+        metrics["mean_latency_seconds"] = sum(latency_sum.values()) / sum(latency_count.values())
+        metrics["measured_limit_per_second"] = sum(
+            capacity / means[model] for model, capacity in capacities.items() if model in means
+        )
     settle = analysis.get("settle_seconds")
     if settle is not None and completions:  # request events were captured
         after = started_at + float(settle)
@@ -108,9 +124,20 @@ def _event_metrics(
     cooled = analysis.get("cooldown_provider")
     busy = analysis.get("busy_provider")
     if cooled is not None and busy is not None and completions:
-        windows = _union_seconds(
-            [(at, at + cool) for at, provider, cool in limited if provider == cooled and cool > 0]
-        )
+        busy_done = [at for at, provider, _ in completions if provider == busy]
+        # Only while B still has work: its rate after its last answer says nothing.
+        busy_end = max(busy_done) if busy_done else started_at
+        windows = [
+            (start, min(end, busy_end))
+            for start, end in _union_seconds(
+                [
+                    (at, at + cool)
+                    for at, provider, cool in limited
+                    if provider == cooled and cool > 0
+                ]
+            )
+            if start < busy_end
+        ]
         window_seconds = sum(end - start for start, end in windows)
         inside = sum(
             1
@@ -181,10 +208,17 @@ async def _run_once(job: Mapping[str, Any], output: Path) -> dict[str, Any]:
     from sluiceway.config.models import DatasetConfig
     from sluiceway.engine.run import RunOptions, run_dataset
 
-    config = DatasetConfig.model_validate(job["config"])
+    raw = copy.deepcopy(job["config"])
+    kinds = job.get("event_kinds", [])
+    if kinds:
+        from sluiceway.observability.sampling import TRACED_KINDS
+
+        if any(kind in {k.value for k in TRACED_KINDS} for kind in kinds):
+            # The metrics count per-attempt events: every task attempt must be traced.
+            raw.setdefault("run", {}).setdefault("events", {})["trace_sample_rate"] = 1.0
+    config = DatasetConfig.model_validate(raw)
     options = RunOptions(output_dir=output, overwrite=True, journal=bool(job["journal"]))
     sink = None
-    kinds = job.get("event_kinds", [])
     if kinds:
         from sluiceway.observability import EventBus
         from sluiceway.observability.kinds import EventKind

@@ -162,22 +162,37 @@ def run(
         bool,
         typer.Option("--no-report", help="Do not build report.md and its plots after the run."),
     ] = False,
+    trace_sample_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--trace-sample-rate",
+            min=0.0,
+            max=1.0,
+            help="Override run.events.trace_sample_rate: the share of task attempts whose full "
+            "timeline is recorded (1 = every task attempt; aggregate events always are).",
+        ),
+    ] = None,
 ) -> None:
     """Generate the dataset and write one Parquet file per row group plus a manifest.
 
-    Also writes events.jsonl (every scheduler and request event) and, from it, report.md with
-    PNG plots into the output directory, after the run whatever its outcome."""
+    Also writes events.jsonl (the scheduler and request events: every aggregate event, and the
+    full timeline of a sample of task attempts, see --trace-sample-rate) and, from it, report.md
+    with PNG plots into the output directory, after the run whatever its outcome."""
     err = Console(stderr=True)
     if events is not None and no_events:
         err.print("error: --events and --no-events exclude each other; pass one", markup=False)
         raise typer.Exit(code=2)
     try:
         cfg = load_config(config)
-        updates = {}
+        updates: dict[str, object] = {}
         if num_records is not None:
             updates["num_records"] = num_records
         if seed is not None:
             updates["seed"] = seed
+        if trace_sample_rate is not None:
+            updates["events"] = cfg.run.events.model_copy(
+                update={"trace_sample_rate": trace_sample_rate}
+            )
         if updates:
             cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update=updates)})
         output_dir = output or Path(cfg.output.path)

@@ -119,7 +119,7 @@ class LogProgress:
         total = snapshot.records_total
         done = snapshot.records_done
         rate = _rate(snapshot)
-        eta = (total - done) / rate if rate else float("nan")
+        eta = f"{(total - done) / rate:.0f}s" if rate else "unknown"
         models = "".join(
             f"; {model.label} {model.in_flight}/{model.limit}/{model.cap} in flight/limit/cap, "
             f"{model.rate_limited} rate limited"
@@ -129,7 +129,7 @@ class LogProgress:
         self._stream.write(
             f"progress: {done}/{total} records ({100.0 * done / total:.1f}%), "
             f"{rate:.1f} rows/s, {snapshot.model_requests} requests, "
-            f"{snapshot.rows_dropped} dropped, eta {eta:.0f}s{models}\n"
+            f"{snapshot.rows_dropped} dropped, eta {eta}{models}\n"
         )
         self._stream.flush()
 

@@ -727,6 +727,21 @@ class RequestAdmissionConfig(ConfigModel):
     queue_wait_timeout_seconds: float | None = Field(default=None, gt=0.0)
 
 
+class EventsConfig(ConfigModel):
+    """What the run's events record (docs/observability.md, "Trace sampling").
+
+    ``trace_sample_rate`` is the share of task attempts whose full timeline (dependency ready
+    ... task lease released, and the events of each request attempt they make) is recorded;
+    the choice is deterministic per task attempt. Aggregate and state events (job, health
+    snapshots, row groups, queue episodes, retries, drops, cancellations, limits, rate limits,
+    diagnostics) are always recorded. 1 traces every task attempt, 0 none.
+    """
+
+    # 1/16; equal to sluiceway.observability.sampling.DEFAULT_TRACE_SAMPLE_RATE (the config
+    # imports nothing from the engine or observability).
+    trace_sample_rate: float = Field(default=0.0625, ge=0.0, le=1.0)
+
+
 class RunConfig(ConfigModel):
     """How many rows to make, from which seed, and how much work may be in flight."""
 
@@ -742,6 +757,7 @@ class RunConfig(ConfigModel):
     row_group_horizon: RowGroupHorizonConfig = Field(default_factory=RowGroupHorizonConfig)
     early_shutdown: EarlyShutdownConfig = Field(default_factory=EarlyShutdownConfig)
     circuit_breaker_seconds: float | None = Field(default=120.0, gt=0.0)
+    events: EventsConfig = Field(default_factory=EventsConfig)
 
 
 class OutputConfig(ConfigModel):

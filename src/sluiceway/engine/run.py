@@ -5,6 +5,9 @@ admission, the executor and the model facade, and runs the ``AsyncTaskScheduler`
 writes Parquet (or keeps rows in memory for a preview). Nothing here makes scheduling decisions.
 One ``EventBus`` serves the run (``RunOptions.events``); ``RunOptions.events_file`` adds a JSONL
 sink for the run's duration, and ``RunOptions.report`` builds ``report.md`` from it afterwards.
+The scheduler samples task attempts for their detail events at ``run.events.trace_sample_rate``
+(written into the events file's header), and a health snapshot goes out every
+``RunOptions.health_snapshot_interval_seconds`` while the run lasts.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from sluiceway.errors import (
     SluicewayError,
     StorageError,
 )
-from sluiceway.observability import EventBus, JsonlEventSink
+from sluiceway.observability import EventBus, EventKind, JsonlEventSink
 from sluiceway.providers.base import ProviderClient
 from sluiceway.providers.registry import build_provider_client
 from sluiceway.requests.executor import ModelRequestExecutor
@@ -113,6 +116,10 @@ class RunOptions:
     events: EventBus | None = None
     events_file: Path | None = None
     report: bool = False
+    # A scheduler health snapshot every so many seconds while the run lasts (when a sink
+    # listens; None or 0: only at job start, checkpoints and job end). It keeps queue depths in the
+    # report exact between checkpoints when task attempts are trace-sampled.
+    health_snapshot_interval_seconds: float | None = 0.5
 
 
 @dataclass(slots=True, kw_only=True)
@@ -190,11 +197,13 @@ class _ProgressTicker:
             self.tick()
 
 
-def _open_events_file(bus: EventBus, path: Path) -> JsonlEventSink | None:
+def _open_events_file(
+    bus: EventBus, path: Path, *, trace_sample_rate: float
+) -> JsonlEventSink | None:
     """Attach a JSONL sink writing ``path``; a file that cannot be made is logged, not fatal."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        sink = JsonlEventSink(path)
+        sink = JsonlEventSink(path, trace_sample_rate=trace_sample_rate)
     except OSError as error:
         logger.error(
             "cannot write events to %s (%s); the run goes on without them",
@@ -204,6 +213,12 @@ def _open_events_file(bus: EventBus, path: Path) -> JsonlEventSink | None:
         return None
     bus.add_sink(sink)
     return sink
+
+
+async def _emit_health_periodically(scheduler: AsyncTaskScheduler, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        scheduler.emit_health_snapshot()
 
 
 def _close_events_file(bus: EventBus, sink: JsonlEventSink) -> None:
@@ -306,7 +321,9 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     # After the output directory is prepared (--overwrite clears old events files), before the
     # scheduler and task admission are built.
     events_sink = (
-        _open_events_file(bus, Path(options.events_file))
+        _open_events_file(
+            bus, Path(options.events_file), trace_sample_rate=run.events.trace_sample_rate
+        )
         if options.events_file is not None
         else None
     )
@@ -370,6 +387,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
                 if run.early_shutdown.enabled
                 else None
             ),
+            trace_sample_rate=run.events.trace_sample_rate,
         ),
         tracker=CompletionTracker(_tracker_nodes(generators)),
         scheduling=scheduling,
@@ -389,6 +407,12 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     refresher = (
         asyncio.create_task(ticker.run_periodically()) if options.progress is not None else None
     )
+    interval = options.health_snapshot_interval_seconds
+    health = (
+        asyncio.create_task(_emit_health_periodically(scheduler, interval))
+        if interval is not None and interval > 0 and bus.wants(EventKind.SCHEDULER_HEALTH_SNAPSHOT)
+        else None
+    )
     try:
         try:
             await scheduler.run()
@@ -405,6 +429,8 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     finally:
         if refresher is not None:
             refresher.cancel()
+        if health is not None:
+            health.cancel()
         if options.cancellation is not None:
             options.cancellation.unbind()
         request_admission.shutdown()

@@ -2,7 +2,10 @@
 
 Enums become their values, read-only mappings become dicts, non-finite floats become ``null``,
 and the correlation adds the task group's kind and a short identity hash (blake2b of the key).
-``event_from_dict`` inverts ``event_to_dict`` for every event class.
+``event_from_dict`` inverts ``event_to_dict`` for every event class; ``encode_event`` and
+``decode_event`` do the same through one self-contained JSON object per event (the lines of a
+version 1 events file). The JSONL sink writes the compact version 2 lines of
+``observability.jsonl_format``, which reads the field lists and decoders from here.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def _correlation_data(correlation: TaskCorrelation) -> dict[str, Any]:
         "group_hash": group_identity_hash(correlation.group_key),
         "group_weight": correlation.group_weight,
         "execution_id": correlation.execution_id,
+        "traced": correlation.traced,
     }
 
 
@@ -83,6 +87,7 @@ def correlation_from_dict(data: Mapping[str, Any]) -> TaskCorrelation:
         group_key=data["group_key"],
         group_weight=data["group_weight"],
         execution_id=data["execution_id"],
+        traced=data.get("traced", True),  # absent from files written before trace sampling
     )
 
 
@@ -102,7 +107,11 @@ def _decoder_for(annotation: Any) -> Decoder:
         return lambda value: math.nan if value is None else float(value)
     if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
         return lambda value: MappingProxyType(dict(value))
-    return lambda value: value
+    return _as_is
+
+
+def _as_is(value: Any) -> Any:
+    return value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,6 +133,18 @@ def _codec(cls: type[Event]) -> _ClassCodec:
     return codec
 
 
+def event_field_names(cls: type[Event]) -> tuple[str, ...]:
+    """The class's own fields (every dataclass field but the base ones), in declaration order."""
+    return _codec(cls).names
+
+
+def event_field_decoders(cls: type[Event]) -> Mapping[str, Decoder | None]:
+    """Per own field, what turns its JSON value back into the field's type (None: as it is)."""
+    return {
+        name: None if decode is _as_is else decode for name, decode in _codec(cls).decoders.items()
+    }
+
+
 def _build_codec(cls: type[Event]) -> _ClassCodec:
     hints = typing.get_type_hints(cls)
     names = tuple(f.name for f in dataclasses.fields(cls) if f.name not in _BASE_FIELDS)
@@ -141,6 +162,10 @@ def _build_codec(cls: type[Event]) -> _ClassCodec:
     return _ClassCodec(names, plain_names, mapping_names, float_names, MappingProxyType(decoders))
 
 
+def _float_or_nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
@@ -154,7 +179,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
         "stream": event.stream.value,
         "kind": event.kind.value,
         "sequence": event.sequence,
-        "captured_at": event.captured_at,
+        "captured_at": _finite(event.captured_at),
         "correlation": None if correlation is None else correlation_to_dict(correlation),
     }
     # Every enum of the event model is a StrEnum: already a JSON string, equal to its value.
@@ -175,18 +200,18 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
     kwargs = {name: codec.decoders[name](data[name]) for name in codec.names}
     correlation = data.get("correlation")
     return cls(
-        captured_at=float(data["captured_at"]),
+        captured_at=_float_or_nan(data["captured_at"]),
         sequence=int(data["sequence"]),
         correlation=None if correlation is None else correlation_from_dict(correlation),
         **kwargs,
     )
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def encode_event(event: Event) -> str:
-    """One compact JSON line (without the newline)."""
+    """One compact JSON object (without a newline): the JSON of ``event_to_dict(event)``."""
     return _ENCODER.encode(event_to_dict(event))
 
 

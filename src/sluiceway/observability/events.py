@@ -5,6 +5,10 @@ the clock of the default asyncio loop), the correlation of the task running when
 (``sluiceway.context.current_task``, ``None`` outside any task) and a per-stream ``sequence``
 that the :class:`~sluiceway.observability.bus.EventBus` stamps once, when it delivers the event.
 
+Every event class is also decorated with :func:`sluiceway.values.fast_init`, which replaces
+the frozen dataclass ``__init__`` by one that stores the fields through their slots (about a
+third cheaper; the instances are the same, still frozen).
+
 Events carry ids, counts, durations and closed reason codes only: never prompts, completions,
 row values, exception messages or credentials.
 """
@@ -18,11 +22,13 @@ from typing import ClassVar
 from sluiceway.context import TaskCorrelation, current_task
 from sluiceway.observability.codes import RequestDomainCode
 from sluiceway.observability.kinds import EventKind, EventStream
+from sluiceway.values import fast_init
 
 UNSEQUENCED = -1
 """``sequence`` of an event no bus has delivered yet."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """Base of every event. Subclasses set the class attributes ``kind`` and ``stream``."""
@@ -35,6 +41,7 @@ class Event:
     sequence: int = UNSEQUENCED
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerEvent(Event):
     """An event of the scheduler admission stream."""
@@ -42,6 +49,7 @@ class SchedulerEvent(Event):
     stream: ClassVar[EventStream] = EventStream.SCHEDULER
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskEvent(SchedulerEvent):
     """A scheduler event about one task attempt. The dispatch loop runs outside any task, so
@@ -54,6 +62,7 @@ class TaskEvent(SchedulerEvent):
     attempt: int = 1
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestEvent(Event):
     """An event of the request admission stream about one provider/model and domain.
@@ -67,6 +76,7 @@ class RequestEvent(Event):
     domain: RequestDomainCode
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptEvent(RequestEvent):
     """A request event about one attempt (``attempt_id`` is unique within a run)."""
@@ -74,6 +84,7 @@ class AttemptEvent(RequestEvent):
     attempt_id: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LeaseEvent(AttemptEvent):
     """A request event about one attempt that holds a request lease."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sluiceway.observability.bus import ALL_KINDS
 from sluiceway.observability.events import Event
@@ -14,20 +14,21 @@ class MemoryEventSink:
     """Keeps the events of ``kinds`` (default: all) in arrival order. With ``max_events``, only
     the newest that many are kept. Never blocks or raises."""
 
-    __slots__ = ("_events", "_kinds")
+    __slots__ = ("_events", "_kinds", "handle")
+
+    handle: Callable[[Event], None]
+    """Keep one event (the deque's bound ``append``: no Python frame per event)."""
 
     def __init__(
         self, kinds: Iterable[EventKind] = ALL_KINDS, *, max_events: int | None = None
     ) -> None:
         self._kinds = frozenset(kinds)
         self._events: deque[Event] = deque(maxlen=max_events)
+        self.handle = self._events.append
 
     @property
     def kinds(self) -> frozenset[EventKind]:
         return self._kinds
-
-    def handle(self, event: Event) -> None:
-        self._events.append(event)
 
     def close(self) -> None:
         pass

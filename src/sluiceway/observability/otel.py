@@ -22,6 +22,16 @@ request.duration (s)                       histogram        domain, outcome
 request.rate_limited                       counter          domain
 request.limit.changes                      counter          domain, direction, reason
 =========================================  ===============  ================================
+
+Trace sampling (``observability.sampling``): the bridge records what the bus delivers, so with
+``run.events.trace_sample_rate`` below 1 the instruments fed by per-task-attempt detail kinds
+see the traced task attempts only: ``scheduler.tasks.running``, ``scheduler.tasks.completed``,
+``request.in_flight``, ``request.wait.duration`` (granted waits), ``request.duration`` and the
+``events`` counts of those kinds. They are not scaled: each traced attempt adds its own events,
+so the up-down counters still return to 0 and the histograms hold the sample's distribution.
+Instruments fed by always-recorded kinds (``task_admission.denied``, ``row_groups``,
+``rows.written``, ``request.rate_limited``, ``request.limit.changes``, timed-out and cancelled
+waits) count the whole run. Set the rate to 1 for complete task and request metrics.
 """
 
 from __future__ import annotations

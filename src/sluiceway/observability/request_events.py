@@ -18,8 +18,10 @@ from sluiceway.observability.codes import (
 )
 from sluiceway.observability.events import AttemptEvent, LeaseEvent, RequestEvent
 from sluiceway.observability.kinds import EventKind
+from sluiceway.values import fast_init
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestResourceRegistered(RequestEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_RESOURCE_REGISTERED
@@ -27,6 +29,7 @@ class RequestResourceRegistered(RequestEvent):
     initial_limit: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestEffectiveCapChanged(RequestEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_EFFECTIVE_CAP_CHANGED
@@ -34,6 +37,7 @@ class RequestEffectiveCapChanged(RequestEvent):
     cap: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestQueueFormed(RequestEvent):
     """The first waiter queued on a provider/model whose queue was empty."""
@@ -42,36 +46,42 @@ class RequestQueueFormed(RequestEvent):
     waiters: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestWaitStarted(AttemptEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_WAIT_STARTED
     waiters_ahead: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestWaitCompleted(AttemptEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_WAIT_COMPLETED
     waited_seconds: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestWaitTimeout(AttemptEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_WAIT_TIMEOUT
     waited_seconds: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestWaitCancelled(AttemptEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_WAIT_CANCELLED
     waited_seconds: float
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestAcquireDenied(AttemptEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_ACQUIRE_DENIED
     reason: RequestDenialCode
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestLeaseAcquired(LeaseEvent):
     """``in_flight`` counts the domain's leases after the grant; ``limit`` is the domain's limit
@@ -83,11 +93,13 @@ class RequestLeaseAcquired(LeaseEvent):
     cap: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelRequestStarted(LeaseEvent):
     kind: ClassVar[EventKind] = EventKind.MODEL_REQUEST_STARTED
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelRequestCompleted(LeaseEvent):
     """Token counts are counts only; the completion text is never carried."""
@@ -99,11 +111,13 @@ class ModelRequestCompleted(LeaseEvent):
     output_tokens: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestQueueDrained(RequestEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_QUEUE_DRAINED
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestRateLimited(AttemptEvent):
     """The provider refused with a rate limit; ``cooldown_seconds`` is the cooldown the domain
@@ -114,6 +128,7 @@ class RequestRateLimited(AttemptEvent):
     cooldown_seconds: float | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestLimitDecreased(RequestEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_LIMIT_DECREASED
@@ -122,6 +137,7 @@ class RequestLimitDecreased(RequestEvent):
     reason: LimitChangeCode
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestLimitIncreased(RequestEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_LIMIT_INCREASED
@@ -130,18 +146,21 @@ class RequestLimitIncreased(RequestEvent):
     reason: LimitChangeCode
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestSoftCeilingRecovered(RequestEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_SOFT_CEILING_RECOVERED
     limit: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestFullyRecovered(RequestEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_FULLY_RECOVERED
     limit: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestLeaseReleased(LeaseEvent):
     """``in_flight`` counts the domain's leases after the release."""
@@ -152,6 +171,7 @@ class RequestLeaseReleased(LeaseEvent):
     limit: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestReleaseDiagnostic(RequestEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_RELEASE_DIAGNOSTIC

@@ -21,8 +21,10 @@ from sluiceway.observability.codes import (
 )
 from sluiceway.observability.events import SchedulerEvent, TaskEvent
 from sluiceway.observability.kinds import EventKind
+from sluiceway.values import fast_init
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerJobStarted(SchedulerEvent):
     kind: ClassVar[EventKind] = EventKind.SCHEDULER_JOB_STARTED
@@ -31,6 +33,7 @@ class SchedulerJobStarted(SchedulerEvent):
     row_groups_total: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerJobCompleted(SchedulerEvent):
     kind: ClassVar[EventKind] = EventKind.SCHEDULER_JOB_COMPLETED
@@ -40,6 +43,7 @@ class SchedulerJobCompleted(SchedulerEvent):
     records_dropped: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerHealthSnapshot(SchedulerEvent):
     """Counters at one moment; the mappings are copied, so the emitter may pass live dicts."""
@@ -58,11 +62,13 @@ class SchedulerHealthSnapshot(SchedulerEvent):
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DependencyReady(TaskEvent):
     kind: ClassVar[EventKind] = EventKind.DEPENDENCY_READY
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReadyEnqueued(TaskEvent):
     """``group_depth`` and ``queued_total`` count the ready queue after the enqueue."""
@@ -72,6 +78,7 @@ class ReadyEnqueued(TaskEvent):
     queued_total: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RowGroupAdmitted(SchedulerEvent):
     kind: ClassVar[EventKind] = EventKind.ROW_GROUP_ADMITTED
@@ -80,6 +87,7 @@ class RowGroupAdmitted(SchedulerEvent):
     row_groups_in_flight: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RowGroupAdmissionBlocked(SchedulerEvent):
     """The next row group waits: ``row_groups_in_flight`` reached ``target``."""
@@ -90,6 +98,7 @@ class RowGroupAdmissionBlocked(SchedulerEvent):
     target: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RowGroupAdmissionTargetChanged(SchedulerEvent):
     kind: ClassVar[EventKind] = EventKind.ROW_GROUP_ADMISSION_TARGET_CHANGED
@@ -97,6 +106,7 @@ class RowGroupAdmissionTargetChanged(SchedulerEvent):
     target: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RowGroupCheckpointed(SchedulerEvent):
     kind: ClassVar[EventKind] = EventKind.ROW_GROUP_CHECKPOINTED
@@ -105,17 +115,20 @@ class RowGroupCheckpointed(SchedulerEvent):
     rows_dropped: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Selected(TaskEvent):
     kind: ClassVar[EventKind] = EventKind.SELECTED
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueEmpty(SchedulerEvent):
     kind: ClassVar[EventKind] = EventKind.QUEUE_EMPTY
     running_tasks: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdmissionBlocked(SchedulerEvent):
     """Tasks are queued but no group head may start now; dispatch waits for a release."""
@@ -126,6 +139,7 @@ class AdmissionBlocked(SchedulerEvent):
     reason: TaskDenialCode
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GroupCapped(SchedulerEvent):
     kind: ClassVar[EventKind] = EventKind.GROUP_CAPPED
@@ -134,6 +148,7 @@ class GroupCapped(SchedulerEvent):
     running_tasks: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestPressureAdvisorySkipped(TaskEvent):
     """Task admission skipped a request-pressure advisory for the provider/model (trace ids)."""
@@ -143,18 +158,21 @@ class RequestPressureAdvisorySkipped(TaskEvent):
     model: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskLeaseAcquired(TaskEvent):
     kind: ClassVar[EventKind] = EventKind.TASK_LEASE_ACQUIRED
     lease_id: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdmissionDenied(TaskEvent):
     kind: ClassVar[EventKind] = EventKind.ADMISSION_DENIED
     reason: TaskDenialCode
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerSpawned(TaskEvent):
     """The attempt runs; request events inside it carry ``execution_id`` in their correlation."""
@@ -164,6 +182,7 @@ class WorkerSpawned(TaskEvent):
     execution_id: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerSpawnFailed(TaskEvent):
     kind: ClassVar[EventKind] = EventKind.WORKER_SPAWN_FAILED
@@ -171,12 +190,14 @@ class WorkerSpawnFailed(TaskEvent):
     error_type: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StaleSelection(TaskEvent):
     kind: ClassVar[EventKind] = EventKind.STALE_SELECTION
     lease_id: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryDeferred(TaskEvent):
     """Attempt ``attempt`` failed retryably; the task comes back as ``attempt + 1``."""
@@ -185,6 +206,7 @@ class RetryDeferred(TaskEvent):
     error_type: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NonRetryableDropped(TaskEvent):
     kind: ClassVar[EventKind] = EventKind.NON_RETRYABLE_DROPPED
@@ -192,6 +214,7 @@ class NonRetryableDropped(TaskEvent):
     rows_dropped: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Cancelled(SchedulerEvent):
     kind: ClassVar[EventKind] = EventKind.CANCELLED
@@ -200,11 +223,13 @@ class Cancelled(SchedulerEvent):
     queued_tasks: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SalvageRedispatched(TaskEvent):
     kind: ClassVar[EventKind] = EventKind.SALVAGE_REDISPATCHED
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueDrained(SchedulerEvent):
     """The ready queue (``group`` None) or one group of it became empty."""
@@ -213,6 +238,7 @@ class QueueDrained(SchedulerEvent):
     group: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskCompleted(TaskEvent):
     kind: ClassVar[EventKind] = EventKind.TASK_COMPLETED
@@ -221,12 +247,14 @@ class TaskCompleted(TaskEvent):
     error_type: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskLeaseReleased(TaskEvent):
     kind: ClassVar[EventKind] = EventKind.TASK_LEASE_RELEASED
     lease_id: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReleaseDiagnostic(SchedulerEvent):
     kind: ClassVar[EventKind] = EventKind.RELEASE_DIAGNOSTIC

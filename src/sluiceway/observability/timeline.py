@@ -9,6 +9,13 @@ also a sink, so it can be fed live or from a file (``from_events``).
 Timestamps of one task attempt, in SPEC §9.1 order: dependency ready -> enqueued -> selected ->
 task lease -> spawn -> (per request: wait start -> wait end -> request lease -> model start ->
 model end -> request release) -> task complete -> task lease release.
+
+Trace sampling (``observability.sampling``): a run with ``run.events.trace_sample_rate`` below 1
+emits these events for a sample of task attempts only, so the view holds the timelines of the
+traced task attempts (and of request attempts made outside any task); an untraced attempt has
+no timeline at all, never a partial one. Its always-recorded request events (rate limits, wait
+timeouts and cancellations, denials) carry its correlation but no ``worker_spawned`` of it
+exists, so they are in ``unattributed_requests``.
 """
 
 from __future__ import annotations
@@ -263,7 +270,9 @@ class CorrelatedRuntimeView:
     """Per-task-attempt timelines built from both event streams, in any arrival order.
 
     Feed it with ``add``/``extend`` (or add it to an ``EventBus`` as a sink) and read
-    ``timelines()``. Memory grows with the number of task and request attempts seen."""
+    ``timelines()``. Memory grows with the number of task and request attempts seen. It sees
+    only the traced task attempts of a trace-sampled run (see the module docstring); run with
+    ``run.events.trace_sample_rate: 1.0`` for every timeline."""
 
     def __init__(self) -> None:
         self._tasks: dict[tuple[str, int], _TaskBuilder] = {}

@@ -823,7 +823,10 @@ class RequestAdmissionController:
         events = self._events
         started_at = self._clock()
         ahead = len(domain.pool.queue)
-        if events.wants(EventKind.REQUEST_WAIT_STARTED):
+        # Trace sampling: detail events only for a traced task attempt (or outside any task).
+        correlation = item.correlation
+        traced = correlation is None or correlation.traced
+        if traced and events.wants(EventKind.REQUEST_WAIT_STARTED):
             events.emit(
                 RequestWaitStarted(
                     **domain.tags,
@@ -869,8 +872,9 @@ class RequestAdmissionController:
         finally:
             if waiter.timer is not None:
                 waiter.timer.cancel()
-        if events.wants(EventKind.REQUEST_WAIT_COMPLETED) or events.wants(
-            EventKind.REQUEST_LEASE_ACQUIRED
+        if traced and (
+            events.wants(EventKind.REQUEST_WAIT_COMPLETED)
+            or events.wants(EventKind.REQUEST_LEASE_ACQUIRED)
         ):
             self._emit_granted_after_wait(waiter, lease, started_at)
         return lease
@@ -1025,7 +1029,9 @@ class RequestAdmissionController:
         if domain.cooling and not was_cooling:
             domain.cooldowns += 1
         self._track_breaker(domain, outcome, now)
-        if events.wants(EventKind.REQUEST_LEASE_RELEASED):
+        if events.wants(EventKind.REQUEST_LEASE_RELEASED) and (
+            (correlation := current_task.get()) is None or correlation.traced
+        ):
             events.emit(
                 RequestLeaseReleased(
                     **domain.tags,
@@ -1542,6 +1548,9 @@ class RequestAdmissionController:
         self, item: RequestAdmissionItem, lease: RequestAdmissionLease
     ) -> None:
         """A lease granted without queueing: a zero-length wait, all at the grant instant."""
+        correlation = item.correlation
+        if correlation is not None and not correlation.traced:
+            return  # outside the trace sample: every event here is per-attempt detail
         events = self._events
         wants = events.wants
         if not (
@@ -1585,7 +1594,8 @@ class RequestAdmissionController:
             return
         tags = request_event_tags(item.resource)
         at = self._clock()
-        if wants(EventKind.REQUEST_WAIT_STARTED):
+        correlation = item.correlation
+        if wants(EventKind.REQUEST_WAIT_STARTED) and (correlation is None or correlation.traced):
             queued = 0
             pool = self._pools.get(item.resource.provider_model)
             if pool is not None:

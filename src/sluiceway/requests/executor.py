@@ -118,12 +118,16 @@ class ModelRequestExecutor:
         retry_after_seconds: float | None = None
         response: ModelResponse | None = None
         events = self._events
-        timed = events.wants(EventKind.MODEL_REQUEST_STARTED) or events.wants(
-            EventKind.MODEL_REQUEST_COMPLETED
+        # Trace sampling: both events are detail of a task attempt outside the sample unless
+        # the attempt is traced (or runs outside any task).
+        correlation = item.correlation
+        timed = (correlation is None or correlation.traced) and (
+            events.wants(EventKind.MODEL_REQUEST_STARTED)
+            or events.wants(EventKind.MODEL_REQUEST_COMPLETED)
         )
         started_at = controller.clock() if timed else 0.0
         try:
-            if events.wants(EventKind.MODEL_REQUEST_STARTED):
+            if timed and events.wants(EventKind.MODEL_REQUEST_STARTED):
                 events.emit(
                     ModelRequestStarted(
                         **request_event_tags(item.resource),
@@ -146,7 +150,7 @@ class ModelRequestExecutor:
                 self._failures += 1
             raise
         finally:
-            if events.wants(EventKind.MODEL_REQUEST_COMPLETED):
+            if timed and events.wants(EventKind.MODEL_REQUEST_COMPLETED):
                 completed_at = controller.clock()
                 usage = response.usage if response is not None else None
                 events.emit(

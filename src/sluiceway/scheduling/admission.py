@@ -18,6 +18,14 @@ shape, amount held outside) lets the next ``select_next`` ask the ``ParkingIndex
 groups the new fair levels may admit, and unparks only those. Capacity and shutdown denials are
 never parked.
 
+Dispatch fast path: with a watched queue, a policy that offers ``bind`` (both built-in ones) is
+bound to the live ledger and demand tables (``policies.PolicyTables``); its ``admit`` answers for
+the capacity check, ``evaluate`` and ``on_acquire`` in one call. ``select_next`` judges the
+queue's fairest head that way (``WeightedFairQueue.peek``) and remembers an admitted head with
+the queue's version and its debt change; ``try_acquire`` of that head, while the queue's version
+holds and no lease changed (every lease change and ``shutdown`` forget it), grants it without
+asking the policy again. Any other call takes the full path (``_check``, then ``on_acquire``).
+
 Events (SPEC §9.1): ``task_lease_acquired`` and ``admission_denied`` from ``try_acquire``,
 ``task_lease_released`` and ``release_diagnostic`` from ``release``, each built only when a sink
 of the controller's ``EventBus`` listens for it.
@@ -27,7 +35,8 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple, cast
@@ -51,9 +60,14 @@ from sluiceway.observability.scheduler_events import (
 )
 from sluiceway.scheduling.parking import ParkingIndex
 from sluiceway.scheduling.policies import (
+    DENIED,
+    NO_CAPACITY,
+    UNDECIDED,
     BoundedBorrowTaskAdmissionPolicy,
+    BoundPolicy,
     PolicyDecision,
     PolicyStateDelta,
+    PolicyTables,
     TaskAdmissionPolicy,
     TaskAdmissionPolicyKind,
     TaskDenialReason,
@@ -91,6 +105,13 @@ class ReleaseResult(NamedTuple):
     @property
     def released(self) -> bool:
         return self.status is ReleaseStatus.RELEASED
+
+
+# ``tuple.__new__`` called directly: the generated ``ReleaseResult.__new__`` is a Python frame
+# more, on every release.
+_new_result: Callable[[type[ReleaseResult], tuple[ReleaseStatus, int]], ReleaseResult] = (
+    tuple.__new__
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -212,7 +233,6 @@ class _LedgerReader:
         "_debt",
         "_group_leased",
         "_group_weight",
-        "_leasing_groups",
         "_limits",
         "_outside_held",
         "_outside_weight",
@@ -223,7 +243,6 @@ class _LedgerReader:
         self._limits = controller._limits
         self._group_leased = controller._group_leased
         self._group_weight = controller._group_weight
-        self._leasing_groups = controller._leasing_groups
         self._debt = controller._debt
         self._outside_held = controller._outside_held
         self._outside_weight = controller._outside_weight
@@ -261,10 +280,12 @@ class _LedgerReader:
         ``queue_view`` (a view the controller does not watch: counted from scratch)."""
         weight = 0.0
         held = 0
-        for group in self._leasing_groups.get(resource, ()):
-            if queue_view.demand(group, resource) == 0:
-                weight += self._group_weight[group]
-                held += self._group_leased[group][resource]
+        group_leased = self._group_leased
+        for group, group_weight in self._group_weight.items():  # the groups holding leases
+            amount = group_leased[group].get(resource, 0)
+            if amount and queue_view.demand(group, resource) == 0:
+                weight += group_weight
+                held += amount
         return weight, held
 
 
@@ -298,14 +319,11 @@ class TaskAdmissionController:
         self._group_leased: dict[str, dict[str, int]] = {}  # amounts > 0 only; may be empty
         self._group_leases: dict[str, int] = {}
         self._group_weight: dict[str, float] = {}
-        self._leasing_groups: dict[str, set[str]] = {resource: set() for resource in limits}
         self._live: dict[int, TaskAdmissionLease] = {}
         # Policy state, apart from the ledger.
         self._debt: dict[str, int] = {}
-        # Counters. ``_version`` moves on every lease change and on shutdown.
-        self._version = 0
+        # Counters (every lease granted is live or released: released = acquired - live).
         self._acquired = 0  # also the id of the last lease granted
-        self._released = 0
         self._diagnostics = 0
         self._denials: dict[TaskDenialReason, int] = {}
         self._shutting_down = False
@@ -317,16 +335,31 @@ class TaskAdmissionController:
         self._outside_held = dict.fromkeys(limits, 0)
         self._outside_weight = dict.fromkeys(limits, 0.0)
         self._contention_version = 0  # moves when demand shape or the outside amounts move
+        # The queue ``select_next`` may select in at once: it is watched, nothing is shut down
+        # and the parked groups were looked at since contention last moved (else ``None``).
+        self._ready_queue: WeightedFairQueue[SchedulableTask] | None = None
         self._parking = ParkingIndex()
         self._parking_checked = 0  # the contention version the parked groups were checked at
         self._watcher = _DemandWatcher(self)
         self._stable_denials = bool(getattr(self._policy, "stable_denials", False))
         self._reader = _LedgerReader(self)
-        # The last head ``select_next`` found admissible, with the queue's and this controller's
-        # versions then. ``evaluate`` is pure: while neither version moved, the verdict holds.
+        # The watched queue's live tables (set by ``_watch``): its demand per group and its
+        # parked groups. Until a queue is watched, an empty one stands in: no group has queued
+        # demand, so everything held counts as held outside (recounted when one is watched).
+        self._watched_queue: WeightedFairQueue[SchedulableTask] = WeightedFairQueue()
+        self._queued_demand: Mapping[Hashable, Mapping[str, int]] = {}
+        self._parked_groups: AbstractSet[Hashable] = frozenset()
+        # The policy bound to the ledger and the watched queue (``policies`` module docstring),
+        # or ``None``: then ``evaluate`` / ``on_acquire`` / ``on_release`` are asked every time.
+        self._bound: BoundPolicy | None = None
+        self._judge_head = self._judge  # one bound method, not one per selection
+        # The last head ``select_next`` found admissible, with the queue's version then and (with
+        # a bound policy) the debt change ``on_acquire`` returns then. ``evaluate`` and
+        # ``on_acquire`` are pure: both hold while the queue's version stays and the ledger does
+        # not change (every lease change and ``shutdown`` clear ``_admitted_item``).
         self._admitted_item: SchedulableTask | None = None
         self._admitted_queue_version = -1
-        self._admitted_version = -1
+        self._admitted_debt = UNDECIDED
 
     @property
     def policy(self) -> TaskAdmissionPolicy:
@@ -372,19 +405,70 @@ class TaskAdmissionController:
         are parked in it and unparked when a change may admit them (module docstring).
         Changes nothing logical.
         """
-        if queue is not self._parking_queue:
-            self._watch(queue)
-        if self._shutting_down:
+        if queue is not self._ready_queue:
+            if queue is not self._parking_queue:
+                self._watch(queue)
+            if self._shutting_down:
+                return None
+            if self._parking_checked != self._contention_version:
+                self._unpark_due(queue)
+            self._ready_queue = queue
+        bound = self._bound
+        if bound is None:
+            return queue.select_next_or_park(self._judge_head)
+        # ``_judge`` of the fairest head, inline (this is the dispatch path).
+        selection = queue.peek()
+        if selection is None:
             return None
-        if self._parking_checked != self._contention_version:
-            self._unpark_due(queue)
-        return queue.select_next_or_park(self._judge)
+        entry = selection.entry
+        item = entry.item
+        spec = item.group
+        try:
+            debt_change, denied_on, level_bound = bound.admit(
+                spec.key, spec.weight, item.request.pairs
+            )
+        except KeyError:
+            debt_change = UNDECIDED  # a resource without a limit: ``_judge`` raises
+        if debt_change >= 0:
+            self._admitted_item = item
+            self._admitted_queue_version = selection.sequence_version
+            self._admitted_debt = debt_change
+            return selection
+        if debt_change == NO_CAPACITY:
+            return queue.select_next_or_park(self._judge_head, (selection, _INELIGIBLE))
+        if debt_change == DENIED:
+            if not self._stable_denials:
+                return queue.select_next_or_park(self._judge_head, (selection, _INELIGIBLE))
+            self._parking.record(entry.group, denied_on, level_bound, entry.weight)
+            return queue.select_next_or_park(self._judge_head, (selection, _PARK))
+        return queue.select_next_or_park(self._judge_head)  # ``_judge`` asks the policy
 
     def _judge(self, entry: QueueEntry[SchedulableTask]) -> HeadVerdict:
         item = entry.item
+        bound = self._bound
+        if bound is not None:
+            spec = item.group
+            try:
+                debt_change, denied_on, level_bound = bound.admit(
+                    spec.key, spec.weight, item.request.pairs
+                )
+            except KeyError:
+                debt_change = UNDECIDED  # a resource without a limit: the error comes below
+            if debt_change >= 0:
+                self._admitted_item = item
+                self._admitted_queue_version = self._watched_queue._version
+                self._admitted_debt = debt_change
+                return _ELIGIBLE
+            if debt_change == NO_CAPACITY:
+                return _INELIGIBLE
+            if debt_change == DENIED:
+                if not self._stable_denials:
+                    return _INELIGIBLE
+                self._parking.record(entry.group, denied_on, level_bound, entry.weight)
+                return _PARK
         leased = self._leased
         limits = self._limits
-        for resource, amount in item.request.amounts.items():
+        for resource, amount in item.request.pairs:
             limit = limits.get(resource)
             if limit is None:
                 raise self._unknown_resource(item, resource)
@@ -395,8 +479,8 @@ class TaskAdmissionController:
         decision = self._policy.evaluate(item, view, self._reader)
         if decision.allowed:
             self._admitted_item = item
-            self._admitted_queue_version = view.version
-            self._admitted_version = self._version
+            self._admitted_queue_version = self._watched_queue._version
+            self._admitted_debt = UNDECIDED
             return _ELIGIBLE
         if not self._stable_denials:
             return _INELIGIBLE
@@ -406,67 +490,72 @@ class TaskAdmissionController:
     def try_acquire(
         self, item: SchedulableTask, queue_view: QueueView[SchedulableTask] | None = None
     ) -> TaskAdmissionLease | TaskAdmissionDenied:
-        view = queue_view if queue_view is not None else self._empty_view
+        spec = item.group
+        group = spec.key
         if (
-            item is not self._admitted_item
-            or view is not self._watched_view
-            or self._admitted_queue_version != view.version
-            or self._admitted_version != self._version
+            item is self._admitted_item
+            and queue_view is self._watched_view
+            and self._admitted_queue_version == self._watched_queue._version
         ):
-            # Not the head ``select_next`` just judged admissible under this very state.
+            # The head ``select_next`` just judged admissible, and neither the queue nor the
+            # ledger changed since: ``evaluate`` is not asked again, nor (with a bound policy)
+            # ``on_acquire``.
+            debt_change = self._admitted_debt
+            debt_group: str | None = group
+        else:
+            view = queue_view if queue_view is not None else self._empty_view
             denied = self._check(item, view)
             if denied is not None:
                 self._note_denial(item, denied)
                 return denied
-        reader = self._reader
-        delta = self._policy.on_acquire(item, view, reader)
-        spec = item.group
-        group = spec.key
+            debt_change = UNDECIDED
+        if debt_change < 0:  # ``UNDECIDED``: ask the policy
+            delta = self._policy.on_acquire(
+                item, queue_view if queue_view is not None else self._empty_view, self._reader
+            )
+            debt_change = delta.debt_change
+            debt_group = delta.group
+            if debt_group is not None and debt_group != group:
+                self._watched_queue.unpark(debt_group)  # its policy state changes
+        self._admitted_item = None  # the ledger changes: a verdict judged before is void
         weight = spec.weight
-        amounts = item.request.amounts
-        leases = self._group_leases.get(group)
+        group_leases = self._group_leases
+        leases = group_leases.get(group)
         if leases is None:  # the group's first live lease
-            self._group_leases[group] = 1
+            group_leases[group] = 1
             self._group_weight[group] = weight
             held = self._group_leased.get(group)
             if held is None:
                 held = self._group_leased[group] = {}
         else:
-            self._group_leases[group] = leases + 1
+            group_leases[group] = leases + 1
             held = self._group_leased[group]
             if self._group_weight[group] != weight:
                 self._group_weight[group] = weight
                 self._recount_outside()
         leased = self._leased
         max_leased = self._max_leased
-        watched = self._watched_view
-        for resource, amount in amounts.items():
+        queued = self._queued_demand.get(group) or _NOTHING
+        for resource, amount in item.request.pairs:
             now_leased = leased[resource] + amount
             leased[resource] = now_leased
             if now_leased > max_leased[resource]:
                 max_leased[resource] = now_leased
             if amount:
                 before = held.get(resource, 0)
-                if not before:
-                    self._leasing_groups[resource].add(group)
                 held[resource] = before + amount
-                if watched is not None and not watched.demand(group, resource):
+                if resource not in queued:  # held outside the contenders
                     self._outside_moved(resource, amount, weight if not before else 0.0)
-        if delta.debt_change:
-            self._apply(delta)
-        self._acquired += 1
-        self._version += 1
-        queue = self._parking_queue
-        if queue is not None and queue.parked_count:
-            # ``group``'s leases (and the policy state of the delta's group) changed.
-            queue.unpark(group)
-            if delta.group is not None and delta.group != group:
-                queue.unpark(delta.group)
-        lease = TaskAdmissionLease(
-            self._acquired, item.task.task_id, group, amounts, self._owner, False, item
+        if debt_change:
+            self._apply_debt(debt_group, debt_change)
+        parked = self._parked_groups
+        if parked and group in parked:
+            self._watched_queue.unpark(group)  # its leases changed
+        self._acquired = lease_id = self._acquired + 1
+        lease = self._live[lease_id] = TaskAdmissionLease(
+            lease_id, item.task.task_id, group, item.request.amounts, self._owner, False, item
         )
-        self._live[lease.lease_id] = lease
-        if self._events.wants(_LEASE_ACQUIRED):
+        if item.traced and self._events.wants(_LEASE_ACQUIRED):
             task = item.task
             self._events.emit(
                 TaskLeaseAcquired(
@@ -475,7 +564,7 @@ class TaskAdmissionController:
                     row_group=task.row_group,
                     group=group,
                     attempt=item.attempt,
-                    lease_id=lease.lease_id,
+                    lease_id=lease_id,
                 )
             )
         return lease
@@ -484,46 +573,51 @@ class TaskAdmissionController:
         """Return a lease's resources. Never raises; misuse yields a diagnostic result."""
         lease_id = lease.lease_id
         live = self._live
-        if lease.owner != self._owner or lease.released or live.get(lease_id) is not lease:
+        # Only this controller's leases are live, each until its release.
+        if live.get(lease_id) is not lease or lease.released:
             return self._diagnose(lease)
         del live[lease_id]
         lease.released = True
+        self._admitted_item = None  # the ledger changes: a verdict judged before is void
         group = lease.group
-        delta = self._policy.on_release(group, self._reader)
+        bound = self._bound
+        if bound is None:
+            delta = self._policy.on_release(group, self._reader)
+            debt_change = delta.debt_change
+            debt_group = delta.group
+            if debt_group is not None and debt_group != group:
+                self._watched_queue.unpark(debt_group)  # its policy state changes
+        else:  # the bound policy's ``on_release``, inline
+            debt_change = -1 if self._debt and group in self._debt and bound.repays_debt else 0
+            debt_group = group
         held = self._group_leased[group]
-        weight = self._group_weight[group]
         leased = self._leased
-        watched = self._watched_view
-        amounts = lease.amounts
-        for resource, amount in amounts.items():
-            leased[resource] -= amount
+        queued = self._queued_demand.get(group) or _NOTHING
+        for resource, amount in lease.amounts.items():
+            leased[resource] = leased[resource] - amount
             if amount:
                 left = held[resource] - amount
                 if left:
                     held[resource] = left
                 else:
                     del held[resource]
-                    self._leasing_groups[resource].discard(group)
-                if watched is not None and not watched.demand(group, resource):
+                if resource not in queued:  # was held outside the contenders
+                    weight = self._group_weight[group]
                     self._outside_moved(resource, -amount, -weight if not left else 0.0)
-        leases_left = self._group_leases[group] - 1
+        group_leases = self._group_leases
+        leases_left = group_leases[group] - 1
         if leases_left:
-            self._group_leases[group] = leases_left
+            group_leases[group] = leases_left
         else:
             # Its (now empty) amounts map stays for its next lease: groups are few and reused.
-            del self._group_leases[group]
+            del group_leases[group]
             del self._group_weight[group]
-        if delta.debt_change:
-            self._apply(delta)
-        self._released += 1
-        self._version += 1
-        queue = self._parking_queue
-        if queue is not None and queue.parked_count:
-            # ``group``'s leases (and the policy state of the delta's group) changed.
-            queue.unpark(group)
-            if delta.group is not None and delta.group != group:
-                queue.unpark(delta.group)
-        if self._events.wants(_LEASE_RELEASED) and lease.item is not None:
+        if debt_change:
+            self._apply_debt(debt_group, debt_change)
+        parked = self._parked_groups
+        if parked and group in parked:
+            self._watched_queue.unpark(group)  # its leases changed
+        if lease.item is not None and lease.item.traced and self._events.wants(_LEASE_RELEASED):
             item = lease.item
             task = item.task
             self._events.emit(
@@ -536,12 +630,13 @@ class TaskAdmissionController:
                     lease_id=lease_id,
                 )
             )
-        return ReleaseResult(_RELEASED, lease_id)
+        return _new_result(ReleaseResult, (_RELEASED, lease_id))
 
     def shutdown(self) -> None:
         """Deny every further acquisition; outstanding leases may still be released."""
         self._shutting_down = True
-        self._version += 1
+        self._admitted_item = None
+        self._ready_queue = None
 
     @property
     def is_shut_down(self) -> bool:
@@ -598,7 +693,7 @@ class TaskAdmissionController:
             debt_by_group=MappingProxyType(dict(self._debt)),
             active_leases=len(self._live),
             acquired_total=self._acquired,
-            released_total=self._released,
+            released_total=self._acquired - len(self._live),
             diagnostics_total=self._diagnostics,
             denials_by_reason=MappingProxyType(dict(self._denials)),
             max_leased=MappingProxyType(dict(self._max_leased)),
@@ -669,13 +764,16 @@ class TaskAdmissionController:
         return ReleaseResult(status, lease.lease_id)
 
     def _apply(self, delta: PolicyStateDelta) -> None:
-        group = delta.group
+        self._apply_debt(delta.group, delta.debt_change)
+
+    def _apply_debt(self, group: str | None, debt_change: int) -> None:
+        """Apply a policy's debt change for ``group`` (checked against the ledger)."""
         if group is None:
             raise EngineError(
                 f"policy {self._policy.kind.value} returned a debt change of "
-                f"{delta.debt_change} naming no group; a delta that changes state names its group"
+                f"{debt_change} naming no group; a delta that changes state names its group"
             )
-        debt = self._debt.get(group, 0) + delta.debt_change
+        debt = self._debt.get(group, 0) + debt_change
         if debt < 0 or debt > self._group_leases.get(group, 0):
             raise EngineError(
                 f"policy {self._policy.kind.value} set the debt of group {group!r} to "
@@ -696,9 +794,33 @@ class TaskAdmissionController:
             previous.unpark_all()
         self._parking.clear()
         self._parking_queue = queue
-        self._watched_view = queue.view()
+        self._watched_queue = queue
+        self._ready_queue = None
+        view = self._watched_view = queue.view()
         queue.unpark_all()  # parked by someone else: this controller knows nothing of them
         queue.watch_demand(self._watcher)
+        demand = view.demand_tables()
+        self._queued_demand = demand.by_group
+        self._parked_groups = queue.parked_groups
+        self._admitted_item = None
+        bind = getattr(self._policy, "bind", None)
+        self._bound = (
+            bind(
+                PolicyTables(
+                    limits=self._limits,
+                    leased=self._leased,
+                    group_leased=self._group_leased,
+                    group_weight=self._group_weight,
+                    debt=self._debt,
+                    outside_held=self._outside_held,
+                    outside_weight=self._outside_weight,
+                    queued_demand=demand.by_group,
+                    demand_weight=demand.weight,
+                )
+            )
+            if bind is not None
+            else None
+        )
         self._recount_outside()
 
     def _recount_outside(self) -> None:
@@ -712,6 +834,7 @@ class TaskAdmissionController:
             self._outside_weight[resource] = weight
             self._outside_held[resource] = held
         self._contention_version += 1
+        self._ready_queue = None
 
     def _outside_moved(self, resource: str, amount: int, weight: float) -> None:
         """A group without queued demand for ``resource`` took (``amount`` > 0) or gave back
@@ -721,6 +844,7 @@ class TaskAdmissionController:
         # Sums of the same weights added and taken away: no float residue once nothing is held.
         self._outside_weight[resource] = self._outside_weight[resource] + weight if held else 0.0
         self._contention_version += 1
+        self._ready_queue = None
 
     def _demand_changed(
         self, group: Hashable, resource: str, old_weight: float, new_weight: float
@@ -728,6 +852,7 @@ class TaskAdmissionController:
         """The watched queue's demand shape moved (called from inside the queue operation, so
         only the aggregates move here; parked groups are looked at once it is complete)."""
         self._contention_version += 1
+        self._ready_queue = None
         if old_weight and new_weight:
             return  # a weight change: the queued demand weights moved, nothing held did
         key = cast("str", group)  # ready-queue groups are keyed by ``TaskGroupSpec.key``
@@ -754,7 +879,7 @@ class TaskAdmissionController:
     def _unpark_due(self, queue: WeightedFairQueue[SchedulableTask]) -> None:
         """Contention moved since the parked groups were judged: unpark those it may admit."""
         self._parking_checked = self._contention_version
-        if not queue.parked_count:
+        if not self._parked_groups:
             self._parking.clear()
             return
         for group in self._parking.due(self._fair_level):
@@ -784,3 +909,4 @@ _ELIGIBLE = HeadVerdict.ELIGIBLE
 _INELIGIBLE = HeadVerdict.INELIGIBLE
 _PARK = HeadVerdict.PARK
 _RELEASED = ReleaseStatus.RELEASED
+_NOTHING: Mapping[str, int] = MappingProxyType({})

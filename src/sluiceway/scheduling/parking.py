@@ -61,10 +61,11 @@ class ParkingIndex:
             self._compact(resource)
 
     def clear(self) -> None:
-        self._heaps.clear()
-        self._max_weight.clear()
-        self._unbounded.clear()
-        self._records.clear()
+        if self._records:  # empty: nothing was recorded since the last clear
+            self._heaps.clear()
+            self._max_weight.clear()
+            self._unbounded.clear()
+            self._records.clear()
 
     def due(self, level: Callable[[str, float], float | None]) -> list[Hashable]:
         """Groups whose denial contention may have lifted; they leave the index.

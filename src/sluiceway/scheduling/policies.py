@@ -27,6 +27,10 @@ groups with queued demand, so the caps of the waiting groups add up to what is n
   completions repay the debt (one unit per release), and a group at its pressure share is capped.
 
 Debt never exceeds the group's live leases, so with nothing in flight no policy denies anything.
+Likewise, when the ledger has room for every amount of a request (each ``>= 1``), a group of
+weight ``> 0`` that holds nothing and owes nothing is admitted by both policies, with no debt:
+``H <= leased <= limit - amount < limit`` makes every pressure share ``> 0``, and every strict
+share is ``> 0`` (``limit >= 1``), so ``held = 0`` is below each of them.
 
 Both built-in policies have *stable denials* (``stable_denials = True``): a denial of group
 ``g``'s head can only turn into an admission when ``g``'s head, leases or debt change, when a group
@@ -38,14 +42,23 @@ other contenders do not move it, and the denial lifts only once the level rises 
 ``held / w`` (``PolicyDecision.level_bound``) or the peers leave. A borrow-debt denial lifts only
 through ``g``'s own completions or the peers leaving (bound ``inf``). The controller uses this to
 park denied groups instead of evaluating them every cycle (``sluiceway.scheduling.parking``).
+
+Fast path: a built-in policy can be *bound* (``bind``) to the controller's live tables
+(:class:`PolicyTables`). The bound ``admit`` answers, in one call, what ``evaluate`` and then
+``on_acquire`` would answer for the watched queue: admitted with its debt change, or denied on a
+resource with the denial's ``level_bound``. It is the same arithmetic on the same values in the
+same order (so the same floats); ``tests/unit/scheduling/test_scheduling_fast_path.py`` checks
+that it agrees with ``evaluate`` / ``on_acquire`` / ``on_release``. A subclass that overrides any
+of those three gets no fast path.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Final, NamedTuple, Protocol
 
 from sluiceway.fair_queue import QueueView
 from sluiceway.scheduling.tasks import SchedulableTask
@@ -150,6 +163,59 @@ class TaskAdmissionPolicy(Protocol):
     ) -> PolicyStateDelta: ...
 
     def on_release(self, group: str, ledger: TaskLedgerReader) -> PolicyStateDelta: ...
+
+
+class PolicyTables(NamedTuple):
+    """The live tables a bound policy reads: the controller's ledger and policy state, and its
+    watched queue's demand (:meth:`sluiceway.fair_queue.QueueView.demand_tables`). The dicts
+    themselves, updated in place by their owners; a bound policy only reads them."""
+
+    limits: Mapping[str, int]
+    leased: Mapping[str, int]  # amount leased per resource, by every group
+    group_leased: Mapping[str, Mapping[str, int]]  # group -> resource -> amount held (> 0)
+    group_weight: Mapping[str, float]  # weight of each group holding leases
+    debt: Mapping[str, int]
+    outside_held: Mapping[str, int]  # ``leased_only_held`` of the watched queue, per resource
+    outside_weight: Mapping[str, float]  # ``leased_only_weight`` of the watched queue
+    queued_demand: Mapping[Hashable, Mapping[str, int]]  # group -> resource -> queued amount
+    demand_weight: Mapping[str, float]  # ``QueueView.demand_weight`` per resource
+
+
+# What a bound ``admit(group, weight, pairs)`` answers: ``(debt_change, resource, level_bound)``.
+# ``debt_change >= 0``: the ledger has room, ``evaluate`` allows and ``on_acquire`` would return
+# that debt change for ``group``. ``NO_CAPACITY``: the ledger lacks some amount (the policy is not
+# asked). ``DENIED``: ``evaluate`` denies on ``resource`` with ``level_bound``. ``UNDECIDED``: no
+# fast answer (ask ``evaluate``). A resource without a limit raises ``KeyError``.
+AdmitAnswer = tuple[int, str | None, float | None]
+DENIED: Final = -1
+UNDECIDED: Final = -2
+NO_CAPACITY: Final = -3
+ADMIT: Final[AdmitAnswer] = (0, None, None)
+ADMIT_BORROWING: Final[AdmitAnswer] = (1, None, None)
+NO_ROOM: Final[AdmitAnswer] = (NO_CAPACITY, None, None)
+_UNDECIDED_ANSWER: Final[AdmitAnswer] = (UNDECIDED, None, None)
+_NOTHING: Mapping[str, int] = {}
+
+
+class BoundPolicy(NamedTuple):
+    """A policy bound to one controller's :class:`PolicyTables` (see the module docstring).
+
+    ``admit(group, weight, pairs)`` judges a head of ``group`` asking for ``pairs``
+    (``SchedulerResourceRequest.pairs``) against the watched queue. ``repays_debt``: on release,
+    ``on_release`` returns one unit of debt back for a group in debt, and nothing otherwise
+    (``False``: it always returns ``NO_POLICY_CHANGE``)."""
+
+    admit: Callable[[str, float, tuple[tuple[str, int], ...]], AdmitAnswer]
+    repays_debt: bool
+
+
+def _overrides(policy: object, base: type) -> bool:
+    """``policy``'s class replaces a method the fast path stands in for."""
+    cls = type(policy)
+    return cls is not base and any(
+        getattr(cls, name) is not getattr(base, name)
+        for name in ("evaluate", "on_acquire", "on_release")
+    )
 
 
 def queued_peer_weight(
@@ -304,6 +370,47 @@ class StrictFairTaskAdmissionPolicy:
     def on_release(self, group: str, ledger: TaskLedgerReader) -> PolicyStateDelta:
         return NO_POLICY_CHANGE
 
+    def bind(self, tables: PolicyTables) -> BoundPolicy | None:
+        """The capacity check, then ``evaluate`` (``on_acquire`` changes nothing), as one call
+        on ``tables``."""
+        if _overrides(self, StrictFairTaskAdmissionPolicy):
+            return None
+        limits = tables.limits
+        leased = tables.leased
+        group_leased = tables.group_leased
+        outside_held = tables.outside_held
+        queued_demand = tables.queued_demand
+        demand_weight = tables.demand_weight
+
+        def admit(group: str, weight: float, pairs: tuple[tuple[str, int], ...]) -> AdmitAnswer:
+            positive = True
+            for resource, amount in pairs:
+                if leased[resource] + amount > limits[resource]:
+                    return NO_ROOM
+                if amount <= 0:
+                    positive = False
+            held_by = group_leased.get(group)
+            if not held_by and positive and weight > 0:
+                return ADMIT  # holds nothing: below every share (module docstring)
+            # ``evaluate``, line for line, on the tables.
+            queued = queued_demand.get(group) or _NOTHING
+            for resource, _ in pairs:
+                demands = resource in queued  # ``queue_view.demand(...) > 0``
+                others = demand_weight.get(resource, 0.0)
+                if demands:
+                    others -= weight
+                if others <= 1e-9:
+                    continue
+                held = held_by.get(resource, 0) if held_by else 0
+                outside = outside_held[resource]
+                if not demands:
+                    outside -= held
+                if held >= (limits[resource] - outside) * weight / (weight + others):
+                    return (DENIED, resource, held / weight if demands else None)
+            return ADMIT
+
+        return BoundPolicy(admit, False)
+
 
 class BoundedBorrowTaskAdmissionPolicy:
     """Borrow beyond the share while no peer waits; repay the debt before peers are crowded out."""
@@ -395,6 +502,81 @@ class BoundedBorrowTaskAdmissionPolicy:
         if ledger.debt(group):
             return PolicyStateDelta(group=group, debt_change=-1)
         return NO_POLICY_CHANGE
+
+    def bind(self, tables: PolicyTables) -> BoundPolicy | None:
+        """The capacity check, then ``evaluate`` and ``on_acquire``, as one call on ``tables``."""
+        if _overrides(self, BoundedBorrowTaskAdmissionPolicy):
+            return None
+        limits = tables.limits
+        leased = tables.leased
+        group_leased = tables.group_leased
+        group_weight = tables.group_weight
+        debt_of = tables.debt
+        outside_held = tables.outside_held
+        outside_weight = tables.outside_weight
+        queued_demand = tables.queued_demand
+        demand_weight = tables.demand_weight
+        fraction = self._ceiling_fraction
+        inf = math.inf
+        ceil = math.ceil
+
+        def admit(group: str, weight: float, pairs: tuple[tuple[str, int], ...]) -> AdmitAnswer:
+            positive = True
+            for resource, amount in pairs:
+                if leased[resource] + amount > limits[resource]:
+                    return NO_ROOM
+                if amount <= 0:
+                    positive = False
+            if weight <= 0:
+                return _UNDECIDED_ANSWER  # ``on_acquire`` treats it apart; not on this path
+            held_by = group_leased.get(group) or _NOTHING
+            if not held_by and positive and group not in debt_of:
+                return ADMIT  # holds nothing, owes nothing: below every share (module docstring)
+            queued = queued_demand.get(group) or _NOTHING
+            if debt_of.get(group):
+                for resource, _ in pairs:  # ``queued_peer_weight``
+                    peers = demand_weight.get(resource, 0.0)
+                    if resource in queued:
+                        peers -= weight
+                    if peers > 1e-9:
+                        return (DENIED, resource, inf)
+            borrows = False
+            for resource, amount in pairs:
+                held = held_by.get(resource, 0)
+                demands = resource in queued  # ``queue_view.demand(...) > 0``
+                others = demand_weight.get(resource, 0.0)
+                if demands:
+                    others -= weight
+                limit = limits[resource]
+                pressed = others > 1e-9
+                if pressed:
+                    outside = outside_held[resource]
+                    if not demands:
+                        outside -= held
+                    if held >= (limit - outside) * weight / (weight + others):
+                        return (DENIED, resource, held / weight if demands else None)
+                    if not held or borrows:
+                        continue  # ``on_acquire`` needs no strict share here
+                    strict_others = others
+                else:
+                    strict_others = 0.0
+                # ``_strict_share``.
+                leased_only = outside_weight[resource]
+                if not demands and held:
+                    own = group_weight.get(group)
+                    leased_only -= own if own is not None else 0.0
+                if leased_only > 0.0:
+                    strict_others += leased_only
+                share = limit * weight / (weight + strict_others)
+                if held < share:
+                    continue
+                if not pressed and held + amount > share + ceil(fraction * limit):
+                    return (DENIED, resource, None)  # the borrow ceiling, without pressure
+                if held:
+                    borrows = True  # ``on_acquire``: held at or above the strict share
+            return ADMIT_BORROWING if borrows else ADMIT
+
+        return BoundPolicy(admit, True)
 
 
 def make_policy(

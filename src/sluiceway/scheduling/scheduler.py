@@ -16,7 +16,12 @@ Every scheduler-stream event of SPEC §9.1 that this loop can produce is emitted
 change, built only when a sink of ``events`` listens (task admission emits the lease events).
 Episodes that repeat on every wakeup (queue empty, admission blocked, row-group admission
 blocked) are emitted once when they begin; a health snapshot goes out at job start, at every
-checkpoint and at job end.
+checkpoint and at job end (and whenever ``emit_health_snapshot`` is called).
+
+Trace sampling (``observability.sampling``): each task attempt is decided once, when it becomes
+ready (``SchedulerSettings.trace_sample_rate``), and carries the decision as
+``SchedulableTask.traced`` and ``TaskCorrelation.traced``. The per-attempt detail kinds
+(``sampling.TRACED_KINDS``) are built for traced attempts only; every other kind always.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from sluiceway.observability.bus import EventBus
 from sluiceway.observability.codes import CancelCode, JobStatus, TaskDenialCode, TaskOutcomeCode
 from sluiceway.observability.events import TaskEvent
 from sluiceway.observability.kinds import EventKind
+from sluiceway.observability.sampling import TraceSampler
 from sluiceway.observability.scheduler_events import (
     AdmissionBlocked,
     Cancelled,
@@ -147,6 +153,8 @@ class SchedulerSettings:
     early_shutdown: EarlyShutdownSettings | None = None
     # Row groups already written by an earlier run (resume): never admitted again.
     completed_row_groups: frozenset[int] = frozenset()
+    # Share of task attempts whose detail events are emitted (observability.sampling).
+    trace_sample_rate: float = 1.0
 
 
 class RowGroupHandler:
@@ -310,6 +318,7 @@ class AsyncTaskScheduler:
         self._request_pressure = request_pressure
         # Pass the bus of ``admission`` too, so lease events land in the same streams.
         self._events = events if events is not None else EventBus()
+        self._sampler = TraceSampler(settings.trace_sample_rate)
         self._tracker = tracker
         self._scheduling = scheduling
         self._admission = admission
@@ -458,6 +467,11 @@ class AsyncTaskScheduler:
             raise self._stop_error
 
     # -- events ------------------------------------------------------------------------------
+
+    def emit_health_snapshot(self) -> None:
+        """Emit a ``scheduler_health_snapshot`` now (if a sink listens): for a periodic one,
+        beside those at job start, checkpoints and job end. Call it on the loop's thread."""
+        self._emit_health()
 
     def _emit_health(self) -> None:
         events = self._events
@@ -675,7 +689,8 @@ class AsyncTaskScheduler:
             entries = self._entries(tracker.ready_frontier())
             if events.wants(EventKind.DEPENDENCY_READY):
                 for entry in entries:
-                    events.emit(_task_event(DependencyReady, entry.item))
+                    if entry.item.traced:
+                        events.emit(_task_event(DependencyReady, entry.item))
             accepted = queue.enqueue(entries)
             tracker.mark_enqueued(accepted)  # type: ignore[arg-type]
             self._note_queue_depth()
@@ -700,7 +715,7 @@ class AsyncTaskScheduler:
                 return
             self._noted_blocked = False
             self._noted_queue_empty = False
-            if events.wants(EventKind.SELECTED):
+            if selection.entry.item.traced and events.wants(EventKind.SELECTED):
                 events.emit(_task_event(Selected, selection.entry.item))
             lease = admission.try_acquire(selection.entry.item, view)
             if not isinstance(lease, TaskAdmissionLease):
@@ -720,8 +735,10 @@ class AsyncTaskScheduler:
             if item.task.task_id not in self._first_started:
                 assert self._clock is not None
                 self._first_started[item.task.task_id] = self._clock()
-            if self._request_pressure is not None and events.wants(
-                EventKind.REQUEST_PRESSURE_ADVISORY_SKIPPED
+            if (
+                item.traced
+                and self._request_pressure is not None
+                and events.wants(EventKind.REQUEST_PRESSURE_ADVISORY_SKIPPED)
             ):
                 self._note_request_pressure(item)
             try:
@@ -741,7 +758,7 @@ class AsyncTaskScheduler:
                 raise
             # After task_lease_acquired (emitted by try_acquire); the worker has not run yet,
             # so this precedes every request event carrying ``execution_id``.
-            if events.wants(EventKind.WORKER_SPAWNED):
+            if item.traced and events.wants(EventKind.WORKER_SPAWNED):
                 events.emit(
                     _task_event(
                         WorkerSpawned, item, lease_id=lease.lease_id, execution_id=execution_id
@@ -756,10 +773,17 @@ class AsyncTaskScheduler:
         entries = []
         scheduling = self._scheduling
         attempts = self._attempts
+        traces_all = self._sampler.traces_all
+        traces = self._sampler.traces
         for task in tasks:
             resolved = scheduling[task.generator]
+            attempt = attempts.get(task.task_id, 1)
             item = SchedulableTask(
-                task, resolved.group, resolved.request, attempts.get(task.task_id, 1)
+                task,
+                resolved.group,
+                resolved.request,
+                attempt,
+                traces_all or traces(task.task_id, attempt),
             )
             entries.append(
                 QueueEntry(
@@ -790,6 +814,8 @@ class AsyncTaskScheduler:
             entry = by_id[task_id]
             depth[entry.group] += 1
             queued_total += 1
+            if not entry.item.traced:
+                continue
             events.emit(
                 _task_event(
                     ReadyEnqueued,
@@ -891,6 +917,7 @@ class AsyncTaskScheduler:
                 group_key=item.group.key,
                 group_weight=item.group.weight,
                 execution_id=execution_id,
+                traced=item.traced,
             )
         )
         finished = False
@@ -908,7 +935,7 @@ class AsyncTaskScheduler:
             raise
         finally:
             events = self._events
-            if events.wants(EventKind.TASK_COMPLETED):
+            if item.traced and events.wants(EventKind.TASK_COMPLETED):
                 # Inside the task's context, before its lease goes back.
                 events.emit(
                     _task_event(
@@ -944,7 +971,7 @@ class AsyncTaskScheduler:
             self._started.discard(execution_id)
             return
         events = self._events
-        if events.wants(EventKind.TASK_COMPLETED):
+        if item.traced and events.wants(EventKind.TASK_COMPLETED):
             events.emit(
                 _task_event(
                     TaskCompleted,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from sluiceway.errors import EngineError
 
 
 class TaskKind(enum.Enum):
@@ -34,9 +36,23 @@ class TaskGroupSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerResourceRequest:
-    """Scheduler resources one task of a group holds while it runs."""
+    """Scheduler resources one task of a group holds while it runs: amounts >= 0 (``EngineError``
+    otherwise). ``amounts`` is read-only (a ``MappingProxyType`` in practice): ``pairs`` is taken
+    from it once, at construction."""
 
     amounts: Mapping[str, int]
+    # ``amounts.items()`` in its order, as a tuple: task admission walks it on every dispatch.
+    pairs: tuple[tuple[str, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pairs = tuple(self.amounts.items())
+        for resource, amount in pairs:
+            if amount < 0:
+                raise EngineError(
+                    f"a task asks for {amount} of scheduler resource {resource!r}; an amount "
+                    "is >= 0 (0: the task does not use it)"
+                )
+        object.__setattr__(self, "pairs", pairs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +76,15 @@ def make_task(
 
 @dataclass(frozen=True, slots=True)
 class SchedulableTask:
-    """A ready task with the scheduling facts the queue and task admission need."""
+    """A ready task with the scheduling facts the queue and task admission need. ``traced``:
+    this attempt is in the run's trace sample (``observability.sampling``), so its per-attempt
+    detail events are emitted."""
 
     task: Task
     group: TaskGroupSpec
     request: SchedulerResourceRequest
     attempt: int = 1
+    traced: bool = True
 
     @property
     def task_id(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pytest
 from observability_samples import sample_event
@@ -17,6 +18,7 @@ from sluiceway.observability import (
     MemoryEventSink,
 )
 from sluiceway.observability.events import Event
+from sluiceway.observability.scheduler_events import Selected
 
 
 class CountingFactory:
@@ -146,3 +148,42 @@ def test_memory_sink_keeps_the_newest_events_when_bounded() -> None:
     for _ in range(4):
         bus.emit(sample_event(EventKind.SELECTED))
     assert [event.sequence for event in sink.events] == [2, 3]
+
+
+def test_an_event_subclass_outside_the_catalog_is_routed_by_its_kind() -> None:
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class NotedSelected(Selected):
+        note: str = "n"
+
+    selected = MemoryEventSink({EventKind.SELECTED})
+    other = MemoryEventSink({EventKind.QUEUE_EMPTY})
+    bus = EventBus([selected, other])
+    for _ in range(2):  # the second emission uses the route learned by the first
+        bus.emit(NotedSelected(task_id="t", column="c", row_group=0, group="g"))
+    bus.emit(sample_event(EventKind.SELECTED))
+    assert [type(event) for event in selected.events] == [NotedSelected, NotedSelected, Selected]
+    assert [event.sequence for event in selected.events] == [0, 1, 2]
+    assert other.events == ()
+    bus.remove_sink(selected)  # routes are rebuilt: the subclass is learned again, unrouted
+    bus.emit(NotedSelected(task_id="t", column="c", row_group=0, group="g"))
+    assert len(selected.events) == 3
+
+
+def test_the_bus_reads_a_sinks_handle_at_every_delivery() -> None:
+    class Swapping:
+        kinds = frozenset({EventKind.SELECTED})
+
+        def __init__(self) -> None:
+            self.first: list[Event] = []
+            self.second: list[Event] = []
+            self.handle = self.first.append
+
+        def close(self) -> None:
+            pass
+
+    sink = Swapping()
+    bus = EventBus([sink])
+    bus.emit(sample_event(EventKind.SELECTED))
+    sink.handle = sink.second.append
+    bus.emit(sample_event(EventKind.SELECTED))
+    assert (len(sink.first), len(sink.second)) == (1, 1)

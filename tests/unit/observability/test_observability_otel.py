@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 from observability_samples import synthetic_run
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+import sluiceway
 from sluiceway.observability import EventBus
 from sluiceway.observability.otel import OpenTelemetryEventSink
 
@@ -88,3 +91,22 @@ def test_without_counting_every_kind_only_metric_kinds_are_listened_for() -> Non
     provider.shutdown()
     assert "sluiceway.events" not in metrics
     assert "sluiceway.request.duration" in metrics
+
+
+def test_the_package_imports_the_opentelemetry_api_only() -> None:
+    """The SDK is the application's choice: Sluiceway imports ``opentelemetry-api`` only."""
+    root = Path(sluiceway.__file__).parent
+    checked = 0
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                if module.startswith("opentelemetry"):
+                    checked += 1
+                    assert not module.startswith("opentelemetry.sdk"), path
+    assert checked >= 1  # the bridge does import the API

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import random
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,9 @@ import pytest
 from sluiceway.context import TaskCorrelation, current_task
 from sluiceway.errors import RateLimitedError, RequestAdmissionError
 from sluiceway.observability import (
+    ALWAYS_RECORDED_KINDS,
     REQUEST_KINDS,
+    TRACED_KINDS,
     Event,
     EventBus,
     EventKind,
@@ -590,3 +593,61 @@ async def test_without_a_sink_no_event_is_built() -> None:
     assert bus.statistics().emitted_by_stream[EventStream.REQUEST] == 0
     default = RequestAdmissionController({KEY: 1})
     assert default.events.sinks == ()
+
+
+# -- trace sampling -------------------------------------------------------------------------------
+
+
+def _untraced(execution_id: int) -> TaskCorrelation:
+    return dataclasses.replace(_correlation(execution_id, task_id="u"), traced=False)
+
+
+async def _mixed_run() -> MemoryEventSink:
+    """A traced and an untraced task call through the executor (a rate limit, then success)
+    and queue on one lease; an untraced wait times out; a call outside any task."""
+    bus, sink = _bus()
+    controller, _ = _adaptive(bus, cap=1, default_cooldown_seconds=0.0)
+    executor = _executor(controller, bus)
+    request = ModelRequest(
+        model_id="m",
+        kind=GenerationKind.TEXT,
+        messages=(ChatMessage(role="user", content="hello"),),
+    )
+
+    async def call(correlation: TaskCorrelation) -> None:
+        client = ScriptedProviderClient(
+            [RateLimitedError("slow down", retry_after_seconds=0.0), Reply(text="ok")]
+        )
+        with _running_as(correlation):
+            await executor.execute(CHAT, client, request)
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(call(_correlation(1)))
+        group.create_task(call(_untraced(2)))
+    held = _lease(controller.try_acquire(_item(10)))  # outside any task: traced
+    with _running_as(_untraced(3)), pytest.raises(RequestAdmissionError, match="waited"):
+        await controller.acquire(_item(11, timeout=0.0))
+    controller.release(held, OK)
+    return sink
+
+
+async def test_an_untraced_task_emits_no_request_detail_but_every_aggregate() -> None:
+    sink = await _mixed_run()
+    detail = [e for e in sink.events if e.kind in TRACED_KINDS]
+    # Detail events come from the traced task and from the call outside any task only.
+    assert {e.correlation.execution_id if e.correlation else None for e in detail} == {1, None}
+    assert all(e.correlation is None or e.correlation.traced for e in detail)
+    traced_kinds = {e.kind for e in detail if e.correlation is not None}
+    assert traced_kinds == TRACED_KINDS & REQUEST_KINDS
+    # Wait timeouts and rate limits of the untraced tasks are still recorded.
+    untraced = [e for e in sink.events if e.correlation is not None and not e.correlation.traced]
+    assert untraced and {e.kind for e in untraced} <= ALWAYS_RECORDED_KINDS
+    assert {EventKind.REQUEST_RATE_LIMITED, EventKind.REQUEST_WAIT_TIMEOUT} <= {
+        e.kind for e in untraced
+    }
+    assert sum(e.kind is EventKind.REQUEST_RATE_LIMITED for e in sink.events) == 2
+    assert EventKind.REQUEST_RESOURCE_REGISTERED in _kinds(sink)
+    # The traced request attempts still pair each lease acquired with its release.
+    acquired = {e.attempt_id for e in sink.of_kind(EventKind.REQUEST_LEASE_ACQUIRED)}
+    released = {e.attempt_id for e in sink.of_kind(EventKind.REQUEST_LEASE_RELEASED)}
+    assert acquired == released and len(acquired) == 3

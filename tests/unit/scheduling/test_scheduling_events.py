@@ -11,14 +11,17 @@ from typing import Any
 
 import pytest
 
+from sluiceway.context import current_task
 from sluiceway.fair_queue import QueueEntry, WeightedFairQueue
 from sluiceway.observability import (
     SCHEDULER_KINDS,
+    TRACED_KINDS,
     Event,
     EventBus,
     EventKind,
     MemoryEventSink,
     TaskEvent,
+    TraceSampler,
 )
 from sluiceway.observability.codes import (
     CancelCode,
@@ -455,3 +458,88 @@ async def test_without_a_sink_the_bus_delivers_nothing() -> None:
     )
     await scheduler.run()
     assert sum(bus.statistics().emitted_by_stream.values()) == 0
+
+
+# -- trace sampling -------------------------------------------------------------------------------
+
+
+class RecordingHandler(Handler):
+    """``Handler`` that notes every attempt it runs: its id, its ``traced`` flag and the
+    ``traced`` flag of the correlation it runs under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: list[tuple[tuple[str, int], bool, bool]] = []
+
+    async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+        correlation = current_task.get()
+        assert correlation is not None and correlation.task_id == task.task_id
+        self.attempts.append(((task.task_id, task.attempt), task.traced, correlation.traced))
+        return await super().run_task(task)
+
+
+async def _run_sampled(rate: float) -> tuple[RecordingHandler, tuple[Event, ...]]:
+    handler = RecordingHandler()
+    # Both fail on their first attempt, which is outside the sample at rate 0.25.
+    handler.outcomes["a/0/1"] = TaskOutcome(
+        kind=TaskOutcomeKind.RETRY, reason="overloaded", error_type="ProviderOverloadedError"
+    )
+    handler.outcomes["b/1/2"] = TaskOutcome(
+        kind=TaskOutcomeKind.DROPPED, reason="bad request", error_type="BadRequestError"
+    )
+    scheduler, sink = _scheduler(handler, trace_sample_rate=rate)
+    await scheduler.run()
+    return handler, sink.events
+
+
+async def test_only_traced_attempts_emit_their_timeline_and_aggregates_always_appear() -> None:
+    handler, events = await _run_sampled(0.25)
+    sampler = TraceSampler(0.25)
+    traced = {key for key, item_traced, _ in handler.attempts if item_traced}
+    for key, item_traced, correlation_traced in handler.attempts:
+        assert item_traced is correlation_traced is sampler.traces(*key), key
+    assert 0 < len(traced) < len(handler.attempts)
+    assert not TraceSampler(0.25).traces("a/0/1", 1) and not sampler.traces("b/1/2", 1)
+    _assert_well_formed(events)
+    detail = [e for e in events if e.kind in TRACED_KINDS]
+    # Every traced attempt has its whole timeline, an untraced one no detail event at all.
+    by_attempt: dict[tuple[str, int], set[EventKind]] = {}
+    for event in detail:
+        by_attempt.setdefault(_attempt(event), set()).add(event.kind)
+    assert set(by_attempt) == traced
+    assert all(kinds == set(TASK_ORDER) for kinds in by_attempt.values())
+    # The aggregate and state events of the run, and the failures of untraced attempts.
+    kinds = _kinds(events)
+    assert {
+        EventKind.SCHEDULER_JOB_STARTED,
+        EventKind.SCHEDULER_JOB_COMPLETED,
+        EventKind.SCHEDULER_HEALTH_SNAPSHOT,
+        EventKind.ROW_GROUP_ADMITTED,
+        EventKind.ROW_GROUP_CHECKPOINTED,
+        EventKind.QUEUE_DRAINED,
+        EventKind.ADMISSION_BLOCKED,
+        EventKind.GROUP_CAPPED,
+    } <= kinds
+    (retry,) = [e for e in events if isinstance(e, RetryDeferred)]
+    assert (retry.task_id, retry.attempt) == ("a/0/1", 1)
+    (redispatched,) = [e for e in events if e.kind is EventKind.SALVAGE_REDISPATCHED]
+    assert _attempt(redispatched) == ("a/0/1", 2)
+    (dropped,) = [e for e in events if isinstance(e, NonRetryableDropped)]
+    assert (dropped.task_id, dropped.rows_dropped) == ("b/1/2", 1)
+    assert _completed(events).records_written == 39
+
+
+async def test_sampling_is_deterministic_and_rate_one_traces_every_attempt() -> None:
+    first_handler, first = await _run_sampled(0.25)
+    second_handler, second = await _run_sampled(0.25)
+    assert sorted(first_handler.attempts) == sorted(second_handler.attempts)
+    assert {_attempt(e) for e in first if e.kind in TRACED_KINDS} == {
+        _attempt(e) for e in second if e.kind in TRACED_KINDS
+    }
+    handler, events = await _run_sampled(1.0)
+    assert all(item and correlation for _, item, correlation in handler.attempts)
+    spawned = {_attempt(e) for e in events if isinstance(e, WorkerSpawned)}
+    assert spawned == {key for key, _, _ in handler.attempts}
+    _, none = await _run_sampled(0.0)
+    assert not [e for e in none if e.kind in TRACED_KINDS]
+    assert EventKind.RETRY_DEFERRED in _kinds(none)

@@ -191,7 +191,9 @@ TestParkingAgreesWithFullEvaluation = ParkingAgreesWithFullEvaluation.TestCase
 
 
 def test_the_machine_exercises_parking() -> None:
-    if ParkingAgreesWithFullEvaluation.most_parked == 0:
+    for _ in range(3):  # the machine's runs are random: run it again if it missed the case
+        if ParkingAgreesWithFullEvaluation.most_parked >= 2:
+            break
         ParkingAgreesWithFullEvaluation.TestCase().runTest()
     assert ParkingAgreesWithFullEvaluation.most_parked >= 2
 

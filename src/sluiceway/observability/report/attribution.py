@@ -26,6 +26,12 @@ proportion to how many of the column's outstanding task attempts sat in each. Sh
 100%. Per model, a task attempt's request phases go to the model of the request; its other
 phases are split equally among the models it called; attempts that called no model are not in
 the per-model table.
+
+With trace sampling (``observability.sampling``) the timelines are those of the traced task
+attempts, a sample drawn independently of timing, so the shares estimate those of the whole
+run; the attempt counts and seconds are the sample's. Cooldown windows come from every
+``request_rate_limited`` event (always recorded), passed as ``cooldown_requests``, so an
+untraced attempt's rate limit still cools down the traced attempts waiting beside it.
 """
 
 from __future__ import annotations
@@ -255,10 +261,20 @@ def _split_run(
     return pieces
 
 
-def attribute(timelines: Iterable[TaskTimeline]) -> Attribution:
-    """The attribution of the given task attempts (see the module docstring for the method)."""
+def attribute(
+    timelines: Iterable[TaskTimeline],
+    *,
+    cooldown_requests: Iterable[RequestTimeline] = (),
+) -> Attribution:
+    """The attribution of the given task attempts (see the module docstring for the method).
+
+    Cooldown windows come from the requests of ``timelines`` and from ``cooldown_requests``
+    (request attempts outside them: ``CorrelatedRuntimeView.unattributed_requests()``, which
+    with trace sampling holds the rate limits of untraced attempts)."""
     timelines = list(timelines)
-    cooldowns = CooldownWindows(r for t in timelines for r in t.requests)
+    cooldowns = CooldownWindows(
+        itertools.chain((r for t in timelines for r in t.requests), cooldown_requests)
+    )
     overall = _Accumulator()
     columns: dict[str, _Accumulator] = {}
     models: dict[str, _Accumulator] = {}

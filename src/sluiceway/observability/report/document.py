@@ -4,30 +4,37 @@
 ``run_dir`` and writes ``report.md`` plus ``report-*.png`` beside them. Blocks on file I/O and
 plotting: from the event loop, call it via ``asyncio.to_thread``. The report shows ids, counts,
 durations and configured capacity values; events carry nothing else.
+
+A file written with trace sampling (its header's ``trace_sample_rate`` below 1) holds the
+detail events of a sample of task attempts: the report says so in its overview and in a
+"Trace sampling" section, marks every estimated figure with "≈" (counts scaled by
+``1 / rate``), and takes what it can from events that are always recorded (rows and row
+groups, rate limits, limits and caps, health snapshots) or from the capacity plan (maximum in
+flight per provider/model).
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sluiceway.errors import StorageError
 from sluiceway.observability.events import Event
-from sluiceway.observability.jsonl_sink import EVENTS_FILE_NAME, read_events
+from sluiceway.observability.jsonl_sink import EVENTS_FILE_NAME, read_events, read_events_header
 from sluiceway.observability.report.attribution import Attribution, AttributionRow, Layer, attribute
 from sluiceway.observability.report.plots import (
     plot_queue_depth,
     plot_resources,
     plot_throughput,
 )
-from sluiceway.observability.report.series import RunSeries, build_series
+from sluiceway.observability.report.series import ResourceSeries, RunSeries, build_series
 from sluiceway.observability.timeline import CorrelatedRuntimeView
 from sluiceway.storage.atomic import write_bytes_atomically
 from sluiceway.storage.capacity_plan import (
     CAPACITY_PLAN_FILE_NAME,
-    CapacityPlan,
+    AsyncCapacityPlan,
     capacity_plan_from_json,
 )
 
@@ -65,10 +72,13 @@ def build_report(
             f"{EVENTS_FILE_NAME} into the run directory, or pass the file's path"
         )
     plan = _read_plan(run_dir / CAPACITY_PLAN_FILE_NAME)
-    return render_report(list(read_events(events_file)), output_dir or run_dir, plan=plan)
+    rate = read_events_header(events_file)["trace_sample_rate"]
+    return render_report(
+        list(read_events(events_file)), output_dir or run_dir, plan=plan, trace_sample_rate=rate
+    )
 
 
-def _read_plan(path: Path) -> CapacityPlan | None:
+def _read_plan(path: Path) -> AsyncCapacityPlan | None:
     if not path.is_file():
         return None
     try:
@@ -78,13 +88,20 @@ def _read_plan(path: Path) -> CapacityPlan | None:
 
 
 def render_report(
-    events: Sequence[Event], output_dir: Path, *, plan: CapacityPlan | None = None
+    events: Sequence[Event],
+    output_dir: Path,
+    *,
+    plan: AsyncCapacityPlan | None = None,
+    trace_sample_rate: float = 1.0,
 ) -> ReportArtifacts:
-    """Writes ``report.md`` and the plots for ``events`` into ``output_dir``."""
+    """Writes ``report.md`` and the plots for ``events`` into ``output_dir``.
+
+    ``trace_sample_rate``: the rate the events were recorded at (1: every task attempt)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    series = build_series(events)
-    attribution = attribute(CorrelatedRuntimeView.from_events(events).timelines())
+    series = build_series(events, trace_sample_rate=trace_sample_rate)
+    view = CorrelatedRuntimeView.from_events(events)
+    attribution = attribute(view.timelines(), cooldown_requests=view.unattributed_requests())
     plots = (
         plot_throughput(series, output_dir / THROUGHPUT_PLOT),
         plot_resources(series, output_dir / MODELS_PLOT),
@@ -134,7 +151,71 @@ def _seconds_summary(values: Sequence[float]) -> str:
     return f"{statistics.median(finite) * 1000:.1f} / {p95 * 1000:.1f}"
 
 
-def render_markdown(series: RunSeries, attribution: Attribution, plan: CapacityPlan | None) -> str:
+def rate_label(rate: float) -> str:
+    """A sample rate as people read it: ``1/16`` for 0.0625, else its decimal form."""
+    if rate <= 0:
+        return "0"
+    inverse = 1 / rate
+    if abs(inverse - round(inverse)) < 1e-9:
+        return f"1/{round(inverse)}"
+    return f"{rate:g}"
+
+
+def _counts(series: RunSeries, counts: Mapping[str, int]) -> str:
+    """Outcome counts; with sampling, scaled to the run (``≈``) with the traced total."""
+    if not counts:
+        return "0"
+    if not series.sampled:
+        return ", ".join(f"{n:,} {k}" for k, n in sorted(counts.items()))
+    scaled = ", ".join(f"≈{series.scaled(n):,.0f} {k}" for k, n in sorted(counts.items()))
+    return f"{scaled} (from {sum(counts.values()):,} traced)"
+
+
+def _sampling_lines(series: RunSeries) -> list[str]:
+    if not series.sampled:
+        return []
+    label = rate_label(series.trace_sample_rate)
+    return [
+        "## Trace sampling",
+        "",
+        f"The events file holds the full timeline of {label} of the task attempts (chosen by "
+        "a stable hash of task id and attempt, `run.events.trace_sample_rate` = "
+        f"{series.trace_sample_rate:g}) and every aggregate event. So in this report:",
+        "",
+        f"- **sampled, scaled by {1 / series.trace_sample_rate:g} (marked ≈)**: task attempts "
+        "and model requests by outcome, attempts per model, model requests/s and tasks/s;"
+        if series.trace_sample_rate > 0
+        else "- **not recorded (rate 0)**: task attempts and model requests by outcome, "
+        "attempts per model, model requests/s and tasks/s;",
+        "- **from the traced attempts only**: wait and latency percentiles, the in-flight line "
+        "of the model plots (exact values at the traced requests' lease events), the "
+        "bottleneck attribution (its shares estimate the run's; its attempt counts and seconds "
+        "are the sample's);",
+        "- **exact (always recorded)**: rows and row groups, rows checkpointed/s, rate limits, "
+        "limits and caps, maximum in flight (from the capacity plan); queue depth at the "
+        "traced enqueues, the health snapshots and the queue drains, estimated in between "
+        f"(each traced dispatch counts it down by {1 / series.trace_sample_rate:g}).",
+        "",
+    ]
+
+
+def _max_in_flight(
+    series: RunSeries, resource: ResourceSeries, plan: AsyncCapacityPlan | None
+) -> str:
+    """The capacity plan's exact maximum when it has one, else the events' (a lower bound when
+    sampled)."""
+    if plan is not None:
+        by_resource = plan.observed_maxima.get("requests_in_flight_by_resource")
+        key = f"{resource.provider}/{resource.model}[{resource.domain}]"
+        if isinstance(by_resource, Mapping) and key in by_resource:
+            return f"{by_resource[key]:g}"
+    text = f"{resource.in_flight.maximum:g}"
+    return f"≥{text}" if series.sampled else text
+
+
+def render_markdown(
+    series: RunSeries, attribution: Attribution, plan: AsyncCapacityPlan | None
+) -> str:
     lines = ["# Run report", ""]
     overview = [
         ("run id", series.run_id or "–"),
@@ -142,36 +223,49 @@ def render_markdown(series: RunSeries, attribution: Attribution, plan: CapacityP
         ("wall time", f"{series.wall_seconds:,.2f} s"),
         ("records", "–" if series.records_total is None else f"{series.records_total:,}"),
         ("rows checkpointed", f"{series.rows_written:,} written, {series.rows_dropped:,} dropped"),
-        (
-            "task attempts",
-            ", ".join(f"{n:,} {k}" for k, n in sorted(series.tasks_by_outcome.items())) or "0",
-        ),
-        (
-            "model requests",
-            ", ".join(f"{n:,} {k}" for k, n in sorted(series.requests_by_outcome.items())) or "0",
-        ),
+        ("task attempts", _counts(series, series.tasks_by_outcome)),
+        ("model requests", _counts(series, series.requests_by_outcome)),
         (
             "events",
             ", ".join(f"{n:,} {k}" for k, n in sorted(series.events_by_stream.items())),
         ),
+        (
+            "trace sample",
+            f"{rate_label(series.trace_sample_rate)} of the task attempts (see below)"
+            if series.sampled
+            else "every task attempt",
+        ),
     ]
     lines += _table(["", ""], overview)
-    lines += ["", "## Throughput", "", f"![throughput over time]({THROUGHPUT_PLOT})", ""]
+    lines += ["", *_sampling_lines(series)]
+    lines += ["## Throughput", "", f"![throughput over time]({THROUGHPUT_PLOT})", ""]
+    if series.sampled:
+        lines += [
+            "Model requests/s and tasks/s are estimated from the traced sample; rows "
+            "checkpointed/s is exact.",
+            "",
+        ]
     lines += [
         "## Models",
         "",
         "In flight, current limit and cap per provider/model and domain; red crosses mark "
-        "rate-limited attempts.",
+        "rate-limited attempts."
+        + (" In flight is drawn at the traced requests' lease events." if series.sampled else ""),
         "",
         f"![per-model in flight, limit and cap]({MODELS_PLOT})",
         "",
     ]
+
+    def attempts_of(count: int) -> str:
+        return f"≈{series.scaled(count):,.0f}" if series.sampled else f"{count:,}"
+
+    traced = "traced " if series.sampled else ""
     resource_rows = [
         (
             resource.label,
-            f"{resource.completed:,}",
+            attempts_of(resource.completed),
             f"{len(resource.rate_limited_at):,}",
-            f"{resource.in_flight.maximum:g}",
+            _max_in_flight(series, resource, plan),
             "–" if resource.limit.last is None else f"{resource.limit.last:g}",
             "–" if resource.cap.last is None else f"{resource.cap.last:g}",
             _seconds_summary(resource.wait_seconds),
@@ -188,8 +282,8 @@ def render_markdown(series: RunSeries, attribution: Attribution, plan: CapacityP
                 "max in flight",
                 "final limit",
                 "cap",
-                "wait p50 / p95 (ms)",
-                "latency p50 / p95 (ms)",
+                f"{traced}wait p50 / p95 (ms)",
+                f"{traced}latency p50 / p95 (ms)",
             ],
             resource_rows,
         )
@@ -199,6 +293,16 @@ def render_markdown(series: RunSeries, attribution: Attribution, plan: CapacityP
         "",
         f"![ready queue depth per task group]({QUEUE_PLOT})",
         "",
+        *(
+            [
+                "Depths are exact at the traced enqueues, the health snapshots and the queue "
+                "drains; in between, each traced dispatch counts the queue down by "
+                f"{series.scaled(1.0):g} (an estimate).",
+                "",
+            ]
+            if series.sampled
+            else []
+        ),
         "## Bottleneck attribution",
         "",
         "Share of wall time each layer was limiting: each instant is split among layers in "
@@ -207,7 +311,15 @@ def render_markdown(series: RunSeries, attribution: Attribution, plan: CapacityP
         "`docs/observability.md` for the phases charged to each layer.",
         "",
     ]
-    header = ["", "task attempts", "task seconds", *(layer.heading for layer in Layer)]
+    if series.sampled:
+        lines += [
+            "Computed over the traced task attempts "
+            f"({rate_label(series.trace_sample_rate)} of them): the shares estimate the whole "
+            "run's, the attempt counts and seconds are the sample's.",
+            "",
+        ]
+    header = ["", f"{traced}task attempts", f"{traced}task seconds"]
+    header += [layer.heading for layer in Layer]
     header.append("limiting layer")
     lines += ["### Per column", ""]
     lines += _table(
@@ -228,7 +340,7 @@ def render_markdown(series: RunSeries, attribution: Attribution, plan: CapacityP
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _plan_section(plan: CapacityPlan | None) -> list[str]:
+def _plan_section(plan: AsyncCapacityPlan | None) -> list[str]:
     lines = ["## Capacity plan", ""]
     if plan is None:
         return [*lines, f"No {CAPACITY_PLAN_FILE_NAME} in the run directory."]

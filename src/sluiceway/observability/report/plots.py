@@ -37,13 +37,17 @@ def _step(axes: Axes, series: StepSeries, end: float, **style: object) -> None:
 
 
 def plot_throughput(series: RunSeries, path: Path) -> Path:
-    """Model requests, task attempts and rows completed per second over the run."""
+    """Model requests, task attempts and rows completed per second over the run (the first two
+    estimated from the traced sample when the run was trace-sampled)."""
     throughput = series.throughput()
     figure = _figure()
     axes = figure.add_subplot()
     starts = list(throughput.bucket_starts)
-    axes.step(starts, throughput.requests_per_second, where="post", label="model requests/s")
-    axes.step(starts, throughput.tasks_per_second, where="post", label="tasks/s")
+    estimated = " (≈, from the traced sample)" if series.sampled else ""
+    axes.step(
+        starts, throughput.requests_per_second, where="post", label=f"model requests/s{estimated}"
+    )
+    axes.step(starts, throughput.tasks_per_second, where="post", label=f"tasks/s{estimated}")
     axes.step(starts, throughput.rows_per_second, where="post", label="rows checkpointed/s")
     axes.set_xlabel("seconds since start")
     axes.set_ylabel("per second")
@@ -69,7 +73,12 @@ def plot_resources(series: RunSeries, path: Path) -> Path:
     end = series.wall_seconds
     for index, resource in enumerate(resources, start=1):
         axes = figure.add_subplot(len(resources), 1, index)
-        _step(axes, resource.in_flight, end, label="in flight")
+        _step(
+            axes,
+            resource.in_flight,
+            end,
+            label="in flight (traced requests)" if series.sampled else "in flight",
+        )
         _step(axes, resource.limit, end, label="current limit", linestyle="--")
         _step(axes, resource.cap, end, label="cap", linestyle=":", color="black")
         if resource.rate_limited_at:
@@ -104,7 +113,10 @@ def plot_queue_depth(series: RunSeries, path: Path) -> Path:
             _step(axes, depth, series.wall_seconds, label=group)
         axes.set_xlabel("seconds since start")
         axes.set_ylabel("queued tasks")
-        axes.set_title("Ready queue depth per task group")
+        axes.set_title(
+            "Ready queue depth per task group"
+            + (" (≈ between exact points)" if series.sampled else "")
+        )
         axes.grid(alpha=0.3)
         axes.legend(loc="upper right", fontsize="x-small")
     figure.savefig(path)

@@ -2,9 +2,22 @@
 
 Times are seconds since the run's first event (``scheduler_job_started`` when present).
 Per-model state is per provider/model and domain: in flight and the limit in force come from
-the request lease events, the cap from registration and cap changes. Queue depth per task group
-comes from health snapshots when the run emitted them, otherwise from ``ready_enqueued`` (the
-group's depth after the enqueue) minus one per ``worker_spawned``/``worker_spawn_failed``.
+the request lease events, the cap from registration and cap changes, rate-limit marks from
+``request_rate_limited``. Queue depth per task group follows ``ready_enqueued`` (the group's
+depth after the enqueue), minus one per ``worker_spawned``/``worker_spawn_failed``;
+``queue_drained`` sets a group (or every group) to 0 and each health snapshot resets every
+group to its exact count, so tasks withdrawn without an event (rows dropped while queued)
+cannot make the series drift for long.
+
+Trace sampling (``observability.sampling``): with ``trace_sample_rate`` below 1 the detail
+events exist for a sample of task attempts only. Then the counts taken from them (task and
+request completions, the per-model completed counts, the task and request throughput) are the
+sample's, and :meth:`RunSeries.scaled` / :meth:`RunSeries.throughput` scale them by
+``1 / rate``; in flight keeps the exact values the sampled lease events carry; queue depth
+takes the exact depths of the sampled ``ready_enqueued``, the periodic health snapshots and
+the drains, and in between each sampled ``worker_spawned`` counts it down by ``1 / rate`` (an
+estimate, never below 0); rate-limit marks, limits, caps, rows and row groups come from events
+that are always recorded, so they stay exact.
 """
 
 from __future__ import annotations
@@ -24,10 +37,12 @@ from sluiceway.observability.request_events import (
     RequestLeaseReleased,
     RequestLimitDecreased,
     RequestLimitIncreased,
+    RequestRateLimited,
     RequestResourceRegistered,
     RequestWaitCompleted,
 )
 from sluiceway.observability.scheduler_events import (
+    QueueDrained,
     ReadyEnqueued,
     RowGroupCheckpointed,
     SchedulerHealthSnapshot,
@@ -68,7 +83,7 @@ class ResourceSeries:
     limit: StepSeries = field(default_factory=StepSeries)
     cap: StepSeries = field(default_factory=StepSeries)
     rate_limited_at: list[float] = field(default_factory=list)
-    completed: int = 0
+    completed: int = 0  # request attempts seen completing (traced ones when sampled)
     wait_seconds: list[float] = field(default_factory=list)
     latency_seconds: list[float] = field(default_factory=list)
 
@@ -90,8 +105,14 @@ class Throughput:
 
 @dataclass(slots=True)
 class RunSeries:
-    """Everything the report plots and totals, from one pass over the events."""
+    """Everything the report plots and totals, from one pass over the events.
 
+    ``trace_sample_rate`` is the share of task attempts whose detail events were recorded;
+    ``tasks_by_outcome``, ``requests_by_outcome``, ``task_completions``,
+    ``request_completions`` and ``ResourceSeries.completed`` count the sample (see
+    :meth:`scaled`). ``rate_limited`` counts every rate-limited attempt."""
+
+    trace_sample_rate: float = 1.0
     origin: float = 0.0
     wall_seconds: float = 0.0
     run_id: str | None = None
@@ -109,16 +130,30 @@ class RunSeries:
     task_completions: list[float] = field(default_factory=list)
     row_checkpoints: list[tuple[float, int]] = field(default_factory=list)
 
+    @property
+    def sampled(self) -> bool:
+        """Whether the detail events cover only a sample of the task attempts."""
+        return self.trace_sample_rate < 1.0
+
+    def scaled(self, count: float) -> float:
+        """A count of sampled detail events scaled to the whole run (``count / rate``); 0 when
+        nothing was traced (rate 0)."""
+        rate = self.trace_sample_rate
+        return count / rate if rate > 0 else 0.0
+
     def throughput(self, buckets: int = 60) -> Throughput:
+        """Completions per second per bucket; task and request completions scaled by
+        ``1 / trace_sample_rate`` (exact at rate 1), checkpointed rows always exact."""
         width = max(self.wall_seconds / buckets, 1e-3) if self.wall_seconds > 0 else 1.0
         count = max(1, min(buckets, int(self.wall_seconds / width) + 1))
         requests = [0.0] * count
         tasks = [0.0] * count
         rows = [0.0] * count
+        weight = self.scaled(1.0)
         for at in self.request_completions:
-            requests[min(count - 1, int(at / width))] += 1
+            requests[min(count - 1, int(at / width))] += weight
         for at in self.task_completions:
-            tasks[min(count - 1, int(at / width))] += 1
+            tasks[min(count - 1, int(at / width))] += weight
         for at, written in self.row_checkpoints:
             rows[min(count - 1, int(at / width))] += written
         return Throughput(
@@ -130,33 +165,36 @@ class RunSeries:
         )
 
 
-def build_series(events: Iterable[Event]) -> RunSeries:
-    """Reads ``events`` (in sequence order within each stream) into a :class:`RunSeries`."""
+def build_series(events: Iterable[Event], *, trace_sample_rate: float = 1.0) -> RunSeries:
+    """Reads ``events`` (in sequence order within each stream) into a :class:`RunSeries`.
+
+    ``trace_sample_rate`` is the rate the events were recorded at (the events file's header
+    says it; 1 for a full trace)."""
     ordered = sorted(events, key=lambda e: (e.captured_at, e.stream != EventStream.SCHEDULER))
-    series = RunSeries()
+    series = RunSeries(trace_sample_rate=trace_sample_rate)
     if not ordered:
         return series
     started = next((e for e in ordered if isinstance(e, SchedulerJobStarted)), None)
     origin = started.captured_at if started is not None else ordered[0].captured_at
     series.origin = origin
     series.wall_seconds = max(0.0, ordered[-1].captured_at - origin)
-    depth: dict[str, int] = {}
-    has_snapshots = any(isinstance(e, SchedulerHealthSnapshot) for e in ordered)
+    depth: dict[str, float] = {}
     for event in ordered:
         at = event.captured_at - origin
         series.events_by_stream[event.stream.value] += 1
         if isinstance(event, RequestEvent):
             _request_event(series, event, at)
         elif isinstance(event, TaskEvent):
-            if not has_snapshots:
-                _queue_event(series, depth, event, at)
+            _queue_event(series, depth, event, at, step=series.scaled(1.0))
             if isinstance(event, TaskCompleted):
                 series.tasks_by_outcome[event.outcome.value] += 1
                 series.task_completions.append(at)
         elif isinstance(event, SchedulerHealthSnapshot):
-            for group in set(event.queued_by_group) | set(series.queue_depth):
-                value = event.queued_by_group.get(group, 0)
-                series.queue_depth.setdefault(group, StepSeries()).append(at, value)
+            for group in set(event.queued_by_group) | set(depth):
+                _set_depth(series, depth, group, event.queued_by_group.get(group, 0), at)
+        elif isinstance(event, QueueDrained):
+            for group in list(depth) if event.group is None else [event.group]:
+                _set_depth(series, depth, group, 0, at)
         elif isinstance(event, RowGroupCheckpointed):
             series.rows_written += event.rows_written
             series.rows_dropped += event.rows_dropped
@@ -170,15 +208,28 @@ def build_series(events: Iterable[Event]) -> RunSeries:
     return series
 
 
-def _queue_event(series: RunSeries, depth: dict[str, int], event: TaskEvent, at: float) -> None:
+def _set_depth(
+    series: RunSeries, depth: dict[str, float], group: str, value: float, at: float
+) -> None:
+    if depth.get(group) == value and group in series.queue_depth:
+        return
+    depth[group] = value
+    series.queue_depth.setdefault(group, StepSeries()).append(at, value)
+
+
+def _queue_event(
+    series: RunSeries, depth: dict[str, float], event: TaskEvent, at: float, *, step: float
+) -> None:
+    """``step``: the dispatches one ``worker_spawned`` stands for (``1 / rate``)."""
     kind = event.kind
     if isinstance(event, ReadyEnqueued):
-        depth[event.group] = event.group_depth
+        _set_depth(series, depth, event.group, event.group_depth, at)
     elif kind in (EventKind.WORKER_SPAWNED, EventKind.WORKER_SPAWN_FAILED):
-        depth[event.group] = max(0, depth.get(event.group, 0) - 1)
-    else:
-        return
-    series.queue_depth.setdefault(event.group, StepSeries()).append(at, depth[event.group])
+        # A spawn failure is always recorded, so it stands for itself only. A withdrawn task
+        # (its row dropped) leaves no event: never count below zero, and the next snapshot or
+        # drain resets the group.
+        taken = step if kind is EventKind.WORKER_SPAWNED else 1.0
+        _set_depth(series, depth, event.group, max(0.0, depth.get(event.group, 0) - taken), at)
 
 
 def _request_event(series: RunSeries, event: RequestEvent, at: float) -> None:
@@ -212,9 +263,10 @@ def _request_event(series: RunSeries, event: RequestEvent, at: float) -> None:
         series.requests_by_outcome[event.outcome.value] += 1
         if event.outcome is RequestOutcomeCode.SUCCESS:
             series.request_completions.append(at)
-        if event.outcome is RequestOutcomeCode.RATE_LIMITED:
-            series.rate_limited += 1
-            resource.rate_limited_at.append(at)
+    elif isinstance(event, RequestRateLimited):
+        # Always recorded (not a detail kind): one per rate-limited attempt of any task.
+        series.rate_limited += 1
+        resource.rate_limited_at.append(at)
 
 
 def read_only_counts(counter: Counter[str]) -> Mapping[str, int]:
