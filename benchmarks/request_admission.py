@@ -13,9 +13,11 @@ llm_text -> llm_structured -> llm_judge, all on one model) through the real engi
 - ``C``: queueing server (no 429, latency grows by ``in_flight / capacity``), client cap 64,
   latency-gradient limit off vs on: throughput and client-observed p50/p95 latency.
 
-Request counts and the time window come from the server's ``/stats`` (its in-flight series,
-sampled every 100 ms); latencies and per-attempt timestamps from a thin wrapper around the
-provider client. Results are printed as JSON and written to ``--json``.
+Request counts and the time window come from the server's ``/stats`` (the window from its first
+admitted request to its last answer; the in-flight series, sampled every 100 ms, for the share in
+the middle of the run and for how it fills and drains); latencies and per-attempt timestamps
+from a thin wrapper around the provider client. Results are printed as JSON and written to
+``--json``.
 
     .venv/bin/python benchmarks/request_admission.py                # 2,000 records, A B C
     .venv/bin/python benchmarks/request_admission.py --quick        # 200 records, a few seconds
@@ -283,14 +285,6 @@ async def _poll(
         await asyncio.sleep(POLL_SECONDS)
 
 
-def _active_window(series: list[list[float]], interval: float) -> tuple[float, float]:
-    """Server time of the first and last in-flight sample > 0, widened by half a sample."""
-    active = [t for t, in_flight in series if in_flight > 0]
-    if not active:
-        return 0.0, 0.0
-    return active[0] - interval / 2, active[-1] + interval / 2
-
-
 def _middle_share(
     series: list[list[float]], first: float, last: float, capacity: int
 ) -> float | None:
@@ -384,7 +378,8 @@ async def _run_scenario(
         shutil.rmtree(workdir, ignore_errors=True)
 
     model = _total(stats)
-    first, last = _active_window(stats["in_flight_series"], 0.1)
+    # The busy time at the server: from its first admitted request to its last answer.
+    first, last = model["first_admitted_at"], model["last_finished_at"]
     window = max(last - first, 1e-9)
     physical = capacity / latency
     ok_latencies = [a.ended - a.started for a in recorder.attempts if a.status == "ok"]
@@ -416,6 +411,15 @@ async def _run_scenario(
         "server_in_flight_share_middle_80pct": _middle_share(
             stats["in_flight_series"], first, last, capacity
         ),
+        # The series' first and last 2 s: how fast the run fills the capacity and drains.
+        "server_in_flight_first_2s": [
+            [round(t - first, 2), n]
+            for t, n in stats["in_flight_series"]
+            if first <= t <= first + 2
+        ],
+        "server_in_flight_last_2s": [
+            [round(t - first, 2), n] for t, n in stats["in_flight_series"] if last - 2 <= t <= last
+        ],
         "client_max_in_flight": recorder.max_in_flight,
         "client_latency_p50_seconds": _round(_percentile(ok_latencies, 0.50)),
         "client_latency_p95_seconds": _round(_percentile(ok_latencies, 0.95)),

@@ -136,6 +136,8 @@ class SimulationStatistics:
     ``requests`` = ``rate_limited`` + ``in_flight`` + the sum of the outcome counters.
     ``in_flight_seconds`` is the integral of in-flight requests over time (from the first admit
     call to the last admit/finish), so mean concurrency = in_flight_seconds / elapsed.
+    ``first_admitted_at`` and ``last_finished_at`` bound the busy time: the clock at the first
+    admitted attempt and at the last finish (``None`` before either).
     """
 
     requests: int
@@ -149,6 +151,8 @@ class SimulationStatistics:
     in_flight: int
     max_in_flight: int
     in_flight_seconds: float
+    first_admitted_at: float | None = None
+    last_finished_at: float | None = None
 
 
 def combine_statistics(parts: list[SimulationStatistics]) -> SimulationStatistics:
@@ -165,6 +169,12 @@ def combine_statistics(parts: list[SimulationStatistics]) -> SimulationStatistic
         in_flight=sum(p.in_flight for p in parts),
         max_in_flight=max((p.max_in_flight for p in parts), default=0),
         in_flight_seconds=sum(p.in_flight_seconds for p in parts),
+        first_admitted_at=min(
+            (p.first_admitted_at for p in parts if p.first_admitted_at is not None), default=None
+        ),
+        last_finished_at=max(
+            (p.last_finished_at for p in parts if p.last_finished_at is not None), default=None
+        ),
     )
 
 
@@ -227,6 +237,8 @@ class BehaviourModel:
         self._tokens_in_window = 0
         self._last_event_at: float | None = None
         self._in_flight_seconds = 0.0
+        self._first_admitted_at: float | None = None
+        self._last_finished_at: float | None = None
         self._requests = 0
         self._rate_limited = 0
         self._outcomes: dict[AttemptOutcome, int] = dict.fromkeys(AttemptOutcome, 0)
@@ -290,6 +302,8 @@ class BehaviourModel:
         self._in_flight += 1
         if self._in_flight > self._max_in_flight:
             self._max_in_flight = self._in_flight
+        if self._first_admitted_at is None:
+            self._first_admitted_at = now
         return None
 
     def load_factor(self) -> float:
@@ -310,6 +324,7 @@ class BehaviourModel:
         self._advance(now)
         self._in_flight -= 1
         self._outcomes[outcome] += 1
+        self._last_finished_at = now
 
     def observe(self, now: float) -> None:
         """Bring ``in_flight_seconds`` up to ``now`` (before reading statistics)."""
@@ -340,6 +355,8 @@ class BehaviourModel:
             in_flight=self._in_flight,
             max_in_flight=self._max_in_flight,
             in_flight_seconds=self._in_flight_seconds,
+            first_admitted_at=self._first_admitted_at,
+            last_finished_at=self._last_finished_at,
         )
 
     # ----------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 One connection carries one request at a time; idle connections are kept per origin (scheme,
 host, port) for ``keepalive_expiry_seconds`` and reused newest first; at most ``max_connections``
 are open at once, and a request that finds none free waits (FIFO) up to the pool timeout. The
-whole answer is read before ``handle_async_request`` returns (provider answers are small JSON
-documents). Bodies are framed by ``Content-Length``, ``Transfer-Encoding: chunked`` or the end of
-the connection. There are no retries: a failed attempt raises and is counted by the executor.
+whole answer is read before a request returns (provider answers are small JSON documents):
+``handle_async_request`` serves httpx, ``exchange`` a request already in wire form (what the
+provider clients send). Bodies are framed by ``Content-Length``, ``Transfer-Encoding: chunked``
+or the end of the connection. There are no retries: a failed attempt raises and is counted by
+the executor.
 
 Why not httpcore's pool: per request it scans its connections and asks each idle one whether it
 is readable through anyio (a ``poll`` and a ``getpeername`` system call each), and wraps every
@@ -24,8 +26,8 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -35,6 +37,17 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 DEFAULT_KEEPALIVE_EXPIRY_SECONDS = 5.0
 
 Origin = tuple[bytes, bytes, int]
+"""(scheme, host, port) of a connection pool, e.g. ``(b"http", b"127.0.0.1", 8000)``."""
+
+
+class RawAnswer(NamedTuple):
+    """One whole HTTP answer as read from the wire."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    content: bytes
+    version: bytes
+    reason: bytes
 
 
 class _Timeout(Exception):
@@ -197,37 +210,76 @@ class Http11Transport(httpx.AsyncBaseTransport):
         body = request.content if isinstance(request.stream, httpx.ByteStream) else b""
         if not isinstance(request.stream, httpx.ByteStream):
             body = b"".join([chunk async for chunk in request.stream])  # type: ignore[union-attr]
-        head = _request_head(request, len(body))
+        answer = await self.exchange(
+            origin,
+            _request_head(request, len(body)) + body,
+            timeouts,
+            head_only=request.method == "HEAD",
+            request=request,
+        )
+        return httpx.Response(
+            answer.status,
+            headers=answer.headers,
+            content=answer.content,
+            request=request,
+            extensions={"http_version": answer.version, "reason_phrase": answer.reason},
+        )
+
+    async def exchange(
+        self,
+        origin: Origin,
+        message: bytes,
+        timeouts: Mapping[str, float | None],
+        *,
+        head_only: bool = False,
+        request: httpx.Request | None = None,
+    ) -> RawAnswer:
+        """Send ``message`` (a whole HTTP/1.1 request: head and body) to ``origin`` and read the
+        whole answer. ``timeouts`` per phase: ``pool``, ``connect``, ``write``, ``read``.
+        Failures are httpx's exceptions, naming ``request`` when given.
+
+        The provider clients call this directly with a head they keep ready, which spares them
+        building an ``httpx.Request`` and ``httpx.Response`` per attempt."""
         connection = await self._checkout(origin, request, timeouts)
         reuse = False
         try:
             self.requests_sent += 1
             try:
-                await connection.write(head + body, timeouts.get("write"))
+                await connection.write(message, timeouts.get("write"))
             except _Timeout:
                 raise httpx.WriteTimeout("timed out sending the request", request=request) from None
             except OSError as exc:
                 raise httpx.WriteError(
                     f"sending the request failed: {exc}", request=request
                 ) from None
-            response, reuse = await self._read_response(connection, request, timeouts.get("read"))
-            return response
+            answer, reuse = await self._read_response(
+                connection, request, timeouts.get("read"), head_only
+            )
+            return answer
         finally:
             self._checkin(origin, connection, reuse)
 
     async def _read_response(
-        self, connection: _Connection, request: httpx.Request, timeout_seconds: float | None
-    ) -> tuple[httpx.Response, bool]:
+        self,
+        connection: _Connection,
+        request: httpx.Request | None,
+        timeout_seconds: float | None,
+        head_only: bool,
+    ) -> tuple[RawAnswer, bool]:
         try:
-            return await self._parse(connection, request, timeout_seconds)
+            return await self._parse(connection, request, timeout_seconds, head_only)
         except _Timeout:
             raise httpx.ReadTimeout("timed out waiting for the answer", request=request) from None
         except OSError as exc:
             raise httpx.ReadError(f"reading the answer failed: {exc}", request=request) from None
 
     async def _parse(
-        self, connection: _Connection, request: httpx.Request, timeout_seconds: float | None
-    ) -> tuple[httpx.Response, bool]:
+        self,
+        connection: _Connection,
+        request: httpx.Request | None,
+        timeout_seconds: float | None,
+        head_only: bool,
+    ) -> tuple[RawAnswer, bool]:
         buffer = connection.buffer
         while True:
             end = buffer.find(b"\r\n\r\n")
@@ -283,13 +335,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 connection_header = value.lower()
         if 100 <= status < 200:
             # An interim answer (e.g. 100 Continue): the final one follows on the same stream.
-            return await self._parse(connection, request, timeout_seconds)
+            return await self._parse(connection, request, timeout_seconds, head_only)
         keep_alive = (
             b"close" not in connection_header
             if version == b"HTTP/1.1"
             else b"keep-alive" in connection_header
         )
-        if request.method == "HEAD" or status in _NO_BODY_STATUSES:
+        if head_only or status in _NO_BODY_STATUSES:
             content = b""
         elif chunked:
             content = await _read_chunked(connection, request, timeout_seconds)
@@ -310,19 +362,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
             content = bytes(buffer)
             buffer.clear()
             keep_alive = False
-        response = httpx.Response(
-            status,
-            headers=headers,
-            content=content,
-            request=request,
-            extensions={"http_version": version, "reason_phrase": reason},
-        )
-        return response, keep_alive and not connection.buffer
+        answer = RawAnswer(status, headers, content, version, reason)
+        return answer, keep_alive and not connection.buffer
 
     # -- the pool ----------------------------------------------------------------------------
 
     async def _checkout(
-        self, origin: Origin, request: httpx.Request, timeouts: dict[str, float | None]
+        self, origin: Origin, request: httpx.Request | None, timeouts: Mapping[str, float | None]
     ) -> _Connection:
         if self._closed:
             raise httpx.ConnectError("the transport is closed", request=request)
@@ -343,7 +389,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             raise
 
     async def _take_slot(
-        self, origin: Origin, request: httpx.Request, timeout_seconds: float | None
+        self, origin: Origin, request: httpx.Request | None, timeout_seconds: float | None
     ) -> _Connection | None:
         """Count a slot for a new connection (``None``), or wait for one: then either a slot
         or an idle connection of ``origin`` handed over by a finished request."""
@@ -401,7 +447,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._free_slot()
 
     async def _connect(
-        self, origin: Origin, request: httpx.Request, timeout_seconds: float | None
+        self, origin: Origin, request: httpx.Request | None, timeout_seconds: float | None
     ) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
@@ -497,7 +543,7 @@ def _raise_if_reset(connection: _Connection) -> None:
 
 
 async def _read_chunked(
-    connection: _Connection, request: httpx.Request, timeout_seconds: float | None
+    connection: _Connection, request: httpx.Request | None, timeout_seconds: float | None
 ) -> bytes:
     buffer = connection.buffer
     body = bytearray()

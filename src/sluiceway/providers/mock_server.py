@@ -189,7 +189,7 @@ class MockProviderServer:
         per_model = {}
         for model, behaviour in self._behaviours.items():
             behaviour.observe(now)
-            per_model[model] = asdict(behaviour.statistics())
+            per_model[model] = self._relative(asdict(behaviour.statistics()))
         total = combine_statistics([b.statistics() for b in self._behaviours.values()])
         counters = self._counters
         extra = {"requests_by_content": dict(counters.by_content)}
@@ -200,9 +200,17 @@ class MockProviderServer:
             "responses_by_status": {str(k): v for k, v in counters.responses_by_status.items()},
             "faults": dict(counters.faults),
             "models": per_model,
-            "total": asdict(total),
+            "total": self._relative(asdict(total)),
             "in_flight_series": list(self._series),
         }
+
+    def _relative(self, statistics: dict[str, Any]) -> dict[str, Any]:
+        """``first_admitted_at`` / ``last_finished_at`` in seconds since the server started, the
+        clock of ``in_flight_series``."""
+        for name in ("first_admitted_at", "last_finished_at"):
+            if statistics[name] is not None:
+                statistics[name] = round(statistics[name] - self._started_at, 6)
+        return statistics
 
     # -- request handling --------------------------------------------------------------------
 
@@ -252,7 +260,8 @@ class MockProviderServer:
         tokens = 0
         if self.settings.simulation.tpm is not None:
             tokens = behaviour.token_cost(model_request)
-        refusal = behaviour.admit(loop.time(), tokens)
+        admitted_at = loop.time()
+        refusal = behaviour.admit(admitted_at, tokens)
         if refusal is not None:
             self._refuse(connection, request, refusal)
             return
@@ -277,14 +286,19 @@ class MockProviderServer:
             self._count_fault(fault)
             status = 500 if fault is Fault.SERVER_ERROR else 503
             body = _error("server_error", "The server had an error processing your request.")
-            connection.answer_later(latency, behaviour, AttemptOutcome.FAILURE, status, body, {})
+            connection.answer_at(
+                admitted_at + latency, behaviour, AttemptOutcome.FAILURE, status, body, {}
+            )
             return
         if fault is Fault.MALFORMED:
             self._count_fault(fault)
             body = b'{"id": "chatcmpl-mock", "choices": [{"message": {"content": "trunc'
         else:
             body = _json(_openai_body(model_request, response))
-        connection.answer_later(latency, behaviour, AttemptOutcome.SUCCESS, 200, body, {})
+        # The latency runs from admission: making the answer is part of it, not added to it.
+        connection.answer_at(
+            admitted_at + latency, behaviour, AttemptOutcome.SUCCESS, 200, body, {}
+        )
 
     def _fault(self, forced: str | None) -> Fault | None:
         if forced is not None:
@@ -468,21 +482,22 @@ class _HttpProtocol(asyncio.Protocol):
         if self._buffer:
             self._next()
 
-    def answer_later(
+    def answer_at(
         self,
-        delay_seconds: float,
+        when: float,
         behaviour: BehaviourModel,
         outcome: AttemptOutcome,
         status: int,
         body: bytes,
         headers: Mapping[str, str],
     ) -> None:
+        """Answer at loop time ``when`` (at once if it has passed)."""
         self._held = (behaviour, outcome)
-        if delay_seconds <= 0:
+        loop = asyncio.get_running_loop()
+        if when <= loop.time():
             self._finish(status, body, headers)
             return
-        loop = asyncio.get_running_loop()
-        self._pending = loop.call_later(delay_seconds, self._finish, status, body, headers)
+        self._pending = loop.call_at(when, self._finish, status, body, headers)
 
     def _finish(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         self._pending = None

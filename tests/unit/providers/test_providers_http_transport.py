@@ -304,3 +304,51 @@ def test_a_proxy_in_the_environment_selects_httpx_own_transport(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert uses_proxy(base_url) is proxied
+
+
+async def test_a_client_on_its_own_transport_sends_one_well_formed_request_per_attempt() -> None:
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        seen.append((head, await reader.readexactly(length)))
+        answer = b'{"choices": [{"message": {"content": "a weir"}}]}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+        await writer.drain()
+
+    server, url = await _raw_server(handler)
+    client = OpenAICompatibleClient(
+        "raw", base_url=url + "/v1/", api_key="sk-test", headers={"X-Team": "locks"}
+    )
+    try:
+        assert (await client.send(_chat(1))).text == "a weir"
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    ((head, body),) = seen
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/chat/completions HTTP/1.1"
+    fields = {
+        name.lower(): value.strip()
+        for name, _, value in (line.partition(b":") for line in lines[1:] if line)
+    }
+    assert fields[b"host"] == url.removeprefix("http://").encode()
+    assert fields[b"authorization"] == b"Bearer sk-test"
+    assert fields[b"x-team"] == b"locks"
+    assert fields[b"content-type"] == b"application/json"
+    assert b"accept-encoding" not in fields  # answers come uncompressed
+    assert int(fields[b"content-length"]) == len(body)
+    assert b'"Describe weir number 1"' in body
+
+
+def test_a_header_value_with_a_line_break_is_refused_when_the_client_is_built() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        OpenAICompatibleClient(
+            "raw", base_url="http://127.0.0.1:9", headers={"X-Team": "locks\r\nX-Evil: 1"}
+        )
