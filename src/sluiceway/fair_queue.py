@@ -112,6 +112,9 @@ class QueueStatistics:
 # never reach the group. An entry is live while it *is* its group's ``heap_entry``.
 _HeapEntry = tuple[float, int, "_Group[Any]"]
 
+# ``_Group.shared`` when its queued entries do not all have one demand object (or it has none).
+_MIXED: Any = object()
+
 
 class _Group(Generic[T]):
     __slots__ = (
@@ -122,6 +125,7 @@ class _Group(Generic[T]):
         "heap_seq",
         "key",
         "parked",
+        "shared",
         "start_tag",
         "tag_step",
         "weight",
@@ -139,7 +143,32 @@ class _Group(Generic[T]):
         self.heap_entry: _HeapEntry | None = None
         self.heap_seq = 0  # tie-break order of its heap entry when it was parked
         self.parked = False  # out of the heap until unparked; has entries while parked
-        self.demand: dict[str, int] = {}  # one dict for the group's life (never rebound)
+        # Its queued demand: a resource is a key exactly while some queued entry asks for an
+        # amount > 0 of it. One dict for the group's life (never rebound). The values are the
+        # queued amounts while ``shared`` is ``_MIXED``; otherwise every queued entry has the
+        # demand ``shared`` (the same object) and an amount is ``len(entries) * shared[r]``:
+        # then a commit or enqueue that keeps the group backlogged changes no demand at all.
+        self.demand: dict[str, int] = {}
+        self.shared: Mapping[str, int] | None = _MIXED
+
+    def queued_demand(self, resource: str) -> int:
+        """The amount of ``resource`` its queued entries ask for."""
+        if self.shared is _MIXED:
+            return self.demand.get(resource, 0)
+        if resource not in self.demand:
+            return 0
+        assert self.shared is not None  # a key is set: the shared demand asks for it
+        return len(self.entries) * self.shared[resource]
+
+    def unshare(self) -> None:
+        """Its entries stop sharing one demand: make the values of ``demand`` the amounts."""
+        shared = self.shared
+        if shared is not _MIXED:
+            self.shared = _MIXED
+            if shared:
+                count = len(self.entries)
+                for resource in self.demand:
+                    self.demand[resource] = count * shared[resource]
 
 
 class QueueView(Generic[T]):
@@ -163,7 +192,7 @@ class QueueView(Generic[T]):
 
     def demand(self, group: Hashable, resource: str) -> int:
         state = self._queue._groups.get(group)
-        return state.demand.get(resource, 0) if state else 0
+        return state.queued_demand(resource) if state else 0
 
     def first_candidate(self, group: Hashable) -> QueueEntry[T] | None:
         state = self._queue._groups.get(group)
@@ -179,10 +208,10 @@ class QueueView(Generic[T]):
 
     def demand_tables(self) -> DemandTables:
         """The live tables behind ``demand`` and ``demand_weight``, for readers on a hot path:
-        ``group -> resource -> queued amount`` (amounts > 0 only: a resource is a key exactly
-        while the group has queued demand for it) and ``resource -> total weight``
-        of the groups with queued demand. The same dicts for the queue's life, updated in place;
-        read them, never write them."""
+        ``group -> resources`` (a resource is a key exactly while the group has queued demand
+        for it; the values are not the amounts, read those with ``demand``) and
+        ``resource -> total weight`` of the groups with queued demand. The same dicts for the
+        queue's life, updated in place; read them, never write them."""
         queue = self._queue
         return DemandTables(queue._group_demand, queue._demand_weight)
 
@@ -222,8 +251,8 @@ class WeightedFairQueue(Generic[T]):
         # resource -> total weight / number of the groups with queued demand for it.
         self._demand_weight: dict[str, float] = {}
         self._demand_groups: dict[str, int] = {}
-        # group -> its queued demand (the ``_Group.demand`` dicts themselves): one lookup for
-        # readers on the dispatch path (``QueueView.demand_tables``).
+        # group -> the resources of its queued demand (the ``_Group.demand`` dicts themselves):
+        # one lookup for readers on the dispatch path (``QueueView.demand_tables``).
         self._group_demand: dict[Hashable, dict[str, int]] = {}
         self._demand_watcher: DemandWatcher | None = None
         self._shape_version = 0
@@ -270,9 +299,16 @@ class WeightedFairQueue(Generic[T]):
                         )
                 self._shape_changed = True
             was_idle = not group.entries
+            demand = entry.demand
+            if was_idle:
+                group.shared = demand  # its demand dict is empty: the amounts of this entry
+            elif demand is group.shared:
+                demand = None  # amounts follow the number of entries, the resources are set
+            else:
+                group.unshare()
             group.entries.append(entry)
-            if entry.demand:
-                for resource, amount in entry.demand.items():
+            if demand:
+                for resource, amount in demand.items():
                     if not amount:
                         continue
                     if amount < 0:
@@ -462,17 +498,20 @@ class WeightedFairQueue(Generic[T]):
             raise EngineError("a selection of the current version is not its group's head")
         entries.popleft()
         del self._ids[entry.item_id]
-        demand = entry.demand
-        if demand:
-            # ``_forget``'s demand bookkeeping, inline (this is the dispatch path).
-            queued = group.demand
-            for resource, amount in demand.items():
-                if amount:
-                    left = queued[resource] - amount
-                    if left:
-                        queued[resource] = left
-                    else:
-                        self._drop_demand(group, resource)
+        if group.shared is _MIXED:
+            demand = entry.demand
+            if demand:
+                # ``_forget``'s demand bookkeeping, inline (this is the dispatch path).
+                queued = group.demand
+                for resource, amount in demand.items():
+                    if amount:
+                        left = queued[resource] - amount
+                        if left:
+                            queued[resource] = left
+                        else:
+                            self._drop_demand(group, resource)
+        elif not entries:
+            self._drop_shared(group)  # else the amounts follow the number of entries
         if group.parked:  # its head changes
             self._clear_parked(group)
         start = group.start_tag
@@ -541,7 +580,12 @@ class WeightedFairQueue(Generic[T]):
         )
 
     def _forget(self, group: _Group[T], entry: QueueEntry[T]) -> None:
+        """Drop ``entry``'s id and demand; it has left ``group.entries`` already."""
         del self._ids[entry.item_id]
+        if group.shared is not _MIXED:
+            if not group.entries:
+                self._drop_shared(group)
+            return  # else the amounts follow the number of entries
         if entry.demand:
             queued = group.demand
             for resource, amount in entry.demand.items():
@@ -552,6 +596,12 @@ class WeightedFairQueue(Generic[T]):
                     queued[resource] = left
                 else:
                     self._drop_demand(group, resource)
+
+    def _drop_shared(self, group: _Group[T]) -> None:
+        """``group``, whose entries shared one demand, has no entries left."""
+        group.shared = _MIXED
+        for resource in list(group.demand):
+            self._drop_demand(group, resource)
 
     def _drop_demand(self, group: _Group[T], resource: str) -> None:
         """``group`` has no queued demand for ``resource`` any more."""

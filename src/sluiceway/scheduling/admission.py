@@ -63,6 +63,8 @@ from sluiceway.scheduling.policies import (
     DENIED,
     NO_CAPACITY,
     UNDECIDED,
+    AdmitAnswer,
+    AdmitFunction,
     BoundedBorrowTaskAdmissionPolicy,
     BoundPolicy,
     PolicyDecision,
@@ -261,6 +263,8 @@ class _LedgerReader:
         return self._debt.get(group, 0)
 
     def group_weight(self, group: str) -> float | None:
+        if not self._controller._group_leases.get(group):
+            return None  # its entry stays while it holds nothing (``_group_leases``)
         return self._group_weight.get(group)
 
     def leased_only_weight(self, resource: str, queue_view: QueueView[SchedulableTask]) -> float:
@@ -281,7 +285,7 @@ class _LedgerReader:
         weight = 0.0
         held = 0
         group_leased = self._group_leased
-        for group, group_weight in self._group_weight.items():  # the groups holding leases
+        for group, group_weight in self._group_weight.items():  # the groups that held leases
             amount = group_leased[group].get(resource, 0)
             if amount and queue_view.demand(group, resource) == 0:
                 weight += group_weight
@@ -317,8 +321,11 @@ class TaskAdmissionController:
         self._leased = dict.fromkeys(limits, 0)
         self._max_leased = dict.fromkeys(limits, 0)
         self._group_leased: dict[str, dict[str, int]] = {}  # amounts > 0 only; may be empty
+        # Live leases and weight per group. A group's entries stay once it held a lease (0 live
+        # leases: it holds nothing): groups are few and reused, and a dict whose keys come and go
+        # on every dispatch fills with deleted slots and is rebuilt every few dozen dispatches.
         self._group_leases: dict[str, int] = {}
-        self._group_weight: dict[str, float] = {}
+        self._group_weight: dict[str, float] = {}  # meaningful while the group holds leases
         self._live: dict[int, TaskAdmissionLease] = {}
         # Policy state, apart from the ledger.
         self._debt: dict[str, int] = {}
@@ -352,6 +359,7 @@ class TaskAdmissionController:
         # The policy bound to the ledger and the watched queue (``policies`` module docstring),
         # or ``None``: then ``evaluate`` / ``on_acquire`` / ``on_release`` are asked every time.
         self._bound: BoundPolicy | None = None
+        self._admit: AdmitFunction | None = None  # ``self._bound.admit``, one lookup less
         self._judge_head = self._judge  # one bound method, not one per selection
         # The last head ``select_next`` found admissible, with the queue's version then and (with
         # a bound policy) the debt change ``on_acquire`` returns then. ``evaluate`` and
@@ -413,25 +421,23 @@ class TaskAdmissionController:
             if self._parking_checked != self._contention_version:
                 self._unpark_due(queue)
             self._ready_queue = queue
-        bound = self._bound
-        if bound is None:
+        admit = self._admit
+        if admit is None:
             return queue.select_next_or_park(self._judge_head)
         # ``_judge`` of the fairest head, inline (this is the dispatch path).
         selection = queue.peek()
         if selection is None:
             return None
-        entry = selection.entry
-        item = entry.item
+        item = selection[0].item  # ``selection.entry``: an index is cheaper than the field
         spec = item.group
         try:
-            debt_change, denied_on, level_bound = bound.admit(
-                spec.key, spec.weight, item.request.pairs
-            )
+            answer = admit(spec.key, spec.weight, item.request.pairs)
         except KeyError:
-            debt_change = UNDECIDED  # a resource without a limit: ``_judge`` raises
+            answer = _UNDECIDED_ANSWER  # a resource without a limit: ``_judge`` raises
+        debt_change = answer[0]
         if debt_change >= 0:
             self._admitted_item = item
-            self._admitted_queue_version = selection.sequence_version
+            self._admitted_queue_version = selection[1]  # ``sequence_version``
             self._admitted_debt = debt_change
             return selection
         if debt_change == NO_CAPACITY:
@@ -439,7 +445,8 @@ class TaskAdmissionController:
         if debt_change == DENIED:
             if not self._stable_denials:
                 return queue.select_next_or_park(self._judge_head, (selection, _INELIGIBLE))
-            self._parking.record(entry.group, denied_on, level_bound, entry.weight)
+            entry = selection[0]
+            self._parking.record(entry.group, answer[1], answer[2], entry.weight)
             return queue.select_next_or_park(self._judge_head, (selection, _PARK))
         return queue.select_next_or_park(self._judge_head)  # ``_judge`` asks the policy
 
@@ -499,9 +506,11 @@ class TaskAdmissionController:
         ):
             # The head ``select_next`` just judged admissible, and neither the queue nor the
             # ledger changed since: ``evaluate`` is not asked again, nor (with a bound policy)
-            # ``on_acquire``.
+            # ``on_acquire``. Its group is not parked: ``select_next`` judges only the heads of
+            # groups in the heap, and parking is only done by a ``select_next`` that judges.
             debt_change = self._admitted_debt
             debt_group: str | None = group
+            unparked = True
         else:
             view = queue_view if queue_view is not None else self._empty_view
             denied = self._check(item, view)
@@ -509,6 +518,7 @@ class TaskAdmissionController:
                 self._note_denial(item, denied)
                 return denied
             debt_change = UNDECIDED
+            unparked = False
         if debt_change < 0:  # ``UNDECIDED``: ask the policy
             delta = self._policy.on_acquire(
                 item, queue_view if queue_view is not None else self._empty_view, self._reader
@@ -521,7 +531,7 @@ class TaskAdmissionController:
         weight = spec.weight
         group_leases = self._group_leases
         leases = group_leases.get(group)
-        if leases is None:  # the group's first live lease
+        if not leases:  # the group's first live lease
             group_leases[group] = 1
             self._group_weight[group] = weight
             held = self._group_leased.get(group)
@@ -548,13 +558,22 @@ class TaskAdmissionController:
                     self._outside_moved(resource, amount, weight if not before else 0.0)
         if debt_change:
             self._apply_debt(debt_group, debt_change)
-        parked = self._parked_groups
-        if parked and group in parked:
-            self._watched_queue.unpark(group)  # its leases changed
+        if not unparked:
+            parked = self._parked_groups
+            if parked and group in parked:
+                self._watched_queue.unpark(group)  # its leases changed
         self._acquired = lease_id = self._acquired + 1
-        lease = self._live[lease_id] = TaskAdmissionLease(
-            lease_id, item.task.task_id, group, item.request.amounts, self._owner, False, item
-        )
+        # ``TaskAdmissionLease(...)`` without its generated ``__init__`` (a Python frame more on
+        # every dispatch): every field is set here, in declaration order.
+        lease = _new_lease(TaskAdmissionLease)
+        lease.lease_id = lease_id
+        lease.task_id = item.task.task_id
+        lease.group = group
+        lease.amounts = item.request.amounts
+        lease.owner = self._owner
+        lease.released = False
+        lease.item = item
+        self._live[lease_id] = lease
         if item.traced and self._events.wants(_LEASE_ACQUIRED):
             task = item.task
             self._events.emit(
@@ -573,7 +592,8 @@ class TaskAdmissionController:
         """Return a lease's resources. Never raises; misuse yields a diagnostic result."""
         lease_id = lease.lease_id
         live = self._live
-        # Only this controller's leases are live, each until its release.
+        # Only this controller's leases are live, each until its release (a copy, a lease built
+        # by hand or another controller's lease is not the live one of its id).
         if live.get(lease_id) is not lease or lease.released:
             return self._diagnose(lease)
         del live[lease_id]
@@ -605,20 +625,15 @@ class TaskAdmissionController:
                     weight = self._group_weight[group]
                     self._outside_moved(resource, -amount, -weight if not left else 0.0)
         group_leases = self._group_leases
-        leases_left = group_leases[group] - 1
-        if leases_left:
-            group_leases[group] = leases_left
-        else:
-            # Its (now empty) amounts map stays for its next lease: groups are few and reused.
-            del group_leases[group]
-            del self._group_weight[group]
+        # At 0 its entries (and its now empty amounts map) stay for its next lease.
+        group_leases[group] -= 1
         if debt_change:
             self._apply_debt(debt_group, debt_change)
         parked = self._parked_groups
         if parked and group in parked:
             self._watched_queue.unpark(group)  # its leases changed
-        if lease.item is not None and lease.item.traced and self._events.wants(_LEASE_RELEASED):
-            item = lease.item
+        item = lease.item
+        if item is not None and item.traced and self._events.wants(_LEASE_RELEASED):
             task = item.task
             self._events.emit(
                 TaskLeaseReleased(
@@ -689,7 +704,9 @@ class TaskAdmissionController:
             policy=self._policy.kind,
             limits=MappingProxyType(dict(self._limits)),
             leased=MappingProxyType(dict(self._leased)),
-            leased_by_group=MappingProxyType(dict(self._group_leases)),
+            leased_by_group=MappingProxyType(
+                {group: leases for group, leases in self._group_leases.items() if leases}
+            ),
             debt_by_group=MappingProxyType(dict(self._debt)),
             active_leases=len(self._live),
             acquired_total=self._acquired,
@@ -821,6 +838,7 @@ class TaskAdmissionController:
             if bind is not None
             else None
         )
+        self._admit = self._bound.admit if self._bound is not None else None
         self._recount_outside()
 
     def _recount_outside(self) -> None:
@@ -909,4 +927,6 @@ _ELIGIBLE = HeadVerdict.ELIGIBLE
 _INELIGIBLE = HeadVerdict.INELIGIBLE
 _PARK = HeadVerdict.PARK
 _RELEASED = ReleaseStatus.RELEASED
+_UNDECIDED_ANSWER: AdmitAnswer = (UNDECIDED, None, None)
+_new_lease: Callable[[type[TaskAdmissionLease]], TaskAdmissionLease] = object.__new__
 _NOTHING: Mapping[str, int] = MappingProxyType({})

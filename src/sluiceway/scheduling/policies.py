@@ -177,7 +177,8 @@ class PolicyTables(NamedTuple):
     debt: Mapping[str, int]
     outside_held: Mapping[str, int]  # ``leased_only_held`` of the watched queue, per resource
     outside_weight: Mapping[str, float]  # ``leased_only_weight`` of the watched queue
-    queued_demand: Mapping[Hashable, Mapping[str, int]]  # group -> resource -> queued amount
+    # group -> the resources it has queued demand for (keys only: ``QueueView.demand_tables``)
+    queued_demand: Mapping[Hashable, Mapping[str, int]]
     demand_weight: Mapping[str, float]  # ``QueueView.demand_weight`` per resource
 
 
@@ -187,6 +188,7 @@ class PolicyTables(NamedTuple):
 # asked). ``DENIED``: ``evaluate`` denies on ``resource`` with ``level_bound``. ``UNDECIDED``: no
 # fast answer (ask ``evaluate``). A resource without a limit raises ``KeyError``.
 AdmitAnswer = tuple[int, str | None, float | None]
+AdmitFunction = Callable[[str, float, tuple[tuple[str, int], ...]], AdmitAnswer]
 DENIED: Final = -1
 UNDECIDED: Final = -2
 NO_CAPACITY: Final = -3
@@ -205,7 +207,7 @@ class BoundPolicy(NamedTuple):
     ``on_release`` returns one unit of debt back for a group in debt, and nothing otherwise
     (``False``: it always returns ``NO_POLICY_CHANGE``)."""
 
-    admit: Callable[[str, float, tuple[tuple[str, int], ...]], AdmitAnswer]
+    admit: AdmitFunction
     repays_debt: bool
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from types import MappingProxyType
 
 from sluiceway.fair_queue import QueueEntry, WeightedFairQueue
@@ -82,3 +84,23 @@ def test_shutdown_denies_new_leases() -> None:
     denied = controller.try_acquire(_item(0))
     assert isinstance(denied, TaskAdmissionDenied)
     assert denied.reason is TaskDenialReason.SHUTDOWN
+
+
+def test_a_granted_lease_has_every_field_and_a_copy_of_it_is_not_live() -> None:
+    controller = TaskAdmissionController({"submission": 2, "local": 2})
+    lease = controller.try_acquire(_item(0))
+    assert isinstance(lease, TaskAdmissionLease)
+    for spec in dataclasses.fields(TaskAdmissionLease):
+        getattr(lease, spec.name)  # set although ``try_acquire`` bypasses ``__init__``
+    assert lease.item is not None and lease.task_id == lease.item.task_id
+    assert not lease.released and lease.amounts == lease.item.request.amounts
+    twin = copy.copy(lease)
+    assert controller.release(twin).status is ReleaseStatus.UNKNOWN
+    assert controller.view().active_leases == 1
+    assert controller.release(lease).released
+    assert controller.view().active_leases == 0
+    again = controller.try_acquire(_item(1))
+    assert isinstance(again, TaskAdmissionLease)
+    assert controller.release(lease).status is ReleaseStatus.DUPLICATE
+    assert controller.release(again).released
+    assert controller.view().released_total == 2

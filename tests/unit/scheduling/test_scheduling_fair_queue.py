@@ -117,3 +117,65 @@ def test_backlogged_service_tracks_weights_within_one_item(
         assert abs(served[str(g)] - ideal) <= len(weights), (served, weights)
     assert sum(served.values()) == dispatches
     assert len(queue) == dispatches * len(weights) - dispatches
+
+
+_DEMANDS: list[dict[str, int] | None] = [
+    {"submission": 1},
+    {"submission": 1},  # equal to the first, another object
+    {"submission": 2, "local": 1},
+    {"local": 0},
+    None,
+]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["enqueue", "commit", "remove"]),
+            st.integers(0, 2),  # group
+            st.integers(0, len(_DEMANDS) - 1),  # demand
+        ),
+        max_size=60,
+    )
+)
+def test_demand_is_the_sum_over_queued_entries_whether_or_not_they_share_one(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """Entries of a group sharing one demand object keep the amounts implicit (a commit that
+    leaves the group backlogged changes nothing): the view must still read the exact sums."""
+    queue: WeightedFairQueue[str] = WeightedFairQueue()
+    view = queue.view()
+    queued: dict[str, QueueEntry[str]] = {}
+    for number, (action, group, demand) in enumerate(steps):
+        if action == "enqueue":
+            entry = QueueEntry(
+                item_id=f"x{number}",
+                group=f"g{group}",
+                weight=1 + group,
+                item=f"x{number}",
+                demand=_DEMANDS[demand],
+            )
+            queue.enqueue([entry])
+            queued[entry.item_id] = entry
+        elif action == "commit":
+            selection = queue.select_next()
+            if selection is not None:
+                queue.commit(selection)
+                del queued[selection.entry.item_id]
+        elif queued:
+            item_id = sorted(queued)[demand % len(queued)]
+            queue.remove(item_id)
+            del queued[item_id]
+        for resource in ("submission", "local"):
+            expected: Counter[str] = Counter()
+            for entry in queued.values():
+                expected[entry.group] += (entry.demand or {}).get(resource, 0)
+            for key in ("g0", "g1", "g2"):
+                assert view.demand(key, resource) == expected[key]
+            demanding = [key for key, amount in expected.items() if amount]
+            assert view.demanding_groups(resource) == len(demanding)
+            weight = sum(1 + int(key[1:]) for key in demanding)
+            assert abs(view.demand_weight(resource) - weight) < 1e-9
+            tables = view.demand_tables()
+            for key in ("g0", "g1", "g2"):
+                assert (resource in tables.by_group.get(key, {})) == bool(expected[key])
