@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-__all__ = ["DatasetConfig", "generate", "generate_async", "load_config", "preview"]
+from sluiceway.version import __version__
+
+__all__ = ["DatasetConfig", "__version__", "generate", "generate_async", "load_config", "preview"]
 
 if TYPE_CHECKING:
     from sluiceway.api import generate, generate_async, preview

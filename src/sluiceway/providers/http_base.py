@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 from httpx._utils import URLPattern, get_environment_proxies
 
-from sluiceway import __version__
 from sluiceway.errors import ProviderTimeoutError, ProviderUnavailableError
 from sluiceway.providers.http_errors import error_for_response, redact
 from sluiceway.providers.http_transport import Http11Transport
+from sluiceway.version import __version__
 
 
 def uses_proxy(base_url: str) -> bool:
