@@ -86,6 +86,8 @@ def _config(args: argparse.Namespace, policy: str) -> DatasetConfig:
                 "max_concurrent_row_groups": args.row_groups,
                 "max_in_flight_tasks": args.max_in_flight_tasks,
                 "task_admission": {"policy": policy},
+                # The gaps are read from per-task events: trace every task attempt.
+                "events": {"trace_sample_rate": 1.0},
             },
         }
     )
