@@ -213,7 +213,7 @@ async def _run_once(job: Mapping[str, Any], output: Path) -> dict[str, Any]:
     if kinds:
         from sluiceway.observability.sampling import TRACED_KINDS
 
-        if any(kind in {k.value for k in TRACED_KINDS} for kind in kinds):
+        if {kind.value for kind in TRACED_KINDS}.intersection(kinds):
             # The metrics count per-attempt events: every task attempt must be traced.
             raw.setdefault("run", {}).setdefault("events", {})["trace_sample_rate"] = 1.0
     config = DatasetConfig.model_validate(raw)

@@ -21,7 +21,7 @@ from httpx._utils import URLPattern, get_environment_proxies
 
 from sluiceway.errors import ProviderTimeoutError, ProviderUnavailableError
 from sluiceway.providers.http_errors import error_for_response, redact
-from sluiceway.providers.http_transport import Http11Transport
+from sluiceway.providers.http_transport import Http11Transport, default_port
 from sluiceway.version import __version__
 
 
@@ -152,7 +152,7 @@ class _Wire:
         scheme = url.raw_scheme
         self._transport = transport
         self._base_url = base_url
-        self._origin = (scheme, url.raw_host, url.port or (443 if scheme == b"https" else 80))
+        self._origin = (scheme, url.raw_host, url.port or default_port(scheme))
         fields = httpx.Headers(
             {
                 "Host": url.netloc.decode("ascii"),

@@ -206,7 +206,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
         url = request.url
-        origin: Origin = (url.raw_scheme, url.raw_host, url.port or _default_port(url.raw_scheme))
+        origin: Origin = (url.raw_scheme, url.raw_host, url.port or default_port(url.raw_scheme))
         body = request.content if isinstance(request.stream, httpx.ByteStream) else b""
         if not isinstance(request.stream, httpx.ByteStream):
             body = b"".join([chunk async for chunk in request.stream])  # type: ignore[union-attr]
@@ -514,7 +514,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._slot_waiters.clear()
 
 
-def _default_port(scheme: bytes) -> int:
+def default_port(scheme: bytes) -> int:
+    """The port of ``scheme`` when a URL names none."""
     return 443 if scheme == b"https" else 80
 
 
