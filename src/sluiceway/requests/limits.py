@@ -11,7 +11,11 @@ pure classes that take ``now`` and samples and return a new state:
   concurrency at which the provider refused is remembered as the *ceiling*: the requests in
   flight when the burst's first refusal arrived, less one for each further refusal of the same
   burst, kept within ``[decreased limit + 1, limit in force]``. A limit of 36 against a provider
-  that serves 32 (4 refusals) remembers 33, not 36.
+  that serves 32 (4 refusals) remembers 33, not 36. When the further refusals bring the ceiling
+  down to the decreased limit, the limit follows it (``ceiling - 1``, the concurrency the
+  provider served), but not below half the limit the burst was granted at: 64 requests against
+  a provider that serves 32 end the burst at 32, one cooldown instead of one per multiplicative
+  step (64, 48, 36, 27).
   On a success outside cooldown while the limit is in use
   (``in_flight >= ceil(limit * usage_ratio)``): after ``successes_until_increase`` successes
   ``limit += increase_step`` up to the effective max. At or above the remembered ceiling each
@@ -210,10 +214,18 @@ class AimdLimit:
             if in_flight is None or state.refused_at is None or state.refused_at <= 1:
                 return state
             refused_at = state.refused_at - 1
+            # Once the refusals show the provider served fewer at once than the decreased limit,
+            # the limit comes down to what it served: kept higher, the next burst is refused too
+            # (another cooldown) before it gets there. Never below half the limit the burst was
+            # granted at: a provider refusing everything (an exhausted rate window, say) halves
+            # the limit per burst instead of sending it to 1.
+            floor = max(1, limit_at_grant // 2)
+            limit = max(min(floor, state.limit), min(state.limit, refused_at - 1))
             return replace(
                 state,
+                limit=limit,
                 refused_at=refused_at,
-                ceiling=max(state.limit + 1, refused_at),
+                ceiling=max(limit + 1, refused_at),
             )
         limit = max(1, math.floor(state.limit * self.decrease_factor))
         refused_at = state.limit if in_flight is None else max(1, min(state.limit, in_flight))

@@ -87,13 +87,18 @@ async def test_a_rate_limit_cools_the_domain_down_and_the_timer_wakes_the_waiter
     assert controller.statistics().in_flight == 0
 
 
-async def test_one_burst_of_rate_limits_decreases_the_limit_once() -> None:
+async def test_one_burst_of_rate_limits_is_one_cooldown_and_halves_the_limit_at_most() -> None:
     controller, _ = _controller(cap=8)
     leases = [_lease(controller.try_acquire(_item())) for _ in range(8)]
-    for lease in leases:
+    # The first refusal multiplies the limit down (8 -> 6); the others, all 8 refused, take it
+    # down toward what was served (none) but not below half of 8.
+    controller.release(leases[0], LIMITED, retry_after_seconds=1.0)
+    stats = controller.statistics().provider_models[KEY].domains[RequestDomain.CHAT]
+    assert (stats.limit, stats.limit_decreases) == (6, 1)
+    for lease in leases[1:]:
         controller.release(lease, LIMITED, retry_after_seconds=1.0)
     stats = controller.statistics().provider_models[KEY].domains[RequestDomain.CHAT]
-    assert (stats.limit, stats.limit_decreases, stats.cooldowns) == (6, 1, 1)
+    assert (stats.limit, stats.limit_decreases, stats.cooldowns) == (4, 3, 1)
 
 
 def test_snapshots_are_immutable_and_sequenced() -> None:

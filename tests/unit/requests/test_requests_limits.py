@@ -56,6 +56,19 @@ def test_further_refusals_never_bring_the_ceiling_to_the_limit() -> None:
     assert (after.ceiling, after.refused_at) == (2, 1)
 
 
+def test_further_refusals_below_the_decreased_limit_bring_it_to_what_was_served() -> None:
+    # 64 went out at once, the burst's refusals have counted the ceiling down to 49.
+    state = AimdState(limit=48, ceiling=49, refused_at=49)
+    after = AIMD.on_rate_limited(state, limit_at_grant=64, in_flight=40)
+    assert (after.limit, after.ceiling, after.refused_at) == (47, 48, 48)
+
+
+def test_further_refusals_above_the_decreased_limit_leave_it() -> None:
+    state = AimdState(limit=48, ceiling=60, refused_at=60)
+    after = AIMD.on_rate_limited(state, limit_at_grant=64, in_flight=50)
+    assert (after.limit, after.ceiling) == (48, 59)
+
+
 def test_a_refusal_above_the_previous_refusal_doubles_the_hold() -> None:
     aimd = AimdLimit(max_limit=64, ceiling_hold_seconds=30.0)
     # The ceiling was kept above the decreased limit (37), but 33 is where it was refused.
@@ -256,6 +269,24 @@ def test_the_adaptive_limit_settles_below_the_ceiling_it_learned() -> None:
             OK, now=now, limit_at_grant=64, in_flight=limit.limit, retry_after_seconds=None
         )
     assert limit.limit == 63  # ceiling 64 (all 64 in flight when refused): held one below it
+
+
+def test_one_burst_against_a_provider_serving_half_settles_at_what_it_served() -> None:
+    limit = AdaptiveRequestLimit(
+        AdaptiveLimitSettings(successes_until_increase=1, default_cooldown_seconds=1.0), 64
+    )
+    # 64 out at once, the provider serves 32: the 32 refusals arrive while all 64 are out.
+    for refusal in range(32):
+        limit.on_outcome(
+            LIMITED, now=0.0, limit_at_grant=64, in_flight=64 - refusal, retry_after_seconds=1.0
+        )
+    assert (limit.limit, limit.ceiling) == (32, 33)
+    limit.advance(1.0)
+    for step in range(40):  # successes inside the hold do not step back into the ceiling
+        limit.on_outcome(
+            OK, now=1.0 + step * 0.1, limit_at_grant=32, in_flight=32, retry_after_seconds=None
+        )
+    assert limit.limit == 32
 
 
 def test_a_ceiling_learned_from_fewer_in_flight_holds_the_decreased_limit() -> None:
