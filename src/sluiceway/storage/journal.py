@@ -37,6 +37,17 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS cells_by_row_group ON cells (row_group)",
 )
 _INSERT = "INSERT INTO cells (row_group, column_name, row_index, payload) VALUES (?,?,?,?)"
+# A whole batch in one statement: the rows travel as one JSON array, so the writer thread takes
+# the interpreter lock once per batch instead of once per row (``executemany`` hands it back and
+# forth around every row's step, and against a busy event loop each hand-back waits out a
+# thread switch: the writer fell behind and its queue grew with the run). Rows are inserted in
+# array order, so rowid order stays the order of recording.
+_INSERT_BATCH = (
+    "INSERT INTO cells (row_group, column_name, row_index, payload)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each(?)"
+)
+_BATCH_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _DELETE_GROUP = "DELETE FROM cells WHERE row_group = ?"
 
 CellKey = tuple[str, int]  # (column, global row index or GROUP_ROW_INDEX)
@@ -100,7 +111,9 @@ def _decode_hook(data: dict[str, Any]) -> Any:
     raise ValueError(f"unknown journal value tag {tag!r}")
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_encode_default)
+# ASCII only: a string with a lone surrogate (valid in Python, possible in a model's JSON answer)
+# has no UTF-8 form, and SQLite stores text as UTF-8; escaped, it round-trips like any other.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=_encode_default)
 
 
 def encode_payload(value: object) -> str:
@@ -146,6 +159,7 @@ class CellJournal:
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self._path = path
         self._connection = connection
+        self._insert_batch = _has_json(connection)
         self._condition = threading.Condition()
         # Mutable state, guarded by ``_condition``: queued changes, the writer's failure and
         # whether ``close`` was called. Counters are written by the writer thread only.
@@ -322,7 +336,7 @@ class CellJournal:
             return self._failure is None
         try:
             self._commit(batch)
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # any failure is reported, never a silently dead writer
             with self._condition:
                 self._failure = _storage_error(self._path, "write", exc)
                 self._queue.clear()
@@ -341,14 +355,12 @@ class CellJournal:
                     continue
                 # Invariant: a row group's puts reach SQLite before its deletion.
                 if puts:
-                    connection.executemany(_INSERT, puts)
-                    self._committed += len(puts)
+                    self._insert(puts)
                     puts = []
                 connection.execute(_DELETE_GROUP, args)
                 forgotten += 1
             if puts:
-                connection.executemany(_INSERT, puts)
-                self._committed += len(puts)
+                self._insert(puts)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -356,6 +368,22 @@ class CellJournal:
             raise
         self._forgotten += forgotten
         self._batches += 1
+
+    def _insert(self, puts: list[tuple[Any, ...]]) -> None:
+        if self._insert_batch and len(puts) > 1:
+            self._connection.execute(_INSERT_BATCH, (_BATCH_ENCODER.encode(puts),))
+        else:
+            self._connection.executemany(_INSERT, puts)
+        self._committed += len(puts)
+
+
+def _has_json(connection: sqlite3.Connection) -> bool:
+    """Whether this SQLite has the JSON functions (built in since 3.38, an extension before)."""
+    try:
+        connection.execute("SELECT count(*) FROM json_each('[]')").fetchall()
+    except sqlite3.OperationalError:
+        return False
+    return True
 
 
 def count_entries(path: Path) -> int:

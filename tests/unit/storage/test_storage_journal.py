@@ -193,6 +193,42 @@ def test_a_failed_commit_is_raised_by_the_next_record_and_by_close(tmp_path: Pat
         broken.record(0, "text", 2, "{}")
 
 
+def test_a_lone_surrogate_is_journaled_and_read_back(tmp_path: Path) -> None:
+    # Valid in a Python string (and in a model's JSON answer), but with no UTF-8 form.
+    journal = _journal(tmp_path)
+    journal.start()
+    journal.record(0, "text", 0, encode_payload({"text": "half \ud83d pair"}))
+    journal.record(0, "text", 1, encode_payload({"text": "whole \U0001f30a"}))
+    journal.close()
+    again = CellJournal.open_existing(tmp_path, run_id="run-a", config_fingerprint="f1")
+    entries = again.read_entries({0})[0]
+    again.close()
+    assert decode_payload(entries[("text", 0)]) == {"text": "half \ud83d pair"}
+    assert decode_payload(entries[("text", 1)]) == {"text": "whole \U0001f30a"}
+
+
+def test_a_batch_keeps_the_order_of_recording_so_the_later_entry_wins(tmp_path: Path) -> None:
+    journal = _journal(tmp_path)
+    for attempt in range(3):  # queued before the writer starts: one batch, one statement
+        journal.record(2, "text", 7, encode_payload({"attempt": attempt}))
+    journal.start()
+    journal.close()
+    again = CellJournal.open_existing(tmp_path, run_id="run-a", config_fingerprint="f1")
+    entries = again.read_entries({2})
+    again.close()
+    assert decode_payload(entries[2][("text", 7)]) == {"attempt": 2}
+    assert count_entries(tmp_path / JOURNAL_FILE_NAME) == 3
+
+
+def test_any_failure_of_the_writer_is_reported_not_swallowed(tmp_path: Path) -> None:
+    journal = _journal(tmp_path)
+    journal.record(0, "text", 0, "{}")
+    journal.record(0, "text", 1, object())  # type: ignore[arg-type]  # not text: cannot be written
+    journal.start()
+    with pytest.raises(StorageError, match="cell journal"):
+        journal.close()
+
+
 def test_remove_journal_deletes_the_side_files(tmp_path: Path) -> None:
     journal = _journal(tmp_path)
     journal.start()
