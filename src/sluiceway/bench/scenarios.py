@@ -398,7 +398,11 @@ SCENARIOS: Mapping[str, Scenario] = {
             limit_note="provider B capacity / latency",
             target="B >= 95% utilized while A cools down (SPEC §12; reported here)",
             event_kinds=_REQUEST_EVENTS,
-            analysis={"cooldown_provider": "p-a", "busy_provider": "p-b"},
+            analysis={
+                "cooldown_provider": "p-a",
+                "busy_provider": "p-b",
+                "busy_capacity": min(BUSY.client_cap, BUSY.capacity or BUSY.client_cap),
+            },
         ),
         Scenario(
             name="memory",

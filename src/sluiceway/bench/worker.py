@@ -67,6 +67,7 @@ def _event_metrics(
     first_downstream: float | None = None
     downstream = analysis.get("downstream_column")
     completions: list[tuple[float, str, str]] = []
+    busy_spans: list[tuple[float, float]] = []  # (start, answer) of the busy provider's requests
     limited: list[tuple[float, str, float]] = []
     latency_sum: dict[str, float] = {}
     latency_count: dict[str, int] = {}
@@ -88,6 +89,8 @@ def _event_metrics(
         elif kind == "model_request_completed":
             outcome = str(event.outcome.value)
             completions.append((event.captured_at, event.provider, outcome))
+            if event.provider == analysis.get("busy_provider"):
+                busy_spans.append((event.captured_at - event.latency_seconds, event.captured_at))
             if outcome == "success":
                 latency_sum[event.model] = latency_sum.get(event.model, 0.0) + event.latency_seconds
                 latency_count[event.model] = latency_count.get(event.model, 0) + 1
@@ -150,6 +153,18 @@ def _event_metrics(
         metrics["busy_provider_calls_per_second_in_cooldown"] = (
             inside / window_seconds if window_seconds > 0 else None
         )
+        capacity = analysis.get("busy_capacity")
+        if capacity and window_seconds > 0:
+            # Answers lag their requests by one latency, so a window opening as the run starts
+            # counts none in its first latency however busy B is; its requests in flight do not.
+            held = sum(
+                max(0.0, min(end, w_end) - max(start, w_start))
+                for start, end in busy_spans
+                for w_start, w_end in windows
+            )
+            metrics["busy_provider_in_flight_share_in_cooldown"] = (
+                held / window_seconds / float(capacity)
+            )
     return metrics
 
 

@@ -1,12 +1,14 @@
-"""Summary statistics and the leak finder of the benchmark harness."""
+"""Summary statistics, the leak finder and the event-derived metrics of the benchmark harness."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 
 from sluiceway.bench.results import percentile, summarize
 from sluiceway.bench.scenarios import SCENARIOS, Endpoint
-from sluiceway.bench.worker import _leaks
+from sluiceway.bench.worker import _event_metrics, _leaks
 from sluiceway.config.models import DatasetConfig
 
 
@@ -44,3 +46,37 @@ def test_every_scenario_builds_a_valid_config(name: str) -> None:
 def test_physical_limit_is_capacity_over_latency() -> None:
     endpoint = Endpoint(alias="m", latency_seconds=0.02, capacity=8, client_cap=16)
     assert endpoint.limit_per_second == pytest.approx(400.0)
+
+
+def _completed(at: float, provider: str, latency: float) -> SimpleNamespace:
+    return SimpleNamespace(
+        kind=SimpleNamespace(value="model_request_completed"),
+        captured_at=at,
+        provider=provider,
+        model=f"bench-{provider}",
+        outcome=SimpleNamespace(value="success"),
+        latency_seconds=latency,
+    )
+
+
+def test_the_busy_provider_is_measured_inside_the_other_ones_cooldown() -> None:
+    limited = SimpleNamespace(
+        kind=SimpleNamespace(value="request_rate_limited"),
+        captured_at=10.0,
+        provider="a",
+        cooldown_seconds=1.0,
+    )
+    # B (capacity 2) answers at 10.2, 10.6, 10.9 and 11.0; A cools down over [10, 11].
+    events = [
+        limited,
+        _completed(10.2, "b", 0.4),
+        _completed(10.6, "b", 0.4),
+        _completed(10.9, "b", 1.0),
+        _completed(11.0, "b", 0.4),
+    ]
+    analysis = {"cooldown_provider": "a", "busy_provider": "b", "busy_capacity": 2}
+    metrics = _event_metrics(events, 0.0, analysis)
+    assert metrics["cooldown_window_seconds"] == pytest.approx(1.0)
+    assert metrics["busy_provider_calls_per_second_in_cooldown"] == pytest.approx(4.0)
+    # In flight inside the window: 0.2 + 0.4 + 0.9 + 0.4 = 1.9 request-seconds of 2.
+    assert metrics["busy_provider_in_flight_share_in_cooldown"] == pytest.approx(0.95)
