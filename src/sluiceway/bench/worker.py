@@ -66,6 +66,7 @@ def _event_metrics(
     gaps: list[float] = []
     first_downstream: float | None = None
     downstream = analysis.get("downstream_column")
+    busy = analysis.get("busy_provider")
     completions: list[tuple[float, str, str]] = []
     busy_spans: list[tuple[float, float]] = []  # (start, answer) of the busy provider's requests
     limited: list[tuple[float, str, float]] = []
@@ -89,7 +90,7 @@ def _event_metrics(
         elif kind == "model_request_completed":
             outcome = str(event.outcome.value)
             completions.append((event.captured_at, event.provider, outcome))
-            if event.provider == analysis.get("busy_provider"):
+            if event.provider == busy:
                 busy_spans.append((event.captured_at - event.latency_seconds, event.captured_at))
             if outcome == "success":
                 latency_sum[event.model] = latency_sum.get(event.model, 0.0) + event.latency_seconds
@@ -125,7 +126,6 @@ def _event_metrics(
             max(at for at, _, _ in limited) - started_at if limited else 0.0
         )
     cooled = analysis.get("cooldown_provider")
-    busy = analysis.get("busy_provider")
     if cooled is not None and busy is not None and completions:
         busy_done = [at for at, provider, _ in completions if provider == busy]
         # Only while B still has work: its rate after its last answer says nothing.
