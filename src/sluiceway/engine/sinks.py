@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from sluiceway.storage.capacity_plan import (
 from sluiceway.storage.journal import CellJournal, remove_journal
 from sluiceway.storage.manifest import DroppedRowRecord, ManifestWriter, RunStatus
 from sluiceway.storage.output_dir import prepare_output_directory
-from sluiceway.storage.parquet_writer import RowGroupWriter
+from sluiceway.storage.parquet_writer import RowGroupWriter, load_arrow_conversions
 from sluiceway.storage.recovery import remove_orphans, write_run_config
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class ParquetSink:
                 raise
             entries = {}
         await manifest.write()
+        await asyncio.to_thread(load_arrow_conversions)
         replay = None
         if cell_journal is not None:
             cell_journal.start()
@@ -174,30 +176,38 @@ class ParquetSink:
         partial: bool = False,
     ) -> None:
         """Writes the row group's file, then records it in the manifest (``partial`` when the run
-        stopped before the group was complete). A checkpoint that has started finishes even if
-        the awaiting task is cancelled (its file is being written and the manifest must list
+        stopped before the group was complete). Both happen in one worker-thread job: each hop
+        between the thread and a busy event loop costs a few loop iterations, and the group
+        holds its slot until the manifest lists it. A checkpoint that has started finishes even
+        if the awaiting task is cancelled (its file is being written and the manifest must list
         it), then the cancellation propagates."""
-        checkpoint = asyncio.ensure_future(
-            self._write_row_group(row_group, rows, row_indices, dropped, partial=partial)
+        checkpoint = asyncio.get_running_loop().run_in_executor(
+            None,
+            functools.partial(
+                self._write_row_group_blocking, row_group, rows, row_indices, dropped, partial
+            ),
         )
         try:
             await asyncio.shield(checkpoint)
         except asyncio.CancelledError:
             await checkpoint
             raise
+        self._dropped.extend(dropped)
+        if self._replay is not None and not partial:
+            # Only now, with the file and the manifest durable, may its journal rows go; a
+            # partial group keeps them for the run that completes it.
+            self._replay.row_group_checkpointed(row_group)
 
-    async def _write_row_group(
+    def _write_row_group_blocking(
         self,
         row_group: int,
         rows: Sequence[dict[str, Any]],
         row_indices: Sequence[int],
         dropped: Sequence[DroppedRow],
-        *,
         partial: bool,
     ) -> None:
-        written = await self._writer.write(row_group, rows, row_indices) if rows else None
-        self._dropped.extend(dropped)
-        await self._manifest.checkpoint(
+        written = self._writer.write_blocking(row_group, rows, row_indices) if rows else None
+        self._manifest.checkpoint_blocking(
             row_group=row_group,
             written=written,
             dropped=[
@@ -206,10 +216,6 @@ class ParquetSink:
             ],
             partial=partial,
         )
-        if self._replay is not None and not partial:
-            # Only now, with the file and the manifest durable, may its journal rows go; a
-            # partial group keeps them for the run that completes it.
-            self._replay.row_group_checkpointed(row_group)
 
     def dropped_rows(self) -> list[DroppedRow]:
         return sorted(self._dropped, key=lambda row: row.row_index)

@@ -296,7 +296,8 @@ class ManifestWriter:
     ``record_*`` change the in-memory manifest; ``write``/``checkpoint``/``finish`` persist it in
     a worker thread and raise ``StorageError`` (fatal) if that fails. Writes are ordered by
     version: a snapshot never overwrites a newer one, even when an awaiting task is cancelled
-    while its thread still runs. Recording a row group twice raises ``EngineError``.
+    while its thread still runs. Recording a row group twice raises ``EngineError``. Changes may
+    come from the event loop and from worker threads (``checkpoint_blocking``) at once.
     """
 
     def __init__(
@@ -360,9 +361,11 @@ class ManifestWriter:
         self._path = Path(directory) / MANIFEST_FILE_NAME
         self._wall_clock = wall_clock
         self._dropped_rows_kept = dropped_rows_kept
-        # Mutable state: the current manifest and its version; the file holds ``_written_version``.
+        # Guarded by ``_state_lock``: the current manifest and its version.
+        self._state_lock = threading.Lock()
         self._manifest = manifest
         self._version = 0
+        # Guarded by ``_file_lock``: the version the file holds.
         self._written_version = -1
         self._file_lock = threading.Lock()
 
@@ -386,6 +389,14 @@ class ManifestWriter:
         """Records a checkpointed row group: ``written`` is its file, or None if every row was
         dropped. ``rows_dropped`` counts the rows of this group that were dropped. ``partial``:
         the run stopped before the group was complete (status ``partial``)."""
+        with self._state_lock:
+            self._record_row_group(
+                row_group=row_group, written=written, rows_dropped=rows_dropped, partial=partial
+            )
+
+    def _record_row_group(
+        self, *, row_group: int, written: WrittenFile | None, rows_dropped: int, partial: bool
+    ) -> None:
         if any(group.index == row_group for group in self._manifest.row_groups):
             raise EngineError(
                 f"row group {row_group} is already in the manifest; each row group is "
@@ -420,7 +431,10 @@ class ManifestWriter:
 
     def record_dropped_rows(self, rows: Iterable[DroppedRowRecord]) -> None:
         """Adds dropped-row reasons, keeping the lowest ``dropped_rows_kept`` row indices."""
-        new = list(rows)
+        with self._state_lock:
+            self._record_dropped_rows(list(rows))
+
+    def _record_dropped_rows(self, new: list[DroppedRowRecord]) -> None:
         if not new:
             return
         merged = sorted((*self._manifest.dropped_rows, *new), key=_dropped_order)
@@ -431,18 +445,23 @@ class ManifestWriter:
         )
 
     def _update(self, **changes: Any) -> None:
+        """Replaces the manifest; the caller holds ``_state_lock``."""
         self._manifest = replace(self._manifest, **changes)
         self._version += 1
 
+    def _snapshot(self) -> tuple[RunManifest, int]:
+        with self._state_lock:
+            return self._manifest, self._version
+
     async def write(self) -> RunManifest:
         """Persists the current manifest (atomic, in a worker thread) and returns it."""
-        manifest, version = self._manifest, self._version
+        manifest, version = self._snapshot()
         await asyncio.to_thread(self._write_version, manifest, version)
         return manifest
 
     def write_blocking(self) -> RunManifest:
         """The same as ``write``, on the calling thread."""
-        manifest, version = self._manifest, self._version
+        manifest, version = self._snapshot()
         self._write_version(manifest, version)
         return manifest
 
@@ -469,27 +488,52 @@ class ManifestWriter:
 
         ``rows_dropped`` defaults to the number of distinct row indices in ``dropped``.
         """
-        reasons = list(dropped)
+        self._record_checkpoint(row_group, written, list(dropped), rows_dropped, partial)
+        return await self.write()
+
+    def checkpoint_blocking(
+        self,
+        *,
+        row_group: int,
+        written: WrittenFile | None,
+        dropped: Iterable[DroppedRowRecord] = (),
+        rows_dropped: int | None = None,
+        partial: bool = False,
+    ) -> RunManifest:
+        """The same as ``checkpoint``, on the calling thread (a worker thread may call it)."""
+        self._record_checkpoint(row_group, written, list(dropped), rows_dropped, partial)
+        return self.write_blocking()
+
+    def _record_checkpoint(
+        self,
+        row_group: int,
+        written: WrittenFile | None,
+        reasons: list[DroppedRowRecord],
+        rows_dropped: int | None,
+        partial: bool,
+    ) -> None:
         if rows_dropped is None:
             rows_dropped = len({row.row_index for row in reasons})
-        self.record_row_group(
-            row_group=row_group, written=written, rows_dropped=rows_dropped, partial=partial
-        )
-        self.record_dropped_rows(reasons)
-        return await self.write()
+        with self._state_lock:
+            self._record_row_group(
+                row_group=row_group, written=written, rows_dropped=rows_dropped, partial=partial
+            )
+            self._record_dropped_rows(reasons)
 
     async def finish(self, status: RunStatus) -> RunManifest:
         """Sets the final status and ``finished_at``, then persists the manifest."""
         if status is RunStatus.RUNNING:
             raise EngineError("finish() needs a final status: completed, failed or cancelled")
-        self._update(status=status, finished_at=self._wall_clock())
+        with self._state_lock:
+            self._update(status=status, finished_at=self._wall_clock())
         return await self.write()
 
     def statistics(self) -> ManifestWriterStatistics:
+        manifest, version = self._snapshot()
         return ManifestWriterStatistics(
-            row_groups=len(self._manifest.row_groups),
-            rows_written=self._manifest.rows_written,
-            rows_dropped=self._manifest.rows_dropped,
-            version=self._version,
+            row_groups=len(manifest.row_groups),
+            rows_written=manifest.rows_written,
+            rows_dropped=manifest.rows_dropped,
+            version=version,
             written_version=self._written_version,
         )

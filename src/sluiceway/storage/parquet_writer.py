@@ -24,13 +24,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sluiceway.errors import EngineError, StorageError
-from sluiceway.storage.atomic import write_atomically
+from sluiceway.storage.atomic import write_bytes_atomically
 from sluiceway.storage.column_kinds import (
     ColumnKind,
     encode_column,
@@ -42,6 +42,14 @@ from sluiceway.storage.json_encoding import dumps_cell
 ROW_INDEX_COLUMN = "_row_index"
 KINDS_METADATA_KEY = b"sluiceway.column_kinds"
 PARQUET_COMPRESSION = "zstd"
+
+
+def load_arrow_conversions() -> None:
+    """Makes pyarrow load what it needs for its first conversion of Python values (it imports
+    pandas then, about 0.3 s). Call it before the run: inside the first checkpoint the import
+    runs in a worker thread that competes with the busy event loop for the GIL, and takes
+    seconds while the row groups it holds stay in flight."""
+    pa.array([0])
 
 
 def row_group_file_name(row_group: int) -> str:
@@ -196,12 +204,11 @@ class RowGroupWriter:
                 "date/datetime, or dicts and lists of those; convert other objects in the "
                 "generator."
             ) from exc.cause
-        table = encoded.table
-
-        def write_table(handle: BinaryIO) -> None:
-            pq.write_table(table, handle, compression=PARQUET_COMPRESSION)
-
-        size_bytes = write_atomically(path, write_table)
+        # Serialized in memory first: pyarrow writing to a Python file object takes the GIL back
+        # for every chunk, and each time waits for the busy event loop thread to hand it over.
+        buffer = pa.BufferOutputStream()
+        pq.write_table(encoded.table, buffer, compression=PARQUET_COMPRESSION)
+        size_bytes = write_bytes_atomically(path, buffer.getvalue().to_pybytes())
         return WrittenFile(
             path=path,
             row_group=row_group,
