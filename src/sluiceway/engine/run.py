@@ -29,6 +29,7 @@ from sluiceway.config.graph import ColumnGraph
 from sluiceway.config.models import DatasetConfig, ProviderConfig
 from sluiceway.engine.cancellation import RunCancellation
 from sluiceway.engine.capacity import build_capacity_plan, request_pressure_advisory
+from sluiceway.engine.collector import long_lived_objects_frozen
 from sluiceway.engine.progress import (
     ProgressListener,
     ProgressSnapshot,
@@ -415,7 +416,8 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     )
     try:
         try:
-            await scheduler.run()
+            with long_lived_objects_frozen():
+                await scheduler.run()
         except BaseExceptionGroup as group:
             raise _primary_error(group) from None
         status = "completed"
