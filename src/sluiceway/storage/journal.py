@@ -149,8 +149,9 @@ class _Op(enum.Enum):
 class CellJournal:
     """One run's journal file, written by a private thread.
 
-    ``record`` and ``forget_row_group`` never block on disk: they queue the change and wake the
-    writer, which commits whatever has queued as one transaction (``synchronous=NORMAL`` in WAL
+    ``record`` and ``forget_row_group`` never block, on disk or on a lock: they append the change
+    to a queue and wake the writer only if it sleeps. The writer commits whatever has queued as
+    one transaction (``synchronous=NORMAL`` in WAL
     mode: a commit survives the process being killed; after a power loss the last commits may be
     missing, never half applied). A failed commit is fatal: the next ``record``, ``check`` or
     ``close`` raises ``StorageError`` naming the file. ``close`` drains the queue and blocks.
@@ -160,12 +161,16 @@ class CellJournal:
         self._path = path
         self._connection = connection
         self._insert_batch = _has_json(connection)
-        self._condition = threading.Condition()
-        # Mutable state, guarded by ``_condition``: queued changes, the writer's failure and
-        # whether ``close`` was called. Counters are written by the writer thread only.
+        # Shared without a lock: the loop thread appends to ``_queue`` and the writer pops from
+        # it (a deque is safe for that); ``_failure`` is set by the writer, ``_closing`` by
+        # ``close``. The writer sets ``_writer_idle`` before it sleeps on ``_wake`` and looks at
+        # the queue once more after that, so an append either is seen then or sets ``_wake``.
         self._queue: collections.deque[tuple[_Op, tuple[Any, ...]]] = collections.deque()
+        self._wake = threading.Event()
+        self._writer_idle = False
         self._failure: StorageError | None = None
         self._closing = False
+        # Counters: ``_recorded`` by the caller of ``record``, the others by the writer.
         self._recorded = 0
         self._committed = 0
         self._batches = 0
@@ -285,21 +290,20 @@ class CellJournal:
             raise self._failure
 
     def _enqueue(self, op: _Op, args: tuple[Any, ...]) -> None:
-        with self._condition:
-            if self._failure is not None:
-                raise self._failure
-            if self._closing:
-                raise EngineError(f"{self._path} is closed; nothing can be journaled now")
-            if not self._queue:
-                self._condition.notify()  # the writer sleeps only while the queue is empty
-            self._queue.append((op, args))
+        failure = self._failure
+        if failure is not None:
+            raise failure
+        if self._closing:
+            raise EngineError(f"{self._path} is closed; nothing can be journaled now")
+        self._queue.append((op, args))
+        if self._writer_idle:
+            self._wake.set()
 
     def close(self) -> None:
         """Commits what is queued, stops the writer and closes the file (blocks). Raises the
         writer's ``StorageError`` if a commit failed. Calling it twice is harmless."""
-        with self._condition:
-            self._closing = True
-            self._condition.notify()
+        self._closing = True
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
         else:
@@ -319,27 +323,32 @@ class CellJournal:
         )
 
     def _run(self) -> None:
+        queue = self._queue
+        wake = self._wake
         while True:
-            with self._condition:
-                while not self._queue and not self._closing:
-                    self._condition.wait()
-                stop = self._closing
+            if not queue:
+                wake.clear()
+                self._writer_idle = True
+                if not queue and not self._closing:
+                    wake.wait()
+                self._writer_idle = False
+            stop = self._closing
             if not self._drain_once() or stop:
                 return
 
     def _drain_once(self) -> bool:
         """Commits everything queued as one transaction; False once a commit failed."""
-        with self._condition:
-            batch = list(self._queue)
-            self._queue.clear()
+        queue = self._queue
+        batch = []
+        while queue:  # popped one by one: appends may go on meanwhile
+            batch.append(queue.popleft())
         if not batch or self._failure is not None:
             return self._failure is None
         try:
             self._commit(batch)
         except Exception as exc:  # any failure is reported, never a silently dead writer
-            with self._condition:
-                self._failure = _storage_error(self._path, "write", exc)
-                self._queue.clear()
+            self._failure = _storage_error(self._path, "write", exc)
+            queue.clear()
             return False
         return True
 
