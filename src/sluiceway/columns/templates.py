@@ -2,8 +2,11 @@
 
 Rendering reuses the compiled root function with a context whose parent is the row itself, so a
 render copies nothing; templates that read Jinja globals (``range``, ``namespace``, ...) get a
-small merged scope instead. Render failures become ``NonRetryableGenerationError`` naming the
-column and field.
+small merged scope instead. A template that only puts row values into text (``Write on {{ topic
+}}``: literal text and bare names, the common prompt) skips Jinja at render time: its text is a
+format string filled with ``str`` of each value, which is what Jinja's output of a bare name is.
+If a value is missing (or ``str`` fails), Jinja renders it, so the error is Jinja's own. Render
+failures become ``NonRetryableGenerationError`` naming the column and field.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, cast
 
 import jinja2
 import jinja2.meta
+from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -54,9 +58,11 @@ class TemplateEnvironment:
         try:
             template = self._env.from_string(source)
             names = _free_names(source)
+            substitution = _substitution(self._env.parse(source))
         except jinja2.TemplateSyntaxError as exc:
             raise _syntax_error(column, field, source, exc) from exc
         self._templates_compiled += 1
+        globals_used = _globals_used(names, template.globals)
         return CompiledTemplate(
             column=column,
             field=field,
@@ -64,7 +70,8 @@ class TemplateEnvironment:
             root=template.root_render_func,
             blocks=template.blocks,
             environment=self._env,
-            globals_used=_globals_used(names, template.globals),
+            globals_used=globals_used,
+            substitution=None if globals_used else substitution,
         )
 
     def compile_expression(
@@ -114,7 +121,16 @@ class CompiledTemplate:
     variable is undefined, the sandbox refuses an access, or the template itself raises.
     """
 
-    __slots__ = ("_blocks", "_env", "_globals", "_root", "column", "field", "source")
+    __slots__ = (
+        "_blocks",
+        "_env",
+        "_globals",
+        "_root",
+        "_substitution",
+        "column",
+        "field",
+        "source",
+    )
 
     def __init__(
         self,
@@ -126,6 +142,7 @@ class CompiledTemplate:
         blocks: Mapping[str, Callable[[Context], Iterator[str]]],
         environment: jinja2.Environment,
         globals_used: Mapping[str, Any],
+        substitution: _Substitution | None = None,
     ) -> None:
         self.column = column
         self.field = field
@@ -134,8 +151,16 @@ class CompiledTemplate:
         self._blocks = dict(blocks)
         self._env = environment
         self._globals = dict(globals_used)
+        self._substitution = substitution
 
     def render(self, row: Mapping[str, Any]) -> str:
+        substitution = self._substitution
+        if substitution is not None:
+            text, names = substitution
+            try:
+                return text.format(*[str(row[name]) for name in names])
+            except Exception:  # Jinja renders it again and reports the error
+                pass
         context = Context(self._env, _scope(row, self._globals), None, self._blocks)
         try:
             return "".join(self._root(context))
@@ -194,6 +219,28 @@ def _scope(row: Mapping[str, Any], globals_used: Mapping[str, Any]) -> dict[str,
     if not globals_used:
         return cast("dict[str, Any]", row)
     return {**globals_used, **row}
+
+
+_Substitution = tuple[str, tuple[str, ...]]  # (format string with "{}" fields, names in order)
+
+
+def _substitution(template: nodes.Template) -> _Substitution | None:
+    """The format string and names of a template that is only literal text and bare names
+    (``{{ name }}``), or None for anything else (filters, attributes, tags, constants)."""
+    text: list[str] = []
+    names: list[str] = []
+    for statement in template.body:
+        if not isinstance(statement, nodes.Output):
+            return None
+        for node in statement.nodes:
+            if isinstance(node, nodes.TemplateData):
+                text.append(node.data.replace("{", "{{").replace("}", "}}"))
+            elif isinstance(node, nodes.Name) and node.ctx == "load":
+                text.append("{}")
+                names.append(node.name)
+            else:
+                return None
+    return "".join(text), tuple(names)
 
 
 def _free_names(source: str) -> set[str]:

@@ -7,7 +7,10 @@ from typing import Any
 
 import jinja2
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from sluiceway.columns.templates import TemplateEnvironment
 from sluiceway.errors import ConfigError, NonRetryableGenerationError
@@ -126,3 +129,55 @@ def test_an_undefined_expression_value_is_an_error_not_none() -> None:
     expression = TemplateEnvironment().compile_expression("missing", column="c")
     with pytest.raises(NonRetryableGenerationError, match=r"'c'.*skip_when.*missing"):
         expression.evaluate(ROW)
+
+
+_FRAGMENTS = st.sampled_from(
+    [
+        "Write on ",
+        " ",
+        "{",
+        "}",
+        "{x}",
+        "\n",
+        "{{ topic }}",
+        "{{topic}}",
+        "{{- n -}}",
+        "{{ n }}",
+        "{{ missing }}",
+        "{{ none }}",
+        "{% raw %}{{ a }}{% endraw %}",
+        "{# note #}",
+        "-",
+        "%",
+    ]
+)
+_VALUES = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fragments=st.lists(_FRAGMENTS, max_size=8),
+    trailing_newline=st.booleans(),
+    topic=_VALUES,
+    n=_VALUES,
+    none=st.none(),
+)
+def test_text_and_bare_names_render_exactly_as_jinja_does(
+    fragments: list[str], trailing_newline: bool, topic: object, n: object, none: None
+) -> None:
+    source = "".join(fragments) + ("\n" if trailing_newline else "")
+    row = {"topic": topic, "n": n, "none": none}
+    environment = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+    try:
+        reference = environment.from_string(source)
+    except jinja2.TemplateSyntaxError:
+        assume(False)  # fragments like "{" "{" join into a tag that never closes
+    compiled = TemplateEnvironment().compile_template(source, column="c", field="template")
+    try:
+        expected = reference.render(row)
+    except jinja2.UndefinedError as exc:
+        with pytest.raises(NonRetryableGenerationError, match="UndefinedError") as caught:
+            compiled.render(row)
+        assert str(exc) in str(caught.value)
+    else:
+        assert compiled.render(row) == expected
