@@ -303,9 +303,9 @@ def test_a_failed_worker_spawn_fails_the_run_and_releases_every_lease(tmp_path: 
             loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
         ) -> asyncio.Task[Any]:
             nonlocal spawned
-            if getattr(coro, "__name__", "") == "_run_one":  # a task worker of the scheduler
+            if getattr(coro, "__name__", "") == "_work":  # a task worker of the scheduler
                 spawned += 1
-                if spawned == 10:
+                if spawned == 3:
                     coro.close()
                     raise RuntimeError("the loop refuses another task")
             return asyncio.Task(coro, loop=loop, **kwargs)

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import re
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Coroutine, Mapping, Sequence
@@ -487,8 +488,19 @@ def _breaker_run() -> tuple[Event, ...]:
     return _engine_events(config, StormProvider(rate_limited_first=10**9))
 
 
+def _dispatching() -> bool:
+    """Whether the scheduler's dispatch is on the calling stack (not a worker starting one)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "_dispatch":
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 def _spawn_failure_run() -> tuple[Event, ...]:
-    """The loop's task factory refuses the fifth worker: a fatal error for the run."""
+    """The loop's task factory refuses the second worker the dispatcher starts: a fatal error
+    for the run."""
 
     async def run() -> tuple[Event, ...]:
         loop = asyncio.get_running_loop()
@@ -498,9 +510,9 @@ def _spawn_failure_run() -> tuple[Event, ...]:
             loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
         ) -> asyncio.Task[Any]:
             nonlocal created
-            if getattr(coro, "__name__", "") == "_run_one":
+            if getattr(coro, "__name__", "") == "_work" and _dispatching():
                 created += 1
-                if created == 5:
+                if created == 2:
                     coro.close()
                     raise RuntimeError("no more tasks")
             return asyncio.Task(coro, loop=loop, **kwargs)

@@ -27,8 +27,8 @@ ready (``SchedulerSettings.trace_sample_rate``), and carries the decision as
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
-import functools
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -353,8 +353,16 @@ class AsyncTaskScheduler:
         # runs (a task of a dropped row may still be finishing).
         self._running_by_group: dict[int, int] = {}
         self._checkpoint_pending: set[int] = set()
-        self._workers: dict[int, asyncio.Task[None]] = {}
-        self._started: set[int] = set()  # execution ids whose task body began
+        # Dispatched attempts wait in ``_pending`` for a worker: a task that runs attempts one
+        # after another while they finish without waiting, so an attempt costs no task of its
+        # own. ``_free_workers`` counts workers spawned but not yet running (each will take an
+        # attempt or end); a worker that takes an attempt while more wait spawns the next one
+        # first unless one is free, so no attempt waits behind another that suspends.
+        self._pending: collections.deque[tuple[SchedulableTask, TaskAdmissionLease, int]] = (
+            collections.deque()
+        )
+        self._workers: set[asyncio.Task[None]] = set()
+        self._free_workers = 0
         self._execution_ids = 0
         self._task_group: asyncio.TaskGroup | None = None
         self._stop: StopReason | None = None
@@ -460,6 +468,7 @@ class AsyncTaskScheduler:
             raise
         finally:
             self._task_group = None
+            self._drop_pending()  # left by workers the task group cancelled after a failure
             if self._stop is StopReason.CANCELLED:
                 status = JobStatus.CANCELLED
             self._emit_job_completed(status)
@@ -603,8 +612,9 @@ class AsyncTaskScheduler:
                 )
         if cancel_workers and not self._cancelling_workers:
             self._cancelling_workers = True
-            for worker in list(self._workers.values()):
+            for worker in list(self._workers):
                 worker.cancel()
+            self._drop_pending()
         self._wake.set()
 
     def _admit_row_groups(self) -> None:
@@ -741,22 +751,25 @@ class AsyncTaskScheduler:
                 and events.wants(EventKind.REQUEST_PRESSURE_ADVISORY_SKIPPED)
             ):
                 self._note_request_pressure(item)
-            try:
-                worker = task_group.create_task(self._run_one(item, lease, execution_id))
-            except BaseException as error:
-                if events.wants(EventKind.WORKER_SPAWN_FAILED):
-                    events.emit(
-                        _task_event(
-                            WorkerSpawnFailed,
-                            item,
-                            lease_id=lease.lease_id,
-                            error_type=type(error).__name__,
+            self._pending.append((item, lease, execution_id))
+            if not self._free_workers:
+                try:
+                    self._spawn_worker(task_group)
+                except BaseException as error:
+                    self._pending.pop()
+                    if events.wants(EventKind.WORKER_SPAWN_FAILED):
+                        events.emit(
+                            _task_event(
+                                WorkerSpawnFailed,
+                                item,
+                                lease_id=lease.lease_id,
+                                error_type=type(error).__name__,
+                            )
                         )
-                    )
-                self._task_finished(row_group)
-                admission.release(lease)
-                raise
-            # After task_lease_acquired (emitted by try_acquire); the worker has not run yet,
+                    self._task_finished(row_group)
+                    admission.release(lease)
+                    raise
+            # After task_lease_acquired (emitted by try_acquire); the attempt has not run yet,
             # so this precedes every request event carrying ``execution_id``.
             if item.traced and events.wants(EventKind.WORKER_SPAWNED):
                 events.emit(
@@ -764,10 +777,28 @@ class AsyncTaskScheduler:
                         WorkerSpawned, item, lease_id=lease.lease_id, execution_id=execution_id
                     )
                 )
-            self._workers[execution_id] = worker
-            worker.add_done_callback(
-                functools.partial(self._worker_done, item, lease, execution_id)
-            )
+
+    def _spawn_worker(self, task_group: asyncio.TaskGroup) -> None:
+        worker = task_group.create_task(self._work())
+        self._free_workers += 1
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+
+    async def _work(self) -> None:
+        """Runs dispatched attempts until none waits."""
+        self._free_workers -= 1
+        pending = self._pending
+        while pending:
+            attempt = pending.popleft()
+            if pending and not self._free_workers:
+                assert self._task_group is not None
+                try:
+                    self._spawn_worker(self._task_group)
+                except BaseException:
+                    # Fatal for the run; the attempt goes back, to be released with the rest.
+                    pending.appendleft(attempt)
+                    raise
+            await self._run_one(*attempt)
 
     def _entries(self, tasks: Sequence[Task]) -> list[QueueEntry[SchedulableTask]]:
         entries = []
@@ -904,7 +935,6 @@ class AsyncTaskScheduler:
     async def _run_one(
         self, item: SchedulableTask, lease: TaskAdmissionLease, execution_id: int
     ) -> None:
-        self._started.add(execution_id)
         task = item.task
         token = current_task.set(
             TaskCorrelation(
@@ -947,7 +977,6 @@ class AsyncTaskScheduler:
                     )
                 )
             current_task.reset(token)
-            self._workers.pop(execution_id, None)
             self._admission.release(lease)
             self._task_finished(task.row_group)
             self._wake.set()
@@ -959,33 +988,27 @@ class AsyncTaskScheduler:
         self._settle(item, outcome)
         self._checkpoint_if_pending(task.row_group)
 
-    def _worker_done(
-        self,
-        item: SchedulableTask,
-        lease: TaskAdmissionLease,
-        execution_id: int,
-        worker: asyncio.Task[None],
-    ) -> None:
-        """A task cancelled before its body ran never reached its ``finally``: clean up here."""
-        if execution_id in self._started:
-            self._started.discard(execution_id)
-            return
-        events = self._events
-        if item.traced and events.wants(EventKind.TASK_COMPLETED):
-            events.emit(
-                _task_event(
-                    TaskCompleted,
-                    item,
-                    execution_id=execution_id,
-                    outcome=TaskOutcomeCode.CANCELLED,
+    def _drop_pending(self) -> None:
+        """Attempts dispatched but never started (their workers were cancelled): each goes back
+        as cancelled, with its lease."""
+        pending = self._pending
+        while pending:
+            item, lease, execution_id = pending.popleft()
+            events = self._events
+            if item.traced and events.wants(EventKind.TASK_COMPLETED):
+                events.emit(
+                    _task_event(
+                        TaskCompleted,
+                        item,
+                        execution_id=execution_id,
+                        outcome=TaskOutcomeCode.CANCELLED,
+                    )
                 )
-            )
-        self._workers.pop(execution_id, None)
-        self._admission.release(lease)
-        self._task_finished(item.task.row_group)
-        self._counters.tasks_cancelled += 1
-        if self._cancelling_workers:
-            self._checkpoint_if_pending(item.task.row_group)
+            self._admission.release(lease)
+            self._task_finished(item.task.row_group)
+            self._counters.tasks_cancelled += 1
+            if self._cancelling_workers:
+                self._checkpoint_if_pending(item.task.row_group)
         self._wake.set()
 
     def _checkpoint_if_pending(self, row_group: int) -> None:

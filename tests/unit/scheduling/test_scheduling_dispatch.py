@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -298,4 +299,85 @@ async def test_a_ten_million_record_plan_allocates_per_admitted_row_group_only()
     assert scheduler.statistics().row_groups_admitted <= 3 + 2
     # One pointer per planned record alone would be 80 MB; the run touched a few row groups.
     assert peak < 8 * 1024 * 1024, peak
+    assert admission.active_leases == 0
+
+
+async def test_attempts_that_finish_at_once_share_workers() -> None:
+    """Attempts that never wait run one after another in a worker: far fewer tasks than
+    attempts (each batch of dispatched attempts starts one worker, plus the one it keeps
+    ready in case an attempt waits)."""
+
+    class Immediate(ScriptedHandler):
+        async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+            self.ran.append(task.task_id)
+            return SUCCEEDED
+
+    resolver = TaskSchedulingResolver()
+    admission = RecordingAdmission({"submission": 64, "local": 64})
+    handler = Immediate(admission)
+    scheduler = AsyncTaskScheduler(
+        SchedulerSettings(
+            num_records=200,
+            buffer_size=100,
+            max_concurrent_row_groups=2,
+            max_task_attempts=1,
+            run_id="test",
+        ),
+        tracker=CompletionTracker(NODES),
+        scheduling=[resolver.resolve(g) for g in GENERATORS],
+        admission=admission,
+        handler=handler,
+    )
+    loop = asyncio.get_running_loop()
+    workers = 0
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        nonlocal workers
+        workers += getattr(coro, "__name__", "") == "_work"
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)  # type: ignore[arg-type]
+    try:
+        await scheduler.run()
+    finally:
+        loop.set_task_factory(None)
+    assert len(handler.ran) == 2 * 2 + 200
+    assert 0 < workers <= len(handler.ran) // 10
+    assert admission.active_leases == 0
+
+
+async def test_an_attempt_that_waits_never_holds_up_the_next_one() -> None:
+    """Every cell of a row group waits until all of them run at once: it finishes only if each
+    waiting attempt has a worker of its own."""
+    cells = 8
+
+    class Gathering(ScriptedHandler):
+        def __init__(self, admission: RecordingAdmission) -> None:
+            super().__init__(admission)
+            self.barrier = asyncio.Barrier(cells)
+
+        async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+            if task.task.kind is TaskKind.CELL:
+                async with asyncio.timeout(10):  # a failure, not a hang, if one is held up
+                    await self.barrier.wait()
+            return await super().run_task(task)
+
+    resolver = TaskSchedulingResolver()
+    admission = RecordingAdmission({"submission": cells, "local": 1})
+    handler = Gathering(admission)
+    scheduler = AsyncTaskScheduler(
+        SchedulerSettings(
+            num_records=cells,
+            buffer_size=cells,
+            max_concurrent_row_groups=1,
+            max_task_attempts=1,
+            run_id="test",
+        ),
+        tracker=CompletionTracker(NODES),
+        scheduling=[resolver.resolve(g) for g in GENERATORS],
+        admission=admission,
+        handler=handler,
+    )
+    await scheduler.run()
+    assert sum(task.startswith("text/") for task in handler.ran) == cells
     assert admission.active_leases == 0

@@ -5,6 +5,7 @@ adaptive horizon and a failed spawn."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Coroutine, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -269,7 +270,8 @@ async def _run_adaptive() -> tuple[Event, ...]:
 
 
 async def _run_spawn_failure() -> tuple[Event, ...]:
-    """The loop's task factory refuses the third worker: a fatal error for the run."""
+    """The loop's task factory refuses the second worker the dispatcher starts (for the second
+    batch of attempts): a fatal error for the run."""
     loop = asyncio.get_running_loop()
     created = 0
 
@@ -277,9 +279,9 @@ async def _run_spawn_failure() -> tuple[Event, ...]:
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
     ) -> asyncio.Task[Any]:
         nonlocal created
-        if getattr(coro, "__name__", "") == "_run_one":
+        if getattr(coro, "__name__", "") == "_work" and _called_from("_dispatch"):
             created += 1
-            if created == 3:
+            if created == 2:
                 coro.close()
                 raise RuntimeError("no more tasks")
         return asyncio.Task(coro, loop=loop, **kwargs)
@@ -292,6 +294,15 @@ async def _run_spawn_failure() -> tuple[Event, ...]:
     finally:
         loop.set_task_factory(None)
     return sink.events
+
+
+def _called_from(function: str) -> bool:
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _controller_events() -> tuple[Event, ...]:
