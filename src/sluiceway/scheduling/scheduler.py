@@ -356,13 +356,16 @@ class AsyncTaskScheduler:
         # Dispatched attempts wait in ``_pending`` for a worker: a task that runs attempts one
         # after another while they finish without waiting, so an attempt costs no task of its
         # own. ``_free_workers`` counts workers spawned but not yet running (each will take an
-        # attempt or end); a worker that takes an attempt while more wait spawns the next one
-        # first unless one is free, so no attempt waits behind another that suspends.
+        # attempt or end). The dispatcher starts one when none is free; a worker whose attempt
+        # waits (on a model, a lease, a timer) starts one for every attempt still pending, on
+        # the loop's next turn, so no attempt waits behind another. A worker that cannot be
+        # started there is kept in ``_worker_error`` and raised by the dispatch loop.
         self._pending: collections.deque[tuple[SchedulableTask, TaskAdmissionLease, int]] = (
             collections.deque()
         )
         self._workers: set[asyncio.Task[None]] = set()
         self._free_workers = 0
+        self._worker_error: BaseException | None = None
         self._execution_ids = 0
         self._task_group: asyncio.TaskGroup | None = None
         self._stop: StopReason | None = None
@@ -449,6 +452,8 @@ class AsyncTaskScheduler:
                 self._task_group = task_group
                 self._admit_row_groups()
                 while not self._is_finished():
+                    if self._worker_error is not None:
+                        raise self._worker_error
                     if self._stop is None:
                         self._dispatch()
                         if self._extend_horizon():
@@ -785,20 +790,31 @@ class AsyncTaskScheduler:
         worker.add_done_callback(self._workers.discard)
 
     async def _work(self) -> None:
-        """Runs dispatched attempts until none waits."""
+        """Runs dispatched attempts until none is pending."""
         self._free_workers -= 1
         pending = self._pending
+        call_soon = asyncio.get_running_loop().call_soon
         while pending:
             attempt = pending.popleft()
-            if pending and not self._free_workers:
-                assert self._task_group is not None
-                try:
-                    self._spawn_worker(self._task_group)
-                except BaseException:
-                    # Fatal for the run; the attempt goes back, to be released with the rest.
-                    pending.appendleft(attempt)
-                    raise
-            await self._run_one(*attempt)
+            # Runs only if the attempt waits: the loop turns before it returns.
+            waiting = call_soon(self._start_workers_for_pending) if pending else None
+            try:
+                await self._run_one(*attempt)
+            finally:
+                if waiting is not None:
+                    waiting.cancel()
+
+    def _start_workers_for_pending(self) -> None:
+        """A worker's attempt waits: every attempt still pending gets a worker of its own."""
+        task_group = self._task_group
+        if task_group is None or self._worker_error is not None:
+            return
+        try:
+            for _ in range(len(self._pending) - self._free_workers):
+                self._spawn_worker(task_group)
+        except BaseException as error:  # fatal; a loop callback cannot raise it to the run
+            self._worker_error = error
+            self._wake.set()
 
     def _entries(self, tasks: Sequence[Task]) -> list[QueueEntry[SchedulableTask]]:
         entries = []

@@ -304,8 +304,7 @@ async def test_a_ten_million_record_plan_allocates_per_admitted_row_group_only()
 
 async def test_attempts_that_finish_at_once_share_workers() -> None:
     """Attempts that never wait run one after another in a worker: far fewer tasks than
-    attempts (each batch of dispatched attempts starts one worker, plus the one it keeps
-    ready in case an attempt waits)."""
+    attempts (each batch of dispatched attempts starts one worker)."""
 
     class Immediate(ScriptedHandler):
         async def run_task(self, task: SchedulableTask) -> TaskOutcome:

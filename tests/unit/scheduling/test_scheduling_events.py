@@ -415,6 +415,34 @@ async def test_a_failed_spawn_gives_the_lease_back_after_saying_so() -> None:
     assert _completed(events).status is JobStatus.FAILED
 
 
+async def test_a_worker_refused_while_an_attempt_waits_fails_the_run_and_releases_all() -> None:
+    """The workers a waiting attempt starts for those behind it come from a loop callback; a
+    refused one still ends the run with its error, and every lease acquired is released."""
+    loop = asyncio.get_running_loop()
+
+    def factory(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
+    ) -> asyncio.Task[Any]:
+        if getattr(coro, "__name__", "") == "_work" and _called_from("_start_workers_for_pending"):
+            coro.close()
+            raise RuntimeError("no more tasks")
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    scheduler, sink = _scheduler(Handler())
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(ExceptionGroup) as caught:
+            await scheduler.run()
+    finally:
+        loop.set_task_factory(None)
+    assert caught.group_contains(RuntimeError, match="no more tasks")
+    events = sink.events
+    acquired = [e for e in events if e.kind is EventKind.TASK_LEASE_ACQUIRED]
+    released = [e for e in events if e.kind is EventKind.TASK_LEASE_RELEASED]
+    assert acquired and len(released) == len(acquired)
+    assert _completed(events).status is JobStatus.FAILED
+
+
 def _attempt_of(event: Event) -> tuple[str, int] | None:
     return _attempt(event) if isinstance(event, TaskEvent) else None
 
