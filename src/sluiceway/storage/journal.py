@@ -152,8 +152,9 @@ class CellJournal:
     ``record`` and ``forget_row_group`` never block, on disk or on a lock: they append the change
     to a queue and wake the writer only if it sleeps. The writer commits whatever has queued as
     one transaction (``synchronous=NORMAL`` in WAL mode: a commit survives the process being
-    killed; after a power loss the last commits may be missing, never half applied). A failed commit is fatal: the next ``record``, ``check`` or
-    ``close`` raises ``StorageError`` naming the file. ``close`` drains the queue and blocks.
+    killed; after a power loss the last commits may be missing, never half applied). A failed
+    commit is fatal: the next ``record``, ``check`` or ``close`` raises ``StorageError`` naming
+    the file. ``close`` drains the queue and blocks.
     """
 
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
