@@ -305,7 +305,7 @@ def test_a_failed_worker_spawn_fails_the_run_and_releases_every_lease(tmp_path: 
             nonlocal spawned
             if getattr(coro, "__name__", "") == "_work":  # a task worker of the scheduler
                 spawned += 1
-                if spawned == 3:
+                if spawned == 2:
                     coro.close()
                     raise RuntimeError("the loop refuses another task")
             return asyncio.Task(coro, loop=loop, **kwargs)
