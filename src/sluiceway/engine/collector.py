@@ -2,11 +2,12 @@
 
 A run allocates many short-lived containers (tasks, requests, rows), so the collector runs
 often, and each full collection walks every tracked object in the process: imported modules
-(pydantic, pyarrow, pandas), the config and the generators, several hundred thousand objects
-that live as long as the run. ``gc.freeze`` moves them out of the collector's generations, so
-full collections only walk what the run itself created; at the end ``gc.unfreeze`` puts them
-back. Full collections are bound by memory reads, not instructions: on the overhead benchmark
-(docs/benchmarks.md) freezing made the engine about 1.2 times as fast in paired runs.
+(pydantic, pyarrow, pandas; about 100,000 objects once the engine is imported), the config and
+the generators, all of which live as long as the run. ``gc.freeze`` moves them out of the
+collector's generations, so full collections only walk what the run itself created; at the
+end ``gc.unfreeze`` puts them back. Full collections are bound by memory reads, not
+instructions: on the overhead benchmark (docs/benchmarks.md) freezing made the engine 1.1 to
+1.2 times as fast in paired runs.
 
 If something else in the process has frozen objects (a server that freezes before forking, to
 share pages with its workers), runs leave the collector alone: unfreezing would undo that.
