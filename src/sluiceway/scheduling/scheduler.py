@@ -980,18 +980,8 @@ class AsyncTaskScheduler:
                 error_type = type(error).__name__
             raise
         finally:
-            events = self._events
-            if item.traced and events.wants(EventKind.TASK_COMPLETED):
-                # Inside the task's context, before its lease goes back.
-                events.emit(
-                    _task_event(
-                        TaskCompleted,
-                        item,
-                        execution_id=execution_id,
-                        outcome=code,
-                        error_type=error_type,
-                    )
-                )
+            # Inside the task's context, before its lease goes back.
+            self._emit_completed(item, execution_id, code, error_type)
             current_task.reset(token)
             self._admission.release(lease)
             self._task_finished(task.row_group)
@@ -1004,22 +994,32 @@ class AsyncTaskScheduler:
         self._settle(item, outcome)
         self._checkpoint_if_pending(task.row_group)
 
+    def _emit_completed(
+        self,
+        item: SchedulableTask,
+        execution_id: int,
+        code: TaskOutcomeCode,
+        error_type: str | None,
+    ) -> None:
+        events = self._events
+        if item.traced and events.wants(EventKind.TASK_COMPLETED):
+            events.emit(
+                _task_event(
+                    TaskCompleted,
+                    item,
+                    execution_id=execution_id,
+                    outcome=code,
+                    error_type=error_type,
+                )
+            )
+
     def _drop_pending(self) -> None:
         """Attempts dispatched but never started (their workers were cancelled): each goes back
         as cancelled, with its lease."""
         pending = self._pending
         while pending:
             item, lease, execution_id = pending.popleft()
-            events = self._events
-            if item.traced and events.wants(EventKind.TASK_COMPLETED):
-                events.emit(
-                    _task_event(
-                        TaskCompleted,
-                        item,
-                        execution_id=execution_id,
-                        outcome=TaskOutcomeCode.CANCELLED,
-                    )
-                )
+            self._emit_completed(item, execution_id, TaskOutcomeCode.CANCELLED, None)
             self._admission.release(lease)
             self._task_finished(item.task.row_group)
             self._counters.tasks_cancelled += 1
