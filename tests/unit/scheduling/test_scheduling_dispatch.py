@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -123,10 +123,13 @@ def _scheduler(
     limits: dict[str, int] | None = None,
     outcomes: dict[str, list[TaskOutcome]] | None = None,
     max_concurrent_row_groups: int = 2,
+    handler_type: Callable[[RecordingAdmission], ScriptedHandler] | None = None,
 ) -> tuple[AsyncTaskScheduler, ScriptedHandler, RecordingAdmission]:
     resolver = TaskSchedulingResolver()
     admission = RecordingAdmission(limits or {"submission": 3, "local": 1})
-    handler = ScriptedHandler(admission, outcomes)
+    handler = (
+        ScriptedHandler(admission, outcomes) if handler_type is None else handler_type(admission)
+    )
     scheduler = AsyncTaskScheduler(
         SchedulerSettings(
             num_records=num_records,
@@ -311,21 +314,8 @@ async def test_attempts_that_finish_at_once_share_workers() -> None:
             self.ran.append(task.task_id)
             return SUCCEEDED
 
-    resolver = TaskSchedulingResolver()
-    admission = RecordingAdmission({"submission": 64, "local": 64})
-    handler = Immediate(admission)
-    scheduler = AsyncTaskScheduler(
-        SchedulerSettings(
-            num_records=200,
-            buffer_size=100,
-            max_concurrent_row_groups=2,
-            max_task_attempts=1,
-            run_id="test",
-        ),
-        tracker=CompletionTracker(NODES),
-        scheduling=[resolver.resolve(g) for g in GENERATORS],
-        admission=admission,
-        handler=handler,
+    scheduler, handler, admission = _scheduler(
+        200, 100, limits={"submission": 64, "local": 64}, handler_type=Immediate
     )
     loop = asyncio.get_running_loop()
     workers = 0
@@ -361,21 +351,12 @@ async def test_an_attempt_that_waits_never_holds_up_the_next_one() -> None:
                     await self.barrier.wait()
             return await super().run_task(task)
 
-    resolver = TaskSchedulingResolver()
-    admission = RecordingAdmission({"submission": cells, "local": 1})
-    handler = Gathering(admission)
-    scheduler = AsyncTaskScheduler(
-        SchedulerSettings(
-            num_records=cells,
-            buffer_size=cells,
-            max_concurrent_row_groups=1,
-            max_task_attempts=1,
-            run_id="test",
-        ),
-        tracker=CompletionTracker(NODES),
-        scheduling=[resolver.resolve(g) for g in GENERATORS],
-        admission=admission,
-        handler=handler,
+    scheduler, handler, admission = _scheduler(
+        cells,
+        cells,
+        limits={"submission": cells, "local": 1},
+        max_concurrent_row_groups=1,
+        handler_type=Gathering,
     )
     await scheduler.run()
     assert sum(task.startswith("text/") for task in handler.ran) == cells

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -269,31 +269,45 @@ async def _run_adaptive() -> tuple[Event, ...]:
     return sink.events
 
 
-async def _run_spawn_failure() -> tuple[Event, ...]:
-    """The loop's task factory refuses the second worker the dispatcher starts (for the second
-    batch of attempts): a fatal error for the run."""
+async def _run_refusing_workers(
+    refuse: Callable[[], bool],
+) -> tuple[tuple[Event, ...], pytest.ExceptionInfo[ExceptionGroup[Exception]]]:
+    """Runs a scheduler whose loop refuses to start a worker when ``refuse()`` says so (a fatal
+    error for the run); returns its events and the error group it ended with."""
     loop = asyncio.get_running_loop()
-    created = 0
 
     def factory(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
     ) -> asyncio.Task[Any]:
-        nonlocal created
-        if getattr(coro, "__name__", "") == "_work" and _called_from("_dispatch"):
-            created += 1
-            if created == 2:
-                coro.close()
-                raise RuntimeError("no more tasks")
+        if getattr(coro, "__name__", "") == "_work" and refuse():
+            coro.close()
+            raise RuntimeError("no more tasks")
         return asyncio.Task(coro, loop=loop, **kwargs)
 
     scheduler, sink = _scheduler(Handler())
     loop.set_task_factory(factory)  # type: ignore[arg-type]
     try:
-        with pytest.raises(ExceptionGroup):
+        with pytest.raises(ExceptionGroup) as caught:
             await scheduler.run()
     finally:
         loop.set_task_factory(None)
-    return sink.events
+    return sink.events, caught
+
+
+async def _run_spawn_failure() -> tuple[Event, ...]:
+    """The loop refuses the second worker the dispatcher starts (for the second batch of
+    attempts)."""
+    started = 0
+
+    def second_from_dispatch() -> bool:
+        nonlocal started
+        if not _called_from("_dispatch"):
+            return False
+        started += 1
+        return started == 2
+
+    events, _ = await _run_refusing_workers(second_from_dispatch)
+    return events
 
 
 def _called_from(function: str) -> bool:
@@ -418,25 +432,8 @@ async def test_a_failed_spawn_gives_the_lease_back_after_saying_so() -> None:
 async def test_a_worker_refused_while_an_attempt_waits_fails_the_run_and_releases_all() -> None:
     """The workers a waiting attempt starts for those behind it come from a loop callback; a
     refused one still ends the run with its error, and every lease acquired is released."""
-    loop = asyncio.get_running_loop()
-
-    def factory(
-        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
-    ) -> asyncio.Task[Any]:
-        if getattr(coro, "__name__", "") == "_work" and _called_from("_start_workers_for_pending"):
-            coro.close()
-            raise RuntimeError("no more tasks")
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    scheduler, sink = _scheduler(Handler())
-    loop.set_task_factory(factory)  # type: ignore[arg-type]
-    try:
-        with pytest.raises(ExceptionGroup) as caught:
-            await scheduler.run()
-    finally:
-        loop.set_task_factory(None)
+    events, caught = await _run_refusing_workers(lambda: _called_from("_start_workers_for_pending"))
     assert caught.group_contains(RuntimeError, match="no more tasks")
-    events = sink.events
     acquired = [e for e in events if e.kind is EventKind.TASK_LEASE_ACQUIRED]
     released = [e for e in events if e.kind is EventKind.TASK_LEASE_RELEASED]
     assert acquired and len(released) == len(acquired)
