@@ -27,6 +27,7 @@ _SIMULATION_EXCLUDED = frozenset(
         "retry_after_seconds",
         "queueing",
         "request_log",
+        "window_seconds",
     }
 )
 _MODEL_EXCLUDED = frozenset(

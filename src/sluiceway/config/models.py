@@ -100,6 +100,8 @@ class SimulationSettingsConfig(ConfigModel):
     invalid_json_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     embedding_dimensions: int = Field(default=16, ge=1)
     queueing: bool = False
+    # The rolling window rpm and tpm are counted in (60 s, as providers count them).
+    window_seconds: float = Field(default=60.0, gt=0.0)
     # A file that gets the request key (hex) of every answered attempt, one line each.
     request_log: str | None = None
 
@@ -725,6 +727,8 @@ class RequestAdmissionConfig(ConfigModel):
     max_cooldown_seconds: float = Field(default=60.0, ge=0.0)
     latency_gradient: bool = False
     queue_wait_timeout_seconds: float | None = Field(default=None, gt=0.0)
+    # The rolling window the models' rpm / tpm budgets are counted in (60 s, as providers count).
+    budget_window_seconds: float = Field(default=60.0, gt=0.0)
 
 
 class EventsConfig(ConfigModel):

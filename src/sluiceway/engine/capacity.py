@@ -209,6 +209,18 @@ def build_capacity_plan(
                     "granted_total": pm.granted_total,
                     "breaker": pm.breaker.value,
                     "breaker_openings": pm.breaker_openings,
+                    "max_waiters": pm.max_waiters,
+                    "budget_denials": pm.budget_denials,
+                    "budgets": [
+                        {
+                            "kind": budget.kind.value,
+                            "limit": budget.limit,
+                            "used": budget.used,
+                            "charged_total": budget.charged_total,
+                            "settled_total": budget.settled_total,
+                        }
+                        for budget in pm.budgets
+                    ],
                     "outcomes": {
                         domain.value: {
                             outcome.value: count for outcome, count in dstats.outcomes.items()

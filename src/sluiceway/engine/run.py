@@ -283,7 +283,11 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         run,
         request_resolver,
         events=bus,
-        budgets=budgets_from_config(config.providers, config.models),
+        budgets=budgets_from_config(
+            config.providers,
+            config.models,
+            window_seconds=config.run.request_admission.budget_window_seconds,
+        ),
         models=config.models,
     )
     executor = ModelRequestExecutor(

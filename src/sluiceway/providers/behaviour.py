@@ -59,9 +59,9 @@ class SimulationSettings:
 
     ``capacity`` bounds concurrent requests of one model, ``rpm`` admitted requests and ``tpm``
     admitted tokens (prompt plus answer, as the answer will report them) per model per rolling
-    60-second window; beyond any of them the endpoint answers rate-limited. With
-    ``queueing`` the endpoint never refuses for capacity: like a batching server it slows down
-    instead, latency growing by ``in_flight / capacity`` once in-flight exceeds ``capacity``.
+    window of ``window_seconds`` (60 s, as providers count); beyond any of them the endpoint
+    answers rate-limited. With ``queueing`` the endpoint never refuses for capacity: like a
+    batching server it slows down instead, latency growing by ``in_flight / capacity`` once in-flight exceeds ``capacity``.
     ``invalid_json_rate`` makes structured and judge answers unparseable, so re-ask logic can
     be exercised.
     """
@@ -76,6 +76,7 @@ class SimulationSettings:
     invalid_json_rate: float = 0.0
     embedding_dimensions: int = 16
     queueing: bool = False
+    window_seconds: float = RPM_WINDOW_SECONDS
 
     def __post_init__(self) -> None:
         issues: list[ConfigIssue] = []
@@ -100,6 +101,7 @@ class SimulationSettings:
         check(0.0 <= self.failure_rate <= 1.0, "failure_rate", "between 0 and 1")
         check(0.0 <= self.invalid_json_rate <= 1.0, "invalid_json_rate", "between 0 and 1")
         check(self.embedding_dimensions >= 1, "embedding_dimensions", ">= 1")
+        check(self.window_seconds > 0.0, "window_seconds", "> 0")
         if issues:
             raise ConfigError(issues, source="(simulation settings)")
 
@@ -219,6 +221,7 @@ class BehaviourModel:
         self._capacity = settings.capacity
         self._rpm = settings.rpm
         self._tpm = settings.tpm
+        self._window_seconds = settings.window_seconds
         self._tail_mu = (
             math.log(settings.latency_tail_seconds) - _TAIL_SIGMA**2 / 2
             if settings.latency_tail_seconds > 0
@@ -272,7 +275,7 @@ class BehaviourModel:
                 reason=RefusalReason.CAPACITY,
                 retry_after_seconds=self.settings.retry_after_seconds,
             )
-        horizon = now - RPM_WINDOW_SECONDS
+        horizon = now - self._window_seconds
         if self._rpm is not None:
             window = self._admitted_at
             while window and window[0] <= horizon:
@@ -282,7 +285,7 @@ class BehaviourModel:
                 # The honest wait: until the oldest admit leaves the window (always > 0).
                 return Refusal(
                     reason=RefusalReason.RPM,
-                    retry_after_seconds=window[0] + RPM_WINDOW_SECONDS - now,
+                    retry_after_seconds=window[0] + self._window_seconds - now,
                 )
         if self._tpm is not None:
             spent = self._tokens_at
@@ -293,7 +296,9 @@ class BehaviourModel:
                 self._rate_limited += 1
                 return Refusal(
                     reason=RefusalReason.TPM,
-                    retry_after_seconds=_tokens_free_at(spent, excess) + RPM_WINDOW_SECONDS - now,
+                    retry_after_seconds=(
+                        _tokens_free_at(spent, excess) + self._window_seconds - now
+                    ),
                 )
             spent.append((now, tokens))
             self._tokens_in_window += tokens

@@ -33,6 +33,7 @@ def simulation_settings(provider: ProviderConfig) -> SimulationSettings:
         invalid_json_rate=sim.invalid_json_rate,
         embedding_dimensions=sim.embedding_dimensions,
         queueing=sim.queueing,
+        window_seconds=sim.window_seconds,
     )
 
 

@@ -433,7 +433,7 @@ class _Pool:
         "max_in_flight",
         "max_waiters",
         "probe_at",
-        "probing",
+        "probe_lease_id",
         "queue",
         "released_total",
     )
@@ -451,7 +451,8 @@ class _Pool:
         self.breaker_openings = 0
         self.failing_since: float | None = None
         self.probe_at = 0.0
-        self.probing = False
+        # The one lease a half-open breaker let through, until its release resolves it.
+        self.probe_lease_id: int | None = None
         self.budgets: tuple[_Budget, ...] = ()
         self.budget_deadline: float | None = None
         self.budget_timer: TimerHandle | None = None
@@ -718,7 +719,7 @@ class RequestAdmissionController:
                 f"budgets name provider/models that request admission does not know: "
                 f"{', '.join(sorted(set(unknown)))}; known provider/models: {known}"
             )
-        window = budgets.window_seconds
+        window = budgets.held_seconds
 
         def made(scope: BudgetScope, name: str, limits: BudgetLimits) -> list[_Budget]:
             return [
@@ -781,17 +782,17 @@ class RequestAdmissionController:
             return _DENIED_COOLDOWN
         if pool.in_flight >= pool.cap or domain.in_flight >= domain.limit:
             return _DENIED_NO_CAPACITY
+        if pool.breaker is BreakerState.HALF_OPEN and pool.probe_lease_id is not None:
+            return _DENIED_NO_CAPACITY  # the one probe is out; its outcome decides for the rest
+        now = self._clock()  # one reading for the budget check and the charge
         if pool.budgets:
-            now = self._clock()
             ready_at = _budget_ready_at(pool, item, now)
             if ready_at > now:
                 pool.budget_denials += 1
                 return RequestAdmissionDenied(
                     reason=DenialReason.NO_CAPACITY, budget_ready_at=ready_at
                 )
-        if pool.breaker is BreakerState.HALF_OPEN:
-            pool.probing = True
-        return self._grant(domain, item)
+        return self._grant(domain, item, now)
 
     async def acquire(self, item: RequestAdmissionItem) -> RequestAdmissionLease:
         """Wait for a lease; see the class docstring for what raises and what cancellation does."""
@@ -1028,7 +1029,7 @@ class RequestAdmissionController:
         self._refresh(domain, now=now, assign=False, cause=outcome)
         if domain.cooling and not was_cooling:
             domain.cooldowns += 1
-        self._track_breaker(domain, outcome, now)
+        self._track_breaker(domain, lease.lease_id, outcome, now)
         if events.wants(EventKind.REQUEST_LEASE_RELEASED) and (
             (correlation := current_task.get()) is None or correlation.traced
         ):
@@ -1253,8 +1254,10 @@ class RequestAdmissionController:
         last: _Waiter | None = None
         eligible = _is_eligible
         held_until = [math.inf]  # earliest instant a budget admits a waiter it holds back
+        # One clock reading for every check and charge of this step: a budget is never asked
+        # about an instant before a charge this step already made.
+        now = self._clock()
         if pool.budgets:
-            now = self._clock()
 
             def eligible(entry: QueueEntry[_Waiter]) -> bool:
                 if not entry.item.domain.has_capacity():
@@ -1266,6 +1269,10 @@ class RequestAdmissionController:
                 return True
 
         while queue and pool.in_flight < pool.cap:
+            if pool.breaker is not BreakerState.CLOSED and (
+                pool.breaker is BreakerState.OPEN or pool.probe_lease_id is not None
+            ):
+                break  # half-open admits exactly one probe until its outcome is known
             selection = queue.select_next(eligible)
             if selection is None:
                 break
@@ -1277,7 +1284,7 @@ class RequestAdmissionController:
             if waiter.future.done():
                 # Cancelled but not yet resumed: its own cleanup counts it; it gets nothing.
                 continue
-            waiter.future.set_result(self._grant(waiter.domain, waiter.item))
+            waiter.future.set_result(self._grant(waiter.domain, waiter.item, now))
             waiter.in_flight_at_grant = waiter.domain.in_flight
         if last is not None and not queue:
             self._emit_queue_drained(last.domain)
@@ -1302,7 +1309,7 @@ class RequestAdmissionController:
         pool.budget_timer = None
         pool.budget_deadline = None
         if not self._shutting_down and pool.queue:
-            self._assign(pool)
+            self._guarded(pool, functools.partial(self._assign, pool))
 
     def _refresh(
         self,
@@ -1349,17 +1356,35 @@ class RequestAdmissionController:
         domain.timer = None
         domain.deadline = None
         if not self._shutting_down:
-            self._refresh(domain)
+            self._guarded(domain.pool, functools.partial(self._refresh, domain))
 
-    def _track_breaker(self, domain: _Domain, outcome: RequestReleaseOutcome, now: float) -> None:
+    def _guarded(self, pool: _Pool, step: Callable[[], None]) -> None:
+        """Run a timer's step; if it raises, fail ``pool``'s waiters with the error instead of
+        leaving them to wait for a wake-up that will not come (the loop would only log it)."""
+        try:
+            step()
+        except Exception as error:
+            failure = EngineError(
+                f"request admission of {pool.key} failed in a timer step: "
+                f"{type(error).__name__}: {error}"
+            )
+            self._fail_waiters(pool, lambda waiter: failure)
+
+    def _track_breaker(
+        self, domain: _Domain, lease_id: int, outcome: RequestReleaseOutcome, now: float
+    ) -> None:
+        """Move the breaker on one release. A probe resolves however its lease ends: success
+        closes, a failing outcome reopens, any other end (cancelled, local timeout, an error
+        of ours) lets the next waiter probe."""
         pool = domain.pool
         open_after = self._settings.breaker_open_after_seconds
+        if pool.probe_lease_id == lease_id:
+            pool.probe_lease_id = None
         if outcome is RequestReleaseOutcome.SUCCESS:
             pool.failing_since = None
             if pool.breaker is not BreakerState.CLOSED:
                 self._emit_cap_changed(domain, _breaker_cap(pool), pool.cap, now)
             pool.breaker = BreakerState.CLOSED
-            pool.probing = False
             return
         if outcome not in _FAILING_OUTCOMES or open_after is None:
             return
@@ -1376,27 +1401,28 @@ class RequestAdmissionController:
         self._emit_cap_changed(domain, _breaker_cap(pool), 0, now)
         pool.breaker = BreakerState.OPEN
         pool.breaker_openings += 1
-        pool.probing = False
+        pool.probe_lease_id = None
         pool.probe_at = now + self._settings.breaker_probe_interval_seconds
         self._waiters_failed_by_breaker += self._fail_waiters(
             pool, lambda waiter: self._breaker_error(pool), now=now
         )
 
     def _may_probe(self, domain: _Domain) -> bool:
-        """While not closed: whether one probe request may go now (moves OPEN to HALF_OPEN)."""
+        """While not closed: whether requests may wait for the probe (moves OPEN to HALF_OPEN
+        once the probe interval has passed). Only one of them is granted until it resolves."""
         pool = domain.pool
         if pool.breaker is BreakerState.OPEN:
             now = self._clock()
             if now >= pool.probe_at:
                 self._emit_cap_changed(domain, 0, 1, now)
                 pool.breaker = BreakerState.HALF_OPEN
-                pool.probing = False
-        return pool.breaker is BreakerState.HALF_OPEN and not pool.probing
+                pool.probe_lease_id = None
+        return pool.breaker is BreakerState.HALF_OPEN
 
     def _fail_waiters(
         self,
         pool: _Pool,
-        error: Callable[[_Waiter], RequestAdmissionError],
+        error: Callable[[_Waiter], Exception],
         *,
         now: float | None = None,
     ) -> int:
@@ -1418,11 +1444,15 @@ class RequestAdmissionController:
             self._emit_queue_drained(last.domain, now)
         return failed
 
-    def _grant(self, domain: _Domain, item: RequestAdmissionItem) -> RequestAdmissionLease:
-        """Count one lease; callers checked capacity and budgets in this same step."""
+    def _grant(
+        self, domain: _Domain, item: RequestAdmissionItem, now: float
+    ) -> RequestAdmissionLease:
+        """Count one lease; callers checked capacity, breaker and budgets in this same step at
+        the same ``now``."""
         pool = domain.pool
         self._next_lease_id += 1
-        now = self._clock()
+        if pool.breaker is BreakerState.HALF_OPEN:
+            pool.probe_lease_id = self._next_lease_id
         budgets = pool.budgets
         reserved_tokens = 0
         if budgets:

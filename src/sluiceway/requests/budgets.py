@@ -2,7 +2,11 @@
 
 A budget allows at most ``limit`` units (requests for ``rpm``, tokens for ``tpm``) inside any
 window of ``window_seconds`` (60 s). :class:`RollingBudget` is pure bookkeeping driven by ``now``
-arguments: a log of charges, ``used(now) = sum of charges made after now - window``. The
+arguments: a log of charges, ``used(now) = sum of charges made after now - window``.
+:class:`RequestBudgets` holds each charge for its window plus :data:`WINDOW_MARGIN` (2%): the
+endpoint counts a request when it arrives, a little after its lease was granted, so a charge
+counted out exactly one window after the grant could let the next request arrive while the
+endpoint still counts the old one. The margin costs 2% of the budget's rate when it binds. The
 controller charges a budget in the same synchronous step that grants the lease (never check
 first and count later); a token charge starts at an estimate and is settled at release to the
 usage the provider reported. A charge that already left the window is not corrected (it can no
@@ -31,6 +35,7 @@ from sluiceway.providers.base import ModelRequest
 from sluiceway.requests.keys import ProviderModelKey
 
 BUDGET_WINDOW_SECONDS = 60.0
+WINDOW_MARGIN = 0.02
 DEFAULT_COMPLETION_TOKENS = 256
 _CHARS_PER_TOKEN = 4
 
@@ -73,6 +78,11 @@ class RequestBudgets:
     accounts: Mapping[str, BudgetLimits] = field(default_factory=lambda: MappingProxyType({}))
     account_of: Mapping[ProviderModelKey, str] = field(default_factory=lambda: MappingProxyType({}))
     window_seconds: float = BUDGET_WINDOW_SECONDS
+
+    @property
+    def held_seconds(self) -> float:
+        """How long a charge counts: the window plus its margin (see the module docstring)."""
+        return self.window_seconds * (1.0 + WINDOW_MARGIN)
 
     def __post_init__(self) -> None:
         if self.window_seconds <= 0:
@@ -118,8 +128,9 @@ class BudgetStatistics:
 class RollingBudget:
     """At most ``limit`` units in any ``window_seconds``; see the module docstring.
 
-    Pure bookkeeping: every method takes ``now`` and nothing reads a clock. ``now`` must not
-    go backwards (raises :class:`EngineError`).
+    Pure bookkeeping: every method takes ``now`` and nothing reads a clock. A ``now`` earlier
+    than one already seen is read as that one: readings taken at different points of one step,
+    or by a timer that fires a hair early, may interleave, and the window never moves back.
     """
 
     __slots__ = (
@@ -151,12 +162,10 @@ class RollingBudget:
         self._charged_total = 0
         self._settled_total = 0
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float) -> float:
+        """Drop the charges that left the window at ``now``; returns the ``now`` in force."""
         if now < self._last_now:
-            raise EngineError(
-                f"a {self.kind.value} budget saw time go back from {self._last_now} to {now}; "
-                "pass a monotonic clock"
-            )
+            now = self._last_now
         self._last_now = now
         charges = self._charges
         window = self.window_seconds
@@ -164,6 +173,7 @@ class RollingBudget:
             charge = charges.popleft()
             charge.in_window = False
             self._used -= charge.amount
+        return now
 
     def used(self, now: float) -> int:
         self._expire(now)
@@ -176,7 +186,7 @@ class RollingBudget:
 
     def ready_at(self, amount: int, now: float) -> float:
         """The earliest time ``amount`` fits (``now`` if it fits already)."""
-        self._expire(now)
+        now = self._expire(now)
         if self._used + amount <= self.limit or not self._charges:
             return now
         excess = self._used + amount - self.limit
@@ -192,7 +202,7 @@ class RollingBudget:
     def charge(self, amount: int, now: float) -> BudgetCharge:
         if amount < 0:
             raise EngineError(f"a budget charge must be >= 0, got {amount}")
-        self._expire(now)
+        now = self._expire(now)
         charge = BudgetCharge(now, amount)
         self._charges.append(charge)
         self._used += amount

@@ -9,7 +9,7 @@ from dataclasses import replace
 from sluiceway.config.models import ModelConfig, ProviderConfig, RunConfig
 from sluiceway.observability import EventBus
 from sluiceway.requests.admission import RequestAdmissionController, RequestAdmissionSettings
-from sluiceway.requests.budgets import BudgetLimits, RequestBudgets
+from sluiceway.requests.budgets import BUDGET_WINDOW_SECONDS, BudgetLimits, RequestBudgets
 from sluiceway.requests.keys import ProviderModelKey, RequestResourceResolver
 from sluiceway.requests.limits import AdaptiveLimitSettings, adaptive_limits, static_limits
 
@@ -20,7 +20,10 @@ def _smallest(values: Sequence[int | None]) -> int | None:
 
 
 def budgets_from_config(
-    providers: Sequence[ProviderConfig], models: Sequence[ModelConfig]
+    providers: Sequence[ProviderConfig],
+    models: Sequence[ModelConfig],
+    *,
+    window_seconds: float = BUDGET_WINDOW_SECONDS,
 ) -> RequestBudgets | None:
     """The budgets the config asks for, or ``None`` when no model sets ``rpm`` or ``tpm``.
 
@@ -55,6 +58,7 @@ def budgets_from_config(
         account_of={
             key: name for key, name in account_of.items() if not account_limits[name].is_empty
         },
+        window_seconds=window_seconds,
     )
     return None if budgets.is_empty else budgets
 

@@ -21,6 +21,7 @@ from sluiceway.requests.admission import (
     AdaptiveRequestAdmissionController,
     BreakerState,
     DenialReason,
+    RequestAdmissionController,
     RequestAdmissionDenied,
     RequestAdmissionSettings,
 )
@@ -161,6 +162,103 @@ async def test_the_breaker_opens_after_continuous_failure_and_fails_waiters_fast
     assert controller.statistics().provider_models[KEY].breaker is BreakerState.CLOSED
 
 
+def _breaker_controller(cap: int) -> tuple[AdaptiveRequestAdmissionController, FakeClock]:
+    clock = FakeClock(start=0.0)
+    controller = AdaptiveRequestAdmissionController(
+        {KEY: cap},
+        clock=clock,
+        timers=clock,
+        settings=RequestAdmissionSettings(
+            breaker_open_after_seconds=10.0, breaker_probe_interval_seconds=5.0
+        ),
+    )
+    return controller, clock
+
+
+async def test_a_half_open_breaker_grants_one_probe_when_a_cooldown_ends() -> None:
+    controller, clock = _breaker_controller(cap=8)
+    controller.release(
+        _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
+    )
+    clock.advance(11.0)
+    # Rate limited for 20 s: the breaker opens and the domain cools down until t = 31.
+    controller.release(_lease(controller.try_acquire(_item())), LIMITED, retry_after_seconds=20.0)
+    assert controller.statistics().provider_models[KEY].breaker is BreakerState.OPEN
+    clock.advance(5.0)  # the probe interval passed: half-open, still cooling
+    waiters = [asyncio.create_task(controller.acquire(_item())) for _ in range(5)]
+    await _settle()
+    assert not any(waiter.done() for waiter in waiters)
+    clock.advance(15.0)  # the cooldown ends
+    await _settle()
+    granted = [waiter for waiter in waiters if waiter.done()]
+    assert len(granted) == 1
+    assert controller.statistics().in_flight == 1
+    controller.release(granted[0].result(), OK)  # the probe succeeded: the rest may go
+    await _settle()
+    assert controller.statistics().provider_models[KEY].breaker is BreakerState.CLOSED
+    assert all(waiter.done() for waiter in waiters)
+    for waiter in waiters[1:]:
+        controller.release(waiter.result(), OK)
+    assert controller.statistics().live_leases == 0
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        RequestReleaseOutcome.LOCAL_CANCELLED,
+        RequestReleaseOutcome.LOCAL_TIMEOUT,
+        RequestReleaseOutcome.UNEXPECTED_EXCEPTION,
+    ],
+)
+async def test_a_probe_that_ends_without_an_answer_lets_the_next_request_probe(
+    outcome: RequestReleaseOutcome,
+) -> None:
+    controller, clock = _breaker_controller(cap=4)
+    controller.release(
+        _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
+    )
+    clock.advance(11.0)
+    controller.release(
+        _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
+    )
+    clock.advance(5.0)
+    probe = _lease(controller.try_acquire(_item()))
+    waiter = asyncio.create_task(controller.acquire(_item()))
+    await _settle()
+    assert not waiter.done()  # one probe at a time
+    controller.release(probe, outcome)
+    await _settle()
+    second_probe = waiter.result()
+    assert controller.statistics().provider_models[KEY].breaker is BreakerState.HALF_OPEN
+    controller.release(second_probe, OK)
+    assert controller.statistics().provider_models[KEY].breaker is BreakerState.CLOSED
+    clock.advance(3600.0)
+    controller.release(_lease(controller.try_acquire(_item())), OK)
+
+
+async def test_a_probe_cancelled_after_its_grant_lets_the_next_waiter_probe() -> None:
+    controller, clock = _breaker_controller(cap=4)
+    controller.release(
+        _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
+    )
+    clock.advance(11.0)
+    controller.release(
+        _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
+    )
+    clock.advance(5.0)
+    held = _lease(controller.try_acquire(_item()))
+    probe = asyncio.create_task(controller.acquire(_item()))
+    after = asyncio.create_task(controller.acquire(_item()))
+    await _settle()
+    controller.release(held, RequestReleaseOutcome.LOCAL_CANCELLED)  # grants ``probe``
+    probe.cancel()  # granted, cancelled before it ran: handed back as local_cancelled
+    await _settle()
+    assert probe.cancelled()
+    controller.release(after.result(), OK)
+    assert controller.statistics().provider_models[KEY].breaker is BreakerState.CLOSED
+    assert controller.statistics().live_leases == 0
+
+
 async def test_waiters_of_groups_sharing_a_cap_are_served_in_weighted_fair_order() -> None:
     controller, _ = _controller(cap=1)
     held = _lease(controller.try_acquire(_item()))
@@ -226,3 +324,48 @@ def test_a_burst_remembers_the_concurrency_of_the_refusal_not_the_limit() -> Non
         controller.release(lease, OK)
     domain = controller.pressure.snapshot().domain(CHAT)
     assert domain is not None and (domain.limit, domain.rate_limit_ceiling) == (27, 33)
+
+
+class _LimitFailingAtCooldownEnd:
+    """A limit whose cooldown-end step raises (a stand-in for any bug in a limit)."""
+
+    limit = 1
+    ceiling = None
+
+    def __init__(self) -> None:
+        self.blocked_until: float | None = None
+
+    def on_outcome(
+        self,
+        outcome: RequestReleaseOutcome,
+        *,
+        now: float,
+        limit_at_grant: int,
+        in_flight: int,
+        retry_after_seconds: float | None,
+        latency_seconds: float | None = None,
+    ) -> None:
+        if outcome is LIMITED:
+            self.blocked_until = now + 1.0
+
+    def advance(self, now: float) -> float | None:
+        if self.blocked_until is not None and now >= self.blocked_until:
+            raise ZeroDivisionError("a broken limit")
+        return self.blocked_until
+
+
+async def test_a_timer_step_that_raises_fails_the_waiters_instead_of_stranding_them() -> None:
+    clock = FakeClock(start=0.0)
+    controller = RequestAdmissionController(
+        {KEY: 2},
+        clock=clock,
+        timers=clock,
+        limits=lambda resource, cap: _LimitFailingAtCooldownEnd(),
+    )
+    controller.release(_lease(controller.try_acquire(_item())), LIMITED)
+    waiter = asyncio.create_task(controller.acquire(_item()))
+    await _settle()
+    clock.advance(1.0)
+    await _settle()
+    with pytest.raises(EngineError, match="failed in a timer step: ZeroDivisionError"):
+        await waiter
