@@ -61,7 +61,8 @@ class SimulationSettings:
     admitted tokens (prompt plus answer, as the answer will report them) per model per rolling
     window of ``window_seconds`` (60 s, as providers count); beyond any of them the endpoint
     answers rate-limited. With ``queueing`` the endpoint never refuses for capacity: like a
-    batching server it slows down instead, latency growing by ``in_flight / capacity`` once in-flight exceeds ``capacity``.
+    batching server it slows down instead, latency growing by ``in_flight / capacity`` once
+    in-flight exceeds ``capacity``.
     ``invalid_json_rate`` makes structured and judge answers unparseable, so re-ask logic can
     be exercised.
     """
