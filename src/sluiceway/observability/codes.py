@@ -1,9 +1,9 @@
 """Closed sets of reasons and outcomes that events carry, as enums owned by the event model.
 
 Values equal those of the engine enums they mirror (``TaskOutcomeKind``, ``TaskDenialReason``,
-``RequestReleaseOutcome``, ``DenialReason``, ``RequestDomain``), so an emission point converts
-with ``Code(engine_value.value)``; a unit test keeps the two sides in step. They live here
-because the event model imports no engine code.
+``RequestReleaseOutcome``, ``DenialReason``, ``RequestDomain``, ``HedgeResult``), so an
+emission point converts with ``Code(engine_value.value)``; a unit test keeps the two sides in
+step. They live here because the event model imports no engine code.
 """
 
 from __future__ import annotations
@@ -97,3 +97,11 @@ class LimitChangeCode(enum.StrEnum):
     STARTUP_RAMP = "startup_ramp"
     LATENCY_GRADIENT = "latency_gradient"
     COOLDOWN_ENDED = "cooldown_ended"
+
+
+class HedgeResultCode(enum.StrEnum):
+    """How a hedged attempt ended (mirrors ``requests.latency.HedgeResult``)."""
+
+    WON = "won"
+    LOST = "lost"
+    FAILED = "failed"

@@ -69,6 +69,9 @@ class EventKind(enum.StrEnum):
     REQUEST_FULLY_RECOVERED = "request_fully_recovered"
     REQUEST_LEASE_RELEASED = "request_lease_released"
     REQUEST_RELEASE_DIAGNOSTIC = "request_release_diagnostic"
+    REQUEST_ADAPTIVE_TIMEOUT = "request_adaptive_timeout"
+    REQUEST_HEDGE_STARTED = "request_hedge_started"
+    REQUEST_HEDGE_COMPLETED = "request_hedge_completed"
 
     @property
     def stream(self) -> EventStream:
@@ -81,7 +84,7 @@ SCHEDULER_KINDS: frozenset[EventKind] = frozenset(list(EventKind)[:_FIRST_REQUES
 """The 27 scheduler kinds (declaration order: every kind above the request section)."""
 
 REQUEST_KINDS: frozenset[EventKind] = frozenset(list(EventKind)[_FIRST_REQUEST_KIND:])
-"""The 19 request admission kinds."""
+"""The 22 request admission kinds."""
 
 KIND_STREAM: Mapping[EventKind, EventStream] = MappingProxyType(
     {

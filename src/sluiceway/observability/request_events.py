@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sluiceway.observability.codes import (
+    HedgeResultCode,
     LimitChangeCode,
     ReleaseDiagnosticCode,
     RequestDenialCode,
@@ -177,3 +178,39 @@ class RequestReleaseDiagnostic(RequestEvent):
     kind: ClassVar[EventKind] = EventKind.REQUEST_RELEASE_DIAGNOSTIC
     lease_id: int
     code: ReleaseDiagnosticCode
+
+
+@fast_init
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestAdaptiveTimeout(LeaseEvent):
+    """An attempt abandoned at its adaptive deadline (released as ``provider_timeout``, then
+    retried): ``timeout_seconds`` is that deadline, ``quantile_seconds`` the latency quantile
+    it came from over ``samples`` recent successes of its provider/model, domain and column."""
+
+    kind: ClassVar[EventKind] = EventKind.REQUEST_ADAPTIVE_TIMEOUT
+    timeout_seconds: float
+    configured_timeout_seconds: float | None
+    quantile_seconds: float | None
+    samples: int
+
+
+@fast_init
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestHedgeStarted(LeaseEvent):
+    """A hedged attempt got its lease: ``attempt_id`` and ``lease_id`` are the hedge's; the
+    attempt it hedges had been sending for ``hedge_after_seconds``."""
+
+    kind: ClassVar[EventKind] = EventKind.REQUEST_HEDGE_STARTED
+    primary_attempt_id: int
+    hedge_after_seconds: float
+
+
+@fast_init
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestHedgeCompleted(AttemptEvent):
+    """A hedged attempt ended: ``won`` (its answer is the call's), ``lost`` (cancelled: the
+    hedged attempt answered first, or the call ended) or ``failed``."""
+
+    kind: ClassVar[EventKind] = EventKind.REQUEST_HEDGE_COMPLETED
+    primary_attempt_id: int
+    result: HedgeResultCode

@@ -74,8 +74,7 @@ class StragglerSettings:
                 raise EngineError(f"StragglerSettings.{name} must be >= 1, got {value}")
         if not self.min_timeout_seconds > 0:
             raise EngineError(
-                "StragglerSettings.min_timeout_seconds must be > 0, got "
-                f"{self.min_timeout_seconds}"
+                f"StragglerSettings.min_timeout_seconds must be > 0, got {self.min_timeout_seconds}"
             )
         if not 0.0 < self.hedge_budget_ratio <= 1.0:
             raise EngineError(

@@ -9,6 +9,7 @@ import pytest
 from sluiceway.observability import codes
 from sluiceway.requests.admission import DenialReason
 from sluiceway.requests.keys import RequestDomain
+from sluiceway.requests.latency import HedgeResult
 from sluiceway.requests.outcomes import RequestReleaseOutcome
 from sluiceway.scheduling.admission import TaskDenialReason
 from sluiceway.scheduling.scheduler import TaskOutcomeKind
@@ -22,6 +23,7 @@ from sluiceway.scheduling.scheduler import TaskOutcomeKind
         (RequestReleaseOutcome, codes.RequestOutcomeCode),
         (DenialReason, codes.RequestDenialCode),
         (RequestDomain, codes.RequestDomainCode),
+        (HedgeResult, codes.HedgeResultCode),
     ],
 )
 def test_every_engine_value_converts(engine: type[enum.Enum], mirror: type[enum.Enum]) -> None:

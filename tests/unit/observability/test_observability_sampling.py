@@ -123,6 +123,9 @@ def test_the_kinds_split_into_detail_and_always_recorded() -> None:
         EventKind.REQUEST_WAIT_CANCELLED,
         EventKind.REQUEST_ACQUIRE_DENIED,
         EventKind.REQUEST_RELEASE_DIAGNOSTIC,
+        EventKind.REQUEST_ADAPTIVE_TIMEOUT,
+        EventKind.REQUEST_HEDGE_STARTED,
+        EventKind.REQUEST_HEDGE_COMPLETED,
     } == ALWAYS_RECORDED_KINDS
 
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 import pytest
 
 from sluiceway.context import TaskCorrelation, current_task
-from sluiceway.errors import RateLimitedError, RequestAdmissionError
+from sluiceway.errors import ProviderUnavailableError, RateLimitedError, RequestAdmissionError
 from sluiceway.observability import (
     ALWAYS_RECORDED_KINDS,
     REQUEST_KINDS,
@@ -47,7 +47,13 @@ from sluiceway.observability.request_events import (
     RequestWaitCompleted,
     RequestWaitStarted,
 )
-from sluiceway.providers.base import ChatMessage, GenerationKind, ModelRequest, TokenUsage
+from sluiceway.providers.base import (
+    ChatMessage,
+    GenerationKind,
+    ModelRequest,
+    ModelResponse,
+    TokenUsage,
+)
 from sluiceway.requests import (
     ModelRequestExecutor,
     ProviderModelKey,
@@ -63,6 +69,7 @@ from sluiceway.requests.admission import (
     AdaptiveRequestAdmissionController,
     RequestAdmissionSettings,
 )
+from sluiceway.requests.latency import StragglerSettings
 from sluiceway.requests.limits import AdaptiveLimitSettings
 from sluiceway.testing import FakeClock
 from sluiceway.testing.providers import Hang, Reply, ScriptedProviderClient
@@ -281,6 +288,52 @@ async def _executor_attempts() -> MemoryEventSink:
     return sink
 
 
+async def _executor_stragglers() -> MemoryEventSink:
+    """An attempt hangs past its adaptive deadline; another hangs past its hedge delay and
+    its hedge answers."""
+    bus, sink = _bus()
+    controller, clock = _adaptive(bus, cap=4)
+
+    async def no_sleep(seconds: float) -> None:
+        return None
+
+    executor = ModelRequestExecutor(
+        controller,
+        retry=RetryPolicy(max_attempts=3),
+        rng=random.Random(3),
+        clock=controller.clock,
+        sleep=no_sleep,
+        events=bus,
+        stragglers=StragglerSettings(min_samples=1, hedging=True, hedge_budget_ratio=1.0),
+        timers=clock,
+    )
+
+    def slow(request: ModelRequest) -> ModelResponse:
+        clock.advance(0.2)
+        return ModelResponse(text=f"answer {CANARY}")
+
+    first, second = Hang(), Hang()
+    client = ScriptedProviderClient(
+        [slow, first, ProviderUnavailableError(f"hedge failed {CANARY}"), slow, second, slow]
+    )
+    request = ModelRequest(
+        model_id="m",
+        kind=GenerationKind.TEXT,
+        messages=(ChatMessage(role="user", content=f"prompt {CANARY}"),),
+        timeout_seconds=30.0,
+    )
+    with _running_as(_correlation(1)):
+        await executor.execute(CHAT, client, request)
+        for hang in (first, second):
+            call = asyncio.create_task(executor.execute(CHAT, client, request))
+            await hang.started.wait()
+            clock.advance(0.5)  # the hedge delay (0.4 s) passes: a hedge starts
+            await asyncio.sleep(0)
+            clock.advance(0.6)  # the deadline (1 s) passes, unless the hedge answered
+            await call
+    return sink
+
+
 def _executor(controller: RequestAdmissionController, bus: EventBus) -> ModelRequestExecutor:
     async def no_sleep(seconds: float) -> None:
         return None
@@ -303,6 +356,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     _startup_ramp,
     _breaker_and_clamp,
     _executor_attempts,
+    _executor_stragglers,
 )
 
 
