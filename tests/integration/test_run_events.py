@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -390,7 +391,7 @@ def _storm_config(**run: Any) -> dict[str, Any]:
 
 
 def _engine_events(
-    config: dict[str, Any], provider: StormProvider, **options: Any
+    config: dict[str, Any], provider: StormProvider | HangingProvider, **options: Any
 ) -> tuple[Event, ...]:
     sink = MemoryEventSink()
     # The fault scenarios end the run on purpose; their events are what counts.
@@ -486,6 +487,45 @@ def _breaker_run() -> tuple[Event, ...]:
         },
     )
     return _engine_events(config, StormProvider(rate_limited_first=10**9))
+
+
+class HangingProvider:
+    """Answers after a short real wait; from the fifth request on, every fourth hangs until
+    cancelled (the executor's adaptive timeout or a hedge must deal with it)."""
+
+    name = "p"
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send(self, request: ModelRequest) -> ModelResponse:
+        self.sent += 1
+        if self.sent > 4 and self.sent % 4 == 0:
+            await asyncio.Event().wait()
+        await asyncio.sleep(0.002)
+        return ModelResponse(text=f"{CANARY} says hello")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _straggler_run(*, hedging: bool) -> tuple[Event, ...]:
+    """Hanging requests abandoned at their adaptive timeout, or answered by a hedge (at most
+    two requests in flight, so a hedge always finds capacity)."""
+    config = _config(
+        num_records=12,
+        buffer_size=2,
+        max_concurrent_row_groups=1,
+        stragglers={
+            "min_samples": 3,
+            "min_timeout_seconds": 0.05,
+            "hedging": hedging,
+            "hedge_budget_ratio": 1.0,
+        },
+    )
+    config["models"][0]["timeout_seconds"] = 5.0
+    config["columns"][-1]["prompt"] = f"{CANARY} about {{{{ who }}}}"  # no bad requests
+    return _engine_events(config, HangingProvider())
 
 
 def _dispatching() -> bool:
@@ -634,7 +674,14 @@ def _assert_emitted_at_their_points(events: Sequence[Event]) -> None:
 
 def test_every_canonical_kind_is_emitted_at_its_point() -> None:
     seen: set[EventKind] = set()
-    for scenario in (_busy_run, _timeout_then_cancel_run, _breaker_run, _spawn_failure_run):
+    for scenario in (
+        _busy_run,
+        _timeout_then_cancel_run,
+        _breaker_run,
+        _spawn_failure_run,
+        functools.partial(_straggler_run, hedging=False),
+        functools.partial(_straggler_run, hedging=True),
+    ):
         events = scenario()
         _assert_emitted_at_their_points(events)
         seen |= {event.kind for event in events}

@@ -746,6 +746,26 @@ class EventsConfig(ConfigModel):
     trace_sample_rate: float = Field(default=0.0625, ge=0.0, le=1.0)
 
 
+class StragglersConfig(ConfigModel):
+    """Per-attempt timeouts that follow the latency observed per provider/model, domain and
+    column, and optional hedged attempts (SPEC §6.6; docs/config-reference.md says why these
+    defaults). An attempt gets ``max(min_timeout_seconds, timeout_factor x the
+    timeout_quantile of recent success latencies)``, never above the model's
+    ``timeout_seconds``, once ``min_samples`` successes were seen. With ``hedging``, an
+    attempt still running after ``hedge_factor x the hedge_quantile`` gets a second attempt
+    (first answer wins), at most ``hedge_budget_ratio`` of the attempts."""
+
+    adaptive_timeout: bool = True
+    timeout_quantile: float = Field(default=0.99, gt=0.0, lt=1.0)
+    timeout_factor: float = Field(default=3.0, ge=1.0)
+    min_timeout_seconds: float = Field(default=1.0, gt=0.0)
+    min_samples: int = Field(default=20, ge=1, le=256)
+    hedging: bool = False
+    hedge_quantile: float = Field(default=0.95, gt=0.0, lt=1.0)
+    hedge_factor: float = Field(default=2.0, ge=1.0)
+    hedge_budget_ratio: float = Field(default=0.02, gt=0.0, le=1.0)
+
+
 class RunConfig(ConfigModel):
     """How many rows to make, from which seed, and how much work may be in flight."""
 
@@ -762,6 +782,7 @@ class RunConfig(ConfigModel):
     early_shutdown: EarlyShutdownConfig = Field(default_factory=EarlyShutdownConfig)
     circuit_breaker_seconds: float | None = Field(default=120.0, gt=0.0)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    stragglers: StragglersConfig = Field(default_factory=StragglersConfig)
 
 
 class OutputConfig(ConfigModel):

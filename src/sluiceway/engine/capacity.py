@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from sluiceway.config.models import DatasetConfig
 from sluiceway.requests.admission import RequestAdmissionController
+from sluiceway.requests.executor import ModelRequestExecutor
 from sluiceway.requests.keys import ProviderModelKey, RequestDomain, RequestResourceKey
 from sluiceway.scheduling.admission import TaskAdmissionController
 from sluiceway.scheduling.metadata import SchedulingKind
@@ -118,6 +119,18 @@ def _configured(
         "queue_wait_timeout_seconds",
     ):
         configured[f"run.request_admission.{name}"] = _sourced(tuning, name, set_source=run_config)
+    for name in (
+        "adaptive_timeout",
+        "timeout_quantile",
+        "timeout_factor",
+        "min_timeout_seconds",
+        "min_samples",
+        "hedging",
+        "hedge_quantile",
+        "hedge_factor",
+        "hedge_budget_ratio",
+    ):
+        configured[f"run.stragglers.{name}"] = _sourced(run.stragglers, name, set_source=run_config)
     caps = {
         _key(key): pm.static_cap
         for key, pm in request_admission.statistics().provider_models.items()
@@ -171,8 +184,10 @@ def build_capacity_plan(
     task_admission: TaskAdmissionController,
     request_admission: RequestAdmissionController,
     resolution: Sequence[ResolvedTaskScheduling],
+    executor: ModelRequestExecutor | None = None,
 ) -> AsyncCapacityPlan:
-    """The plan of a finished (or stopped) run; call it after the run, from the loop thread."""
+    """The plan of a finished (or stopped) run; call it after the run, from the loop thread.
+    With ``executor``, the runtime snapshot adds its counters and its adaptive timeouts."""
     task_view = task_admission.view()
     request_stats = request_admission.statistics()
     pressure = request_admission.pressure.snapshot()
@@ -264,6 +279,8 @@ def build_capacity_plan(
             "queued_tasks": len(scheduler.queue),
         },
     }
+    if executor is not None:
+        runtime["model_request_executor"] = _executor_runtime(executor)
     observed: dict[str, Any] = {
         "row_groups_in_flight": stats.max_row_groups_in_flight,
         "rows_in_flight": stats.max_rows_in_flight,
@@ -294,3 +311,43 @@ def build_capacity_plan(
     return AsyncCapacityPlan(
         configured=configured, runtime_snapshot=runtime, observed_maxima=observed
     )
+
+
+def _executor_runtime(executor: ModelRequestExecutor) -> dict[str, Any]:
+    """The executor's counters, and per provider/model, domain and column the adaptive
+    timeout and hedge delay in force at the end (None before enough successes)."""
+    stats = executor.statistics()
+    latency = executor.latency
+    windows = (
+        []
+        if latency is None
+        else sorted(
+            latency.statistics().items(), key=lambda item: (str(item[0][0]), item[0][1] or "")
+        )
+    )
+    return {
+        "calls": stats.calls,
+        "attempts": stats.attempts,
+        "successes": stats.successes,
+        "retries": stats.retries,
+        "adaptive_timeouts": stats.adaptive_timeouts,
+        "hedges": {
+            "started": stats.hedges_started,
+            "won": stats.hedges_won,
+            "lost": stats.hedges_lost,
+            "failed": stats.hedges_failed,
+            "skipped": stats.hedges_skipped,
+        },
+        "latency_windows": [
+            {
+                "resource": _resource_key(resource),
+                "column": column,
+                "samples": window.samples,
+                "timeout_quantile_seconds": window.timeout_quantile_seconds,
+                "timeout_seconds": window.timeout_seconds,
+                "hedge_after_seconds": window.hedge_after_seconds,
+                "expiries": window.expiries,
+            }
+            for (resource, column), window in windows
+        ],
+    }

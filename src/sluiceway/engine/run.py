@@ -57,7 +57,11 @@ from sluiceway.requests.executor import ModelRequestExecutor
 from sluiceway.requests.facade import ModelFacade
 from sluiceway.requests.keys import RequestResourceResolver
 from sluiceway.requests.retry import RetryPolicy
-from sluiceway.requests.setup import budgets_from_config, build_request_admission
+from sluiceway.requests.setup import (
+    budgets_from_config,
+    build_request_admission,
+    straggler_settings,
+)
 from sluiceway.scheduling.admission import TaskAdmissionController
 from sluiceway.scheduling.failures import EarlyShutdownSettings
 from sluiceway.scheduling.policies import TaskAdmissionPolicyKind, make_policy
@@ -301,6 +305,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         rng=random.Random(run.seed),
         queue_wait_timeout_seconds=run.request_admission.queue_wait_timeout_seconds,
         events=bus,
+        stragglers=straggler_settings(run.stragglers),
     )
     facade = ModelFacade(request_resolver, clients, executor, loop=asyncio.get_running_loop())
 
@@ -448,6 +453,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             task_admission=task_admission,
             request_admission=request_admission,
             resolution=scheduling,
+            executor=executor,
         )
         try:
             if isinstance(sink, ParquetSink):

@@ -396,8 +396,9 @@ class ModelRequestExecutor:
         """Account for an attempt abandoned at its adaptive deadline; the error to raise."""
         window = deadline.window
         timeout_seconds = deadline.timeout_seconds
-        quantile = window.timeout_quantile_seconds
-        samples = min(window.observed_total, self._settings().window)
+        source = window.in_force()
+        quantile = source.timeout_quantile_seconds
+        samples = min(source.observed_total, self._settings().window)
         window.on_expiry(timeout_seconds)
         events = self._events
         if events.wants(EventKind.REQUEST_ADAPTIVE_TIMEOUT):
@@ -634,7 +635,7 @@ class ModelRequestExecutor:
                 budget = self._hedge_budget
                 if budget is not None:
                     budget.earn()
-                    hedge_after_seconds = window.hedge_after_seconds
+                    hedge_after_seconds = window.hedge_delay_seconds()
                     limit = timeout_seconds if timeout_seconds is not None else configured
                     if (
                         hedge_after_seconds is not None

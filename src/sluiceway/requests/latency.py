@@ -1,28 +1,32 @@
 """Straggler policy: per-attempt timeouts and hedge delays that follow the latency observed per
 key, and the budget of hedged attempts (SPEC §6.6).
 
-A key is a provider/model and domain plus the column whose task made the call (the
-provider/model and domain alone for calls made outside a task). Its :class:`LatencyWindow`
-keeps the provider call times of its last ``window`` successes (no queue wait, no failures) in
-a ring buffer; every ``refresh_every`` samples it sorts a copy and reads two quantiles::
+A key is a provider/model and domain plus the column whose task made the call. Its
+:class:`LatencyWindow` keeps the provider call times of its last ``window`` successes (no queue
+wait, no failures) in a ring buffer; every ``refresh_every`` samples it sorts a copy and reads
+two quantiles::
 
     timeout     = max(min_timeout_seconds, timeout_factor * q(timeout_quantile), escalation)
     hedge_after = hedge_factor * q(hedge_quantile)
 
 and an attempt gets ``min(timeout, configured timeout_seconds)`` (:meth:`attempt_timeout`).
+Every success is also a sample of its provider/model and domain as a whole (the window of
+column None, which calls made outside a task use directly): a column with fewer than
+``min_samples`` samples of its own borrows that window's values.
 
 Regimes:
 
-- fewer than ``min_samples`` samples: no adaptive timeout (the configured ``timeout_seconds``
-  governs) and no hedge;
+- fewer than ``min_samples`` samples (in the column's window and its provider/model's): no
+  adaptive timeout (the configured ``timeout_seconds`` governs) and no hedge;
 - steady latency: a healthy answer is almost never cut (it would have to exceed the
   ``timeout_quantile`` by ``timeout_factor``); a hang is abandoned after a few multiples of the
   normal latency instead of the whole configured timeout, and retried;
-- latency rises past the timeout: answers stop coming, and with them the samples. So each
-  expiry raises ``escalation`` to twice the timeout that expired: the timeout doubles per round
-  of expiries (up to the configured one) until answers come back and the window follows them.
-  ``escalation`` halves at every refresh, so after an isolated hang it fades within a few dozen
-  successes;
+- latency rises past the timeout: answers stop coming, and with them the samples. So an
+  expiry with no success since the previous expiry raises ``escalation`` to twice the timeout
+  that expired: the timeout doubles per round of expiries (up to the configured one) until
+  answers come back and the window follows them. An expiry among successes is a straggler, not
+  a slower provider, and changes nothing. ``escalation`` halves at every refresh, so it fades
+  within a few dozen successes once answers come back;
 - latency falls: the window forgets the slow answers within ``window`` successes.
 
 Cost per success: one slot write; a refresh sorts ``window`` floats every ``refresh_every``
@@ -121,12 +125,16 @@ class LatencyWindow:
     """The recent success latencies of one key and the timeout and hedge delay they give.
 
     Mutable and updated in place (a sample per success at thousands of requests per second);
-    pure otherwise: no clock, no I/O. ``timeout_seconds`` and ``hedge_after_seconds`` are None
-    until ``min_samples`` successes were observed."""
+    pure otherwise: no clock, no I/O. ``timeout_seconds`` and ``hedge_after_seconds`` are this
+    window's own values, None until ``min_samples`` successes were observed; until then the
+    values in force (:meth:`attempt_timeout`, :meth:`hedge_delay_seconds`) are ``parent``'s,
+    which also gets every sample."""
 
     __slots__ = (
+        "_answered_since_expiry",
         "_escalation",
         "_next",
+        "_parent",
         "_samples",
         "_settings",
         "_until_refresh",
@@ -138,12 +146,14 @@ class LatencyWindow:
         "timeout_seconds",
     )
 
-    def __init__(self, settings: StragglerSettings) -> None:
+    def __init__(self, settings: StragglerSettings, parent: LatencyWindow | None = None) -> None:
         self._settings = settings
+        self._parent = parent
         self._samples: list[float] = []
         self._next = 0  # the ring slot the next sample overwrites once the window is full
         self._until_refresh = settings.min_samples
         self._escalation = 0.0
+        self._answered_since_expiry = True
         self.observed_total = 0
         self.expiries = 0
         self.timeout_quantile_seconds: float | None = None
@@ -160,15 +170,29 @@ class LatencyWindow:
             samples[self._next] = latency_seconds
             self._next = (self._next + 1) % len(samples)
         self.observed_total += 1
+        self._answered_since_expiry = True
         self._until_refresh -= 1
         if self._until_refresh <= 0:
             self._refresh()
+        if self._parent is not None:
+            self._parent.observe(latency_seconds)
+
+    def in_force(self) -> LatencyWindow:
+        """The window whose values apply: this one once warm, else its parent (if any)."""
+        if self.timeout_quantile_seconds is None and self._parent is not None:
+            return self._parent
+        return self
 
     def on_expiry(self, timeout_seconds: float) -> None:
-        """An attempt given ``timeout_seconds`` by this window was abandoned at its deadline."""
+        """An attempt given ``timeout_seconds`` by this window was abandoned at its deadline.
+        Unless the window in force saw a success since its previous expiry, it escalates."""
         self.expiries += 1
-        self._escalation = max(self._escalation, 2.0 * timeout_seconds)
-        self._settle()
+        source = self.in_force()
+        if source._answered_since_expiry:
+            source._answered_since_expiry = False
+            return
+        source._escalation = max(source._escalation, 2.0 * timeout_seconds)
+        source._settle()
 
     def attempt_timeout(
         self, configured_seconds: float | None, *, at_least_seconds: float = 0.0
@@ -179,12 +203,19 @@ class LatencyWindow:
         ``at_least_seconds`` raises it for one call whose previous attempt expired."""
         timeout = self.timeout_seconds
         if timeout is None:
-            return None
+            parent = self._parent
+            timeout = None if parent is None else parent.timeout_seconds
+            if timeout is None:
+                return None
         if at_least_seconds > timeout:
             timeout = at_least_seconds
         if configured_seconds is not None and timeout >= configured_seconds:
             return None
         return timeout
+
+    def hedge_delay_seconds(self) -> float | None:
+        """How long an attempt runs before it may be hedged (None before ``min_samples``)."""
+        return self.in_force().hedge_after_seconds
 
     def statistics(self) -> LatencyWindowStatistics:
         return LatencyWindowStatistics(
@@ -225,6 +256,7 @@ LatencyKey = tuple[RequestResourceKey, str | None]
 
 class LatencyTracker:
     """The latency windows of one executor by key (resource, column); built on first use.
+    The window of a column has the window of its resource (column None) as its parent.
 
     ``window(resource, column)`` is on the path of every attempt: resources are the resolver's
     long-lived key objects, so it looks them up by identity first (an equal key that is a
@@ -251,7 +283,8 @@ class LatencyTracker:
         key: LatencyKey = (resource, column)
         window = self._windows.get(key)
         if window is None:
-            window = self._windows[key] = LatencyWindow(self._settings)
+            parent = None if column is None else self.window(resource, None)
+            window = self._windows[key] = LatencyWindow(self._settings, parent)
         if entry is None or entry[0] is not resource:
             entry = self._by_identity[id(resource)] = (resource, {})
         entry[1][column] = window

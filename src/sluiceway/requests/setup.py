@@ -1,16 +1,17 @@
 """Request admission built from the run config: static or adaptive limits, breaker, timeout and
-the rpm / tpm budgets of the models."""
+the rpm / tpm budgets of the models; and the executor's straggler settings."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
 
-from sluiceway.config.models import ModelConfig, ProviderConfig, RunConfig
+from sluiceway.config.models import ModelConfig, ProviderConfig, RunConfig, StragglersConfig
 from sluiceway.observability import EventBus
 from sluiceway.requests.admission import RequestAdmissionController, RequestAdmissionSettings
 from sluiceway.requests.budgets import BUDGET_WINDOW_SECONDS, BudgetLimits, RequestBudgets
 from sluiceway.requests.keys import ProviderModelKey, RequestResourceResolver
+from sluiceway.requests.latency import StragglerSettings
 from sluiceway.requests.limits import AdaptiveLimitSettings, adaptive_limits, static_limits
 
 
@@ -112,4 +113,19 @@ def build_request_admission(
         aliases={key: resolver.aliases_of(key) for key in caps},
         events=events,
         budgets=budgets,
+    )
+
+
+def straggler_settings(config: StragglersConfig) -> StragglerSettings:
+    """The executor's adaptive timeouts and hedging as ``run.stragglers`` asks."""
+    return StragglerSettings(
+        adaptive_timeout=config.adaptive_timeout,
+        timeout_quantile=config.timeout_quantile,
+        timeout_factor=config.timeout_factor,
+        min_timeout_seconds=config.min_timeout_seconds,
+        min_samples=config.min_samples,
+        hedging=config.hedging,
+        hedge_quantile=config.hedge_quantile,
+        hedge_factor=config.hedge_factor,
+        hedge_budget_ratio=config.hedge_budget_ratio,
     )

@@ -24,10 +24,16 @@ from sluiceway.observability import (
     JsonlEventSink,
     TaskEvent,
 )
-from sluiceway.observability.codes import RequestDomainCode
+from sluiceway.observability.codes import HedgeResultCode, RequestDomainCode
 from sluiceway.observability.report import Layer, attribute, build_report
+from sluiceway.observability.report.document import render_report
 from sluiceway.observability.report.series import build_series
-from sluiceway.observability.request_events import RequestRateLimited
+from sluiceway.observability.request_events import (
+    RequestAdaptiveTimeout,
+    RequestHedgeCompleted,
+    RequestHedgeStarted,
+    RequestRateLimited,
+)
 from sluiceway.observability.scheduler_events import ReadyEnqueued, WorkerSpawned
 from sluiceway.storage.capacity_plan import (
     AsyncCapacityPlan,
@@ -227,3 +233,59 @@ def _later_wait(event: Event) -> Event:
         EventKind.REQUEST_LEASE_RELEASED: 100.9,
     }
     return dataclasses.replace(event, captured_at=times[event.kind])
+
+
+def test_adaptive_timeouts_and_hedges_are_counted_per_model(tmp_path: Path) -> None:
+    tags = {"provider": "sim", "model": "sim-writer", "domain": RequestDomainCode.CHAT}
+    events: list[Event] = [
+        *synthetic_run(),
+        RequestAdaptiveTimeout(
+            **tags,
+            attempt_id=90,
+            lease_id=90,
+            timeout_seconds=1.0,
+            configured_timeout_seconds=60.0,
+            quantile_seconds=0.2,
+            samples=40,
+        ),
+        RequestAdaptiveTimeout(
+            **tags,
+            attempt_id=91,
+            lease_id=91,
+            timeout_seconds=2.0,
+            configured_timeout_seconds=60.0,
+            quantile_seconds=0.2,
+            samples=40,
+        ),
+        RequestHedgeStarted(
+            **tags, attempt_id=92, lease_id=92, primary_attempt_id=93, hedge_after_seconds=0.4
+        ),
+        RequestHedgeCompleted(
+            **tags, attempt_id=92, primary_attempt_id=93, result=HedgeResultCode.WON
+        ),
+    ]
+    plan = AsyncCapacityPlan(
+        configured={
+            "run.stragglers.hedging": CapacityValue(value=True, source=CapacitySource.RUN_CONFIG)
+        },
+        runtime_snapshot={
+            "model_request_executor": {
+                "latency_windows": [
+                    {
+                        "resource": "sim/sim-writer[chat]",
+                        "column": "text",
+                        "samples": 40,
+                        "timeout_seconds": 1.0,
+                        "hedge_after_seconds": 0.4,
+                        "expiries": 2,
+                    }
+                ]
+            }
+        },
+    )
+    text = render_report(events, tmp_path, plan=plan).report_path.read_text(encoding="utf-8")
+    section = text.split("## Stragglers", 1)[1].split("## Ready queue", 1)[0]
+    assert "2 adaptive timeout(s)" in section
+    assert "1 hedged attempt(s): 1 won, 0 lost, 0 failed" in section
+    assert "| sim/sim-writer (chat) | 2 | 1 – 2 | 1 | 1 | 0 | 0 |" in section
+    assert "| sim/sim-writer[chat] | text | 40 | 1 | 0.4 | 2 |" in section

@@ -71,25 +71,35 @@ def test_the_timeout_adapts_down_once_slow_answers_leave_the_window() -> None:
     assert window.timeout_seconds == 1.5
 
 
-def test_an_expiry_doubles_the_timeout_until_successes_come_back() -> None:
+def test_an_expiry_among_successes_changes_nothing() -> None:
     window = _window([0.5] * 20)
+    for _ in range(5):
+        window.on_expiry(1.5)  # a hang ...
+        window.observe(0.5)  # ... while the others keep answering
     assert window.timeout_seconds == 1.5
-    window.on_expiry(1.5)
+    assert window.expiries == 5
+
+
+def test_expiries_without_a_success_between_them_double_the_timeout() -> None:
+    window = _window([0.5] * 20)
+    window.on_expiry(1.5)  # the first may be a straggler
+    assert window.timeout_seconds == 1.5
+    window.on_expiry(1.5)  # no answer since: the provider got slower
+    assert window.timeout_seconds == 3.0
+    window.on_expiry(1.5)  # one more of the same round does not compound
     assert window.timeout_seconds == 3.0
     window.on_expiry(3.0)
     assert window.timeout_seconds == 6.0
-    assert window.expiries == 2
 
 
 def test_the_escalation_halves_at_each_refresh() -> None:
     window = _window([0.5] * 20)
+    window.on_expiry(1.5)
     window.on_expiry(1.5)  # escalation 3 s
+    assert window.timeout_seconds == 3.0
     for _ in range(10):
         window.observe(0.5)
     assert window.timeout_seconds == 1.5  # max(1.5, 3 / 2)
-    window.on_expiry(1.5)
-    window.on_expiry(1.5)  # one expiry per deadline value: concurrent ones do not compound
-    assert window.timeout_seconds == 3.0
 
 
 def test_one_call_can_ask_for_a_longer_deadline_after_its_expiry() -> None:
@@ -130,6 +140,33 @@ def test_the_tracker_keeps_one_window_per_resource_and_column() -> None:
     twin = RequestResourceKey(provider_model=CHAT.provider_model, domain=CHAT.domain)
     assert tracker.window(twin, "text") is text
     assert len(tracker.statistics()) == 3
+
+
+def test_a_cold_column_borrows_the_values_of_its_provider_model() -> None:
+    tracker = LatencyTracker(SETTINGS)
+    text = tracker.window(CHAT, "text")
+    for _ in range(20):
+        text.observe(0.5)  # also samples of the provider/model as a whole
+    summary = tracker.window(CHAT, "summary")
+    assert summary.timeout_seconds is None  # nothing of its own yet
+    assert summary.attempt_timeout(60.0) == 1.5
+    assert summary.hedge_delay_seconds() == 1.0
+    for _ in range(20):
+        summary.observe(2.0)
+    assert summary.attempt_timeout(60.0) == 6.0  # its own, once warm
+    assert text.attempt_timeout(60.0) == 1.5  # the other column keeps its own
+
+
+def test_an_expiry_in_a_cold_column_escalates_the_window_it_borrowed() -> None:
+    tracker = LatencyTracker(SETTINGS)
+    for _ in range(20):
+        tracker.window(CHAT, "text").observe(0.5)
+    summary = tracker.window(CHAT, "summary")
+    summary.on_expiry(1.5)
+    summary.on_expiry(1.5)
+    assert summary.attempt_timeout(60.0) == 3.0
+    assert tracker.window(CHAT, None).timeout_seconds == 3.0
+    assert summary.expiries == 2
 
 
 def test_hedges_never_exceed_the_budget_ratio_of_attempts() -> None:

@@ -16,6 +16,7 @@ flight per provider/model).
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,7 +250,8 @@ def render_markdown(
         "## Models",
         "",
         "In flight, current limit and cap per provider/model and domain; red crosses mark "
-        "rate-limited attempts."
+        "rate-limited attempts, orange triangles attempts abandoned at their adaptive timeout, "
+        "green triangles hedged attempts."
         + (" In flight is drawn at the traced requests' lease events." if series.sampled else ""),
         "",
         f"![per-model in flight, limit and cap]({MODELS_PLOT})",
@@ -288,6 +290,7 @@ def render_markdown(
             resource_rows,
         )
         lines.append("")
+    lines += _straggler_lines(series, plan)
     lines += [
         "## Ready queue",
         "",
@@ -338,6 +341,98 @@ def render_markdown(
         ]
     lines += ["", *_plan_section(plan)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _straggler_lines(series: RunSeries, plan: AsyncCapacityPlan | None) -> list[str]:
+    """Adaptive timeouts and hedges per provider/model (exact: always recorded), and the
+    adaptive timeout in force at the end per column (from the capacity plan)."""
+    resources = sorted(series.resources.values(), key=lambda r: r.label)
+    expired = sum(len(r.adaptive_timeouts) for r in resources)
+    hedges = sum(len(r.hedges_started_at) for r in resources)
+    results: Counter[str] = Counter()
+    for resource in resources:
+        results.update(resource.hedge_results)
+    lines = [
+        "## Stragglers",
+        "",
+        f"{expired:,} adaptive timeout(s): attempts abandoned at a deadline that follows the "
+        "latency of their provider/model and column (released as `provider_timeout` and "
+        f"retried). {hedges:,} hedged attempt(s): {results['won']:,} won, "
+        f"{results['lost']:,} lost, {results['failed']:,} failed "
+        "(`run.stragglers`, see `docs/config-reference.md`).",
+        "",
+    ]
+    rows = [
+        (
+            resource.label,
+            f"{len(resource.adaptive_timeouts):,}",
+            _deadline_range(resource),
+            f"{len(resource.hedges_started_at):,}",
+            f"{resource.hedge_results['won']:,}",
+            f"{resource.hedge_results['lost']:,}",
+            f"{resource.hedge_results['failed']:,}",
+        )
+        for resource in resources
+        if resource.adaptive_timeouts or resource.hedges_started_at
+    ]
+    if rows:
+        header = ["provider/model (domain)", "adaptive timeouts", "deadlines (s)", "hedges"]
+        lines += [*_table([*header, "won", "lost", "failed"], rows), ""]
+    windows = _latency_windows(plan)
+    if windows:
+        lines += [
+            "Adaptive timeout and hedge delay in force at the end (before the model's "
+            "`timeout_seconds` cap; a column with too few successes of its own uses its "
+            "provider/model's):",
+            "",
+            *_table(
+                [
+                    "provider/model [domain]",
+                    "column",
+                    "successes kept",
+                    "timeout (s)",
+                    "hedge after (s)",
+                    "expiries",
+                ],
+                windows,
+            ),
+            "",
+        ]
+    return lines
+
+
+def _deadline_range(resource: ResourceSeries) -> str:
+    deadlines = [deadline for _, deadline in resource.adaptive_timeouts]
+    if not deadlines:
+        return "–"
+    low, high = min(deadlines), max(deadlines)
+    return f"{low:.3g}" if low == high else f"{low:.3g} – {high:.3g}"
+
+
+def _latency_windows(plan: AsyncCapacityPlan | None) -> list[tuple[str, ...]]:
+    executor = plan.runtime_snapshot.get("model_request_executor") if plan else None
+    windows = executor.get("latency_windows") if isinstance(executor, Mapping) else None
+    if not isinstance(windows, list):
+        return []
+
+    def seconds(value: object) -> str:
+        return f"{value:.3g}" if isinstance(value, int | float) else "–"
+
+    hedging = plan.configured.get("run.stragglers.hedging") if plan else None
+    hedges = hedging is None or bool(hedging.value)
+
+    return [
+        (
+            str(window.get("resource")),
+            str(window.get("column") or "(all)"),
+            f"{window.get('samples', 0):,}",
+            seconds(window.get("timeout_seconds")),
+            seconds(window.get("hedge_after_seconds")) if hedges else "– (off)",
+            f"{window.get('expiries', 0):,}",
+        )
+        for window in windows
+        if isinstance(window, Mapping)
+    ]
 
 
 def _plan_section(plan: AsyncCapacityPlan | None) -> list[str]:

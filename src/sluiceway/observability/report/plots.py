@@ -59,7 +59,8 @@ def plot_throughput(series: RunSeries, path: Path) -> Path:
 
 
 def plot_resources(series: RunSeries, path: Path) -> Path:
-    """Per provider/model and domain: in flight, limit and cap, with rate-limit marks."""
+    """Per provider/model and domain: in flight, limit and cap, with marks for rate limits,
+    adaptive timeouts and hedges."""
     resources: list[ResourceSeries] = sorted(
         series.resources.values(), key=lambda r: (-r.completed, r.label)
     )[:MAX_RESOURCE_PLOTS]
@@ -90,6 +91,24 @@ def plot_resources(series: RunSeries, path: Path) -> Path:
                 marker="x",
                 color="red",
                 label="rate limited",
+            )
+        if resource.adaptive_timeouts:
+            axes.plot(
+                [at for at, _ in resource.adaptive_timeouts],
+                [0] * len(resource.adaptive_timeouts),
+                linestyle="none",
+                marker="v",
+                color="darkorange",
+                label="adaptive timeout",
+            )
+        if resource.hedges_started_at:
+            axes.plot(
+                resource.hedges_started_at,
+                [0] * len(resource.hedges_started_at),
+                linestyle="none",
+                marker="^",
+                color="green",
+                label="hedge started",
             )
         axes.set_title(resource.label, fontsize="medium")
         axes.set_ylabel("requests")

@@ -3,8 +3,11 @@
 Times are seconds since the run's first event (``scheduler_job_started`` when present).
 Per-model state is per provider/model and domain: in flight and the limit in force come from
 the request lease events, the cap from registration and cap changes, rate-limit marks from
-``request_rate_limited``. Queue depth per task group follows ``ready_enqueued`` (the group's
-depth after the enqueue), minus one per ``worker_spawned``/``worker_spawn_failed``;
+``request_rate_limited``, adaptive-timeout and hedge marks and counts from
+``request_adaptive_timeout``, ``request_hedge_started`` and ``request_hedge_completed`` (always
+recorded, so exact under trace sampling too). Queue depth per task group follows
+``ready_enqueued`` (the group's depth after the enqueue), minus one per
+``worker_spawned``/``worker_spawn_failed``;
 ``queue_drained`` sets a group (or every group) to 0 and each health snapshot resets every
 group to its exact count, so tasks withdrawn without an event (rows dropped while queued)
 cannot make the series drift for long.
@@ -32,7 +35,10 @@ from sluiceway.observability.events import Event, RequestEvent, TaskEvent
 from sluiceway.observability.kinds import EventKind, EventStream
 from sluiceway.observability.request_events import (
     ModelRequestCompleted,
+    RequestAdaptiveTimeout,
     RequestEffectiveCapChanged,
+    RequestHedgeCompleted,
+    RequestHedgeStarted,
     RequestLeaseAcquired,
     RequestLeaseReleased,
     RequestLimitDecreased,
@@ -86,6 +92,10 @@ class ResourceSeries:
     completed: int = 0  # request attempts seen completing (traced ones when sampled)
     wait_seconds: list[float] = field(default_factory=list)
     latency_seconds: list[float] = field(default_factory=list)
+    # (time, deadline) of each attempt abandoned at its adaptive timeout
+    adaptive_timeouts: list[tuple[float, float]] = field(default_factory=list)
+    hedges_started_at: list[float] = field(default_factory=list)
+    hedge_results: Counter[str] = field(default_factory=Counter)  # won / lost / failed
 
     @property
     def label(self) -> str:
@@ -267,6 +277,12 @@ def _request_event(series: RunSeries, event: RequestEvent, at: float) -> None:
         # Always recorded (not a detail kind): one per rate-limited attempt of any task.
         series.rate_limited += 1
         resource.rate_limited_at.append(at)
+    elif isinstance(event, RequestAdaptiveTimeout):
+        resource.adaptive_timeouts.append((at, event.timeout_seconds))
+    elif isinstance(event, RequestHedgeStarted):
+        resource.hedges_started_at.append(at)
+    elif isinstance(event, RequestHedgeCompleted):
+        resource.hedge_results[event.result.value] += 1
 
 
 def read_only_counts(counter: Counter[str]) -> Mapping[str, int]:
