@@ -1,12 +1,13 @@
 """Deadlines of in-flight attempts on one timer: the executor's adaptive timeouts and hedges.
 
-``schedule(when, entry)`` files the entry under the tick that ends at or after ``when`` (ticks
-are ``tick_seconds`` long on the clock's time line); one timer runs at the earliest tick that
-holds entries, fires every entry of the ticks due by then that is not ``done``, and re-arms for
-the next. Cancelling an entry is setting its ``done``: no timer handle per attempt, no heap
-removal, so scheduling and cancelling cost a few attribute and dict operations on a path that
-runs thousands of times a second. The price is precision: an entry fires up to one tick after
-its time (never before).
+``schedule(when, token)`` files an integer token under the tick that ends at or after
+``when`` (ticks are ``tick_seconds`` long on the clock's time line); one timer runs at the
+earliest tick that holds tokens, calls ``fire(token)`` for every token of the ticks due by
+then that is still in the owner's ``pending`` mapping, and re-arms for the next. The owner
+cancels a deadline by removing its token from ``pending``: no timer handle and no object per
+attempt, no heap removal, so scheduling costs a division, a dict lookup and a list append on a
+path that runs thousands of times a second. The price is precision: a token fires up to one
+tick after its time (never before).
 """
 
 from __future__ import annotations
@@ -14,17 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Protocol
-
-
-class DeadlineEntry(Protocol):
-    """Something to do at a deadline unless it is ``done`` by then; ``fire`` runs in the
-    timer's callback (synchronously, in an empty context) and must not raise."""
-
-    done: bool
-
-    def fire(self) -> None: ...
 
 
 class TimerHandle(Protocol):
@@ -38,40 +30,46 @@ class Timers(Protocol):
 
 
 class DeadlineWheel:
-    """Entries due at clock times, fired within one tick after their time.
+    """Tokens due at clock times, fired within one tick after their time.
 
-    ``clock`` is the time line of ``when``; ``timers`` default to the running event loop
-    (converted from ``clock``, which must then advance with the loop's time). Not thread-safe:
-    schedule from the loop's thread."""
+    ``fire`` runs in the timer's callback (synchronously, in an empty context), for tokens
+    still in ``pending`` when their tick is swept, and must not raise. ``clock`` is the time
+    line of ``when``; ``timers`` default to the running event loop (converted from ``clock``,
+    which must then advance with the loop's time). Not thread-safe: schedule from the loop's
+    thread."""
 
     def __init__(
         self,
         *,
         tick_seconds: float,
         clock: Callable[[], float],
+        fire: Callable[[int], None],
+        pending: Container[int],
         timers: Timers | None = None,
     ) -> None:
         if not tick_seconds > 0:
             raise ValueError(f"DeadlineWheel.tick_seconds must be > 0, got {tick_seconds}")
         self._tick_seconds = tick_seconds
         self._clock = clock
+        self._fire = fire
+        self._pending = pending
         self._timers = timers
-        self._buckets: dict[int, list[DeadlineEntry]] = {}
+        self._buckets: dict[int, list[int]] = {}
         self._armed_tick: int | None = None
         self._handle: TimerHandle | asyncio.TimerHandle | None = None
 
     @property
-    def pending(self) -> int:
-        """Entries filed and not yet swept (``done`` ones included until their tick passes)."""
+    def filed(self) -> int:
+        """Tokens filed and not yet swept (removed ones included until their tick passes)."""
         return sum(len(bucket) for bucket in self._buckets.values())
 
-    def schedule(self, when: float, entry: DeadlineEntry) -> None:
+    def schedule(self, when: float, token: int) -> None:
         tick = math.ceil(when / self._tick_seconds)
         bucket = self._buckets.get(tick)
         if bucket is not None:
-            bucket.append(entry)
+            bucket.append(token)
             return
-        self._buckets[tick] = [entry]
+        self._buckets[tick] = [token]
         armed = self._armed_tick
         if armed is None or tick < armed:
             self._arm(tick)
@@ -95,10 +93,11 @@ class DeadlineWheel:
         # A timer may run a hair before its time on the clock's reading: allow for it.
         current = math.floor((self._clock() + 1e-9) / self._tick_seconds)
         buckets = self._buckets
+        fire = self._fire
+        pending = self._pending
         for tick in sorted(tick for tick in buckets if tick <= current):
-            for entry in buckets.pop(tick):
-                if not entry.done:
-                    entry.done = True
-                    entry.fire()
+            for token in buckets.pop(tick):
+                if token in pending:
+                    fire(token)
         if buckets:
             self._arm(min(buckets))

@@ -25,6 +25,7 @@ import itertools
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sluiceway.errors import (
     EngineError,
@@ -97,34 +98,6 @@ class ModelRequestExecutorStatistics:
     hedges_skipped: int = 0
 
 
-class _AttemptDeadline:
-    """The adaptive deadline of one attempt: when it fires it cancels the attempt's task.
-
-    ``cancelling`` is the task's count of pending cancellations when the attempt started:
-    after the attempt ended, more than that (once this deadline's own is withdrawn) means
-    someone else cancelled the task too, and the cancellation is theirs to see."""
-
-    __slots__ = ("cancelling", "done", "expired", "task", "timeout_seconds", "window")
-
-    def __init__(
-        self, task: asyncio.Task[object], window: LatencyWindow, timeout_seconds: float
-    ) -> None:
-        self.task = task
-        self.window = window
-        self.timeout_seconds = timeout_seconds
-        self.cancelling = task.cancelling()
-        self.done = False
-        self.expired = False
-
-    def fire(self) -> None:
-        self.expired = True
-        self.task.cancel()
-
-    def absorb(self) -> bool:
-        """Withdraw this deadline's cancellation; True when no other one is pending."""
-        return self.task.uncancel() <= self.cancelling
-
-
 class _HedgeRace:
     """One call's first attempt and its possible hedge. Filed on the deadline wheel at the
     first attempt's start plus ``hedge_after_seconds``; ``fire`` starts the hedge task."""
@@ -133,7 +106,6 @@ class _HedgeRace:
         "cancelling",
         "client",
         "context",
-        "done",
         "executor",
         "finished",
         "hedge",
@@ -143,6 +115,7 @@ class _HedgeRace:
         "response",
         "task",
         "timeout_seconds",
+        "token",
         "window",
         "won",
     )
@@ -171,7 +144,7 @@ class _HedgeRace:
         self.window = window
         self.timeout_seconds = timeout_seconds
         self.hedge_after_seconds = hedge_after_seconds
-        self.done = False  # the wheel's flag: set when fired or no longer wanted
+        self.token = 0  # on the deadline wheel, once the first attempt sends
         self.finished = False  # the first attempt has ended
         self.won = False  # the hedge answered first and cancelled the first attempt
         self.response: ModelResponse | None = None
@@ -228,6 +201,10 @@ class ModelRequestExecutor:
         self._adaptive_timeout = False
         self._hedge_budget: HedgeBudget | None = None
         self._wheel: DeadlineWheel | None = None
+        # Deadlines on the wheel by token: the task an adaptive timeout cancels, or the race
+        # whose hedge it starts. A token leaves when it fires or when its attempt ends.
+        self._deadline_tokens = itertools.count(1)
+        self._deadlines: dict[int, asyncio.Task[Any] | _HedgeRace] = {}
         if stragglers is not None and stragglers.enabled:
             self._latency = LatencyTracker(stragglers)
             self._adaptive_timeout = stragglers.adaptive_timeout
@@ -239,6 +216,8 @@ class ModelRequestExecutor:
             self._wheel = DeadlineWheel(
                 tick_seconds=stragglers.min_timeout_seconds / 10,
                 clock=controller.clock,
+                fire=self._deadline_reached,
+                pending=self._deadlines,
                 timers=timers,
             )
         # Counters:
@@ -310,14 +289,24 @@ class ModelRequestExecutor:
         )
         clock = self._controller_clock
         started_at = clock() if timed or window is not None else 0.0
-        deadline: _AttemptDeadline | None = None
-        if timeout_seconds is not None and window is not None:
+        # An adaptive deadline cancels this task when it fires; ``cancelling`` is the task's
+        # count of pending cancellations before it, so a cancellation from elsewhere that
+        # comes with it stays the caller's to see.
+        token = 0
+        task: asyncio.Task[Any] | None = None
+        cancelling = 0
+        wheel = self._wheel
+        if timeout_seconds is not None and wheel is not None:
             task = asyncio.current_task()
             if task is not None:
-                deadline = _AttemptDeadline(task, window, timeout_seconds)
-                self._deadlines().schedule(started_at + timeout_seconds, deadline)
-        if race is not None:
-            self._deadlines().schedule(started_at + race.hedge_after_seconds, race)
+                cancelling = task.cancelling()
+                token = next(self._deadline_tokens)
+                self._deadlines[token] = task
+                wheel.schedule(started_at + timeout_seconds, token)
+        if race is not None and wheel is not None:
+            race.token = next(self._deadline_tokens)
+            self._deadlines[race.token] = race
+            wheel.schedule(started_at + race.hedge_after_seconds, race.token)
         try:
             if timed and events.wants(EventKind.MODEL_REQUEST_STARTED):
                 events.emit(
@@ -329,19 +318,26 @@ class ModelRequestExecutor:
                     )
                 )
             response = await client.send(request)
-            if deadline is not None and deadline.expired:
-                deadline.task.uncancel()  # the client answered in spite of the cancellation
+            if token and task is not None and token not in self._deadlines:
+                task.uncancel()  # the client answered in spite of the deadline's cancellation
             outcome = RequestReleaseOutcome.SUCCESS
             self._successes += 1
             if window is not None:
                 window.observe(clock() - started_at)
             return response
         except BaseException as exc:
-            if deadline is not None and deadline.expired and deadline.absorb():
+            if (
+                token
+                and task is not None
+                and token not in self._deadlines  # the deadline fired: withdraw its cancel
+                and task.uncancel() <= cancelling
+                and window is not None
+                and timeout_seconds is not None
+            ):
                 outcome = RequestReleaseOutcome.PROVIDER_TIMEOUT
                 self._failures += 1
                 self._adaptive_timeouts += 1
-                raise self._expired(item, lease, request, deadline) from None
+                raise self._expired(item, lease, request, window, timeout_seconds) from None
             outcome, retry_after_seconds = classify_exception(exc)
             if outcome is RequestReleaseOutcome.RATE_LIMITED:
                 self._rate_limited += 1
@@ -351,8 +347,8 @@ class ModelRequestExecutor:
                 self._failures += 1
             raise
         finally:
-            if deadline is not None:
-                deadline.done = True
+            if token:
+                self._deadlines.pop(token, None)
             if timed and events.wants(EventKind.MODEL_REQUEST_COMPLETED):
                 completed_at = controller.clock()
                 usage = response.usage if response is not None else None
@@ -380,22 +376,23 @@ class ModelRequestExecutor:
             if not result.released:
                 self._release_diagnostics += 1
 
-    def _deadlines(self) -> DeadlineWheel:
-        wheel = self._wheel
-        if wheel is None:
-            raise EngineError("attempt deadlines need an executor built with stragglers")
-        return wheel
+    def _deadline_reached(self, token: int) -> None:
+        """The wheel's callback: cancel the attempt, or start the hedge, still waiting on it."""
+        target = self._deadlines.pop(token, None)
+        if isinstance(target, _HedgeRace):
+            target.fire()
+        elif target is not None:
+            target.cancel()
 
     def _expired(
         self,
         item: RequestAdmissionItem,
         lease: RequestAdmissionLease,
         request: ModelRequest,
-        deadline: _AttemptDeadline,
+        window: LatencyWindow,
+        timeout_seconds: float,
     ) -> ProviderTimeoutError:
         """Account for an attempt abandoned at its adaptive deadline; the error to raise."""
-        window = deadline.window
-        timeout_seconds = deadline.timeout_seconds
         source = window.in_force()
         quantile = source.timeout_quantile_seconds
         samples = min(source.observed_total, self._settings().window)
@@ -478,7 +475,7 @@ class ModelRequestExecutor:
                 item, client, request, None, window, timeout_seconds, race
             )
         except BaseException as error:
-            race.finished = race.done = True
+            self._finish_race(race)
             hedge = race.hedge
             if race.won:
                 # The hedge answered first and cancelled this attempt: its answer is the call's,
@@ -497,13 +494,18 @@ class ModelRequestExecutor:
             if answer is not None:
                 return answer
             raise
-        race.finished = race.done = True
+        self._finish_race(race)
         if race.won:
             # Both answered: the hedge cancelled this attempt, whose client answered anyway.
             race.task.uncancel()
         if race.hedge is not None and not race.hedge.done():
             await self._stop_hedge(race.hedge)
         return response
+
+    def _finish_race(self, race: _HedgeRace) -> None:
+        """The first attempt ended: no hedge starts from now on."""
+        race.finished = True
+        self._deadlines.pop(race.token, None)
 
     @staticmethod
     async def _stop_hedge(hedge: asyncio.Task[ModelResponse | None]) -> None:

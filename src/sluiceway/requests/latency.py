@@ -10,9 +10,10 @@ two quantiles::
     hedge_after = hedge_factor * q(hedge_quantile)
 
 and an attempt gets ``min(timeout, configured timeout_seconds)`` (:meth:`attempt_timeout`).
-Every success is also a sample of its provider/model and domain as a whole (the window of
-column None, which calls made outside a task use directly): a column with fewer than
-``min_samples`` samples of its own borrows that window's values.
+The successes of every column are also samples of their provider/model and domain as a whole
+(the window of column None, which calls made outside a task use directly; all of a column's
+samples until it is warm, one in eight after): a column with fewer than ``min_samples``
+samples of its own borrows that window's values.
 
 Regimes:
 
@@ -29,8 +30,9 @@ Regimes:
   within a few dozen successes once answers come back;
 - latency falls: the window forgets the slow answers within ``window`` successes.
 
-Cost per success: one slot write; a refresh sorts ``window`` floats every ``refresh_every``
-samples (256 and 16 by default: well under a microsecond per sample, amortized).
+Cost per success: one slot write (and one in the parent for one sample in eight once the
+column is warm); a refresh sorts ``window`` floats every ``refresh_every`` samples (256 and 32
+by default: a fraction of a microsecond per sample, amortized).
 
 :class:`HedgeBudget` is a token bucket counted in attempts: each attempt earns
 ``hedge_budget_ratio`` of a hedge, at most ``hedge_burst`` hedges are saved up, and a hedge
@@ -65,7 +67,7 @@ class StragglerSettings:
     hedge_budget_ratio: float = 0.02
     hedge_burst: int = 10
     window: int = 256
-    refresh_every: int = 16
+    refresh_every: int = 32
 
     def __post_init__(self) -> None:
         for name in ("timeout_quantile", "hedge_quantile"):
@@ -99,6 +101,10 @@ class StragglerSettings:
     def enabled(self) -> bool:
         """Whether latency is tracked at all (for a timeout or a hedge)."""
         return self.adaptive_timeout or self.hedging
+
+
+# Once a column's window is warm, one of this many of its samples also goes to its parent.
+_PARENT_SHARE = 8
 
 
 def _nearest_rank(ordered: list[float], quantile: float) -> float:
@@ -163,6 +169,13 @@ class LatencyWindow:
 
     def observe(self, latency_seconds: float) -> None:
         """One success's provider call time."""
+        parent = self._parent
+        # The parent needs every sample while this window borrows its values, and a fresh
+        # share of them afterwards, for columns that start later.
+        if parent is not None and (
+            self.timeout_quantile_seconds is None or not self.observed_total % _PARENT_SHARE
+        ):
+            parent.observe(latency_seconds)
         samples = self._samples
         if len(samples) < self._settings.window:
             samples.append(latency_seconds)
@@ -174,8 +187,6 @@ class LatencyWindow:
         self._until_refresh -= 1
         if self._until_refresh <= 0:
             self._refresh()
-        if self._parent is not None:
-            self._parent.observe(latency_seconds)
 
     def in_force(self) -> LatencyWindow:
         """The window whose values apply: this one once warm, else its parent (if any)."""
