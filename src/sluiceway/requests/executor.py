@@ -631,9 +631,7 @@ class ModelRequestExecutor:
                 )
                 configured = request.timeout_seconds
                 if self._adaptive_timeout:
-                    timeout_seconds = window.attempt_timeout(
-                        configured, at_least_seconds=at_least_seconds
-                    )
+                    timeout_seconds = window.attempt_timeout(configured, at_least_seconds)
                 budget = self._hedge_budget
                 if budget is not None:
                     budget.earn()

@@ -138,8 +138,8 @@ class LatencyWindow:
 
     __slots__ = (
         "_answered_since_expiry",
+        "_capacity",
         "_escalation",
-        "_next",
         "_parent",
         "_samples",
         "_settings",
@@ -155,8 +155,9 @@ class LatencyWindow:
     def __init__(self, settings: StragglerSettings, parent: LatencyWindow | None = None) -> None:
         self._settings = settings
         self._parent = parent
-        self._samples: list[float] = []
-        self._next = 0  # the ring slot the next sample overwrites once the window is full
+        self._capacity = settings.window
+        # A ring: sample n goes to slot n % window; slots past the samples seen are unused.
+        self._samples: list[float] = [0.0] * settings.window
         self._until_refresh = settings.min_samples
         self._escalation = 0.0
         self._answered_since_expiry = True
@@ -169,23 +170,21 @@ class LatencyWindow:
 
     def observe(self, latency_seconds: float) -> None:
         """One success's provider call time."""
+        count = self.observed_total
         parent = self._parent
         # The parent needs every sample while this window borrows its values, and a fresh
         # share of them afterwards, for columns that start later.
         if parent is not None and (
-            self.timeout_quantile_seconds is None or not self.observed_total % _PARENT_SHARE
+            not count % _PARENT_SHARE or self.timeout_quantile_seconds is None
         ):
             parent.observe(latency_seconds)
-        samples = self._samples
-        if len(samples) < self._settings.window:
-            samples.append(latency_seconds)
-        else:
-            samples[self._next] = latency_seconds
-            self._next = (self._next + 1) % len(samples)
-        self.observed_total += 1
+        self._samples[count % self._capacity] = latency_seconds  # the ring's oldest slot
+        self.observed_total = count + 1
         self._answered_since_expiry = True
-        self._until_refresh -= 1
-        if self._until_refresh <= 0:
+        until = self._until_refresh - 1
+        if until > 0:
+            self._until_refresh = until
+        else:
             self._refresh()
 
     def in_force(self) -> LatencyWindow:
@@ -206,7 +205,7 @@ class LatencyWindow:
         source._settle()
 
     def attempt_timeout(
-        self, configured_seconds: float | None, *, at_least_seconds: float = 0.0
+        self, configured_seconds: float | None, at_least_seconds: float = 0.0
     ) -> float | None:
         """The deadline of the next attempt, or None when the configured timeout governs
         (before ``min_samples``, or when the adaptive value is not below it).
@@ -230,7 +229,7 @@ class LatencyWindow:
 
     def statistics(self) -> LatencyWindowStatistics:
         return LatencyWindowStatistics(
-            samples=len(self._samples),
+            samples=min(self.observed_total, self._capacity),
             observed_total=self.observed_total,
             timeout_quantile_seconds=self.timeout_quantile_seconds,
             hedge_quantile_seconds=self.hedge_quantile_seconds,
@@ -243,7 +242,8 @@ class LatencyWindow:
     def _refresh(self) -> None:
         settings = self._settings
         self._until_refresh = settings.refresh_every
-        ordered = sorted(self._samples)
+        filled = self.observed_total
+        ordered = sorted(self._samples if filled >= self._capacity else self._samples[:filled])
         self.timeout_quantile_seconds = _nearest_rank(ordered, settings.timeout_quantile)
         self.hedge_quantile_seconds = _nearest_rank(ordered, settings.hedge_quantile)
         self._escalation /= 2.0
