@@ -709,26 +709,43 @@ class EarlyShutdownConfig(ConfigModel):
 
 
 class RequestAdmissionConfig(ConfigModel):
-    """Adaptive request limits per provider/model and domain (SPEC §6.3).
+    """Adaptive request limits per provider/model and domain (SPEC §6.3, §6.6).
 
-    With ``adaptive`` the limit starts at the static cap (or ``initial_limit``), decreases by
-    ``decrease_factor`` on a rate limit (at most once per burst) and grows by one after
-    ``successes_until_increase`` successes while it is in use. ``latency_gradient`` adds a
-    delay-based cap for servers that queue instead of answering 429.
+    With ``adaptive`` the limit slow-starts from half the static cap (or ``initial_limit``),
+    decreases on a refusal, recovers per round trip to the concurrency recently served, holds
+    there ``hold_round_trips`` round trips (at most ``max_hold_seconds``) and then probes above
+    it. ``latency_gradient`` adds a delay-based cap for servers that queue instead of answering
+    429.
     """
 
     adaptive: bool = True
     initial_limit: int | None = Field(default=None, ge=1)
+    slow_start: bool = True
     decrease_factor: float = Field(default=0.75, gt=0.0, lt=1.0)
-    successes_until_increase: int = Field(default=25, ge=1)
-    ceiling_hold_seconds: float = Field(default=30.0, ge=0.0)
+    hold_round_trips: int = Field(default=2, ge=1, le=64)
+    max_hold_seconds: float = Field(default=10.0, ge=0.0)
     startup_ramp_seconds: float = Field(default=0.0, ge=0.0)
-    default_cooldown_seconds: float = Field(default=2.0, ge=0.0)
+    default_cooldown_seconds: float = Field(default=0.5, ge=0.0)
     max_cooldown_seconds: float = Field(default=60.0, ge=0.0)
     latency_gradient: bool = False
     queue_wait_timeout_seconds: float | None = Field(default=None, gt=0.0)
     # The rolling window the models' rpm / tpm budgets are counted in (60 s, as providers count).
     budget_window_seconds: float = Field(default=60.0, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in ("successes_until_increase", "ceiling_hold_seconds"):
+                if name in data:
+                    raise config_value_error(
+                        "removed_field",
+                        f"{name} is no longer a setting: the limit now recovers and probes per "
+                        "round trip",
+                        f"remove {name}; hold_round_trips and max_hold_seconds tune how long the "
+                        "limit holds before it probes above the level last served",
+                    )
+        return data
 
 
 class EventsConfig(ConfigModel):

@@ -70,6 +70,7 @@ from sluiceway.requests.limits import (
     PRESSURE_OUTCOMES,
     AdaptiveLimitSettings,
     AdaptiveRequestLimit,
+    LimitReason,
     RequestLimit,
     RequestLimitFactory,
     adaptive_limits,
@@ -612,10 +613,15 @@ def _breaker_cap(pool: _Pool) -> int:
     return pool.cap
 
 
-def _decrease_reason(cause: RequestReleaseOutcome | None) -> LimitChangeCode:
+_LIMIT_REASONS = {reason: LimitChangeCode(reason.value) for reason in LimitReason}
+
+
+def _decrease_reason(source: RequestLimit, cause: RequestReleaseOutcome | None) -> LimitChangeCode:
     if cause is None:
         return LimitChangeCode.STARTUP_RAMP  # only a ramp moves the limit as time passes
     if cause in PRESSURE_OUTCOMES:
+        if isinstance(source, AdaptiveRequestLimit) and source.reason is not None:
+            return _LIMIT_REASONS[source.reason]
         return LimitChangeCode.RATE_LIMITED
     return LimitChangeCode.LATENCY_GRADIENT
 
@@ -628,7 +634,9 @@ def _increase_reason(source: RequestLimit, cause: RequestReleaseOutcome | None) 
             return LimitChangeCode.STARTUP_RAMP
         if source.latency_bound:
             return LimitChangeCode.LATENCY_GRADIENT
-    return LimitChangeCode.ADDITIVE_INCREASE
+        if source.reason is not None:
+            return _LIMIT_REASONS[source.reason]
+    return LimitChangeCode.RECOVERY
 
 
 _owner_ids = itertools.count(1)
@@ -1741,7 +1749,7 @@ class RequestAdmissionController:
                         **domain.tags,
                         previous_limit=previous,
                         limit=limit,
-                        reason=_decrease_reason(cause),
+                        reason=_decrease_reason(domain.limit_source, cause),
                         captured_at=now,
                     )
                 )
