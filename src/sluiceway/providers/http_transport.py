@@ -235,7 +235,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         request: httpx.Request | None = None,
     ) -> RawAnswer:
         """Send ``message`` (a whole HTTP/1.1 request: head and body) to ``origin`` and read the
-        whole answer. ``timeouts`` per phase: ``pool``, ``connect``, ``write``, ``read``.
+        whole answer. ``timeouts`` per phase, as httpx means them: ``pool``, ``connect``,
+        ``write``, and ``read`` for each wait for more bytes (absent: no limit). A limit on the
+        whole exchange is the caller's (the provider clients wrap it in ``asyncio.timeout``).
         Failures are httpx's exceptions, naming ``request`` when given.
 
         The provider clients call this directly with a head they keep ready, which spares them

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
+from sluiceway.errors import ProviderTimeoutError
 from sluiceway.providers.base import ChatMessage, GenerationKind, ModelRequest
 from sluiceway.providers.behaviour import SimulationSettings
 from sluiceway.providers.http_base import uses_proxy
 from sluiceway.providers.http_transport import Http11Transport
 from sluiceway.providers.mock_server import MockProviderServer, MockServerSettings
 from sluiceway.providers.openai import OpenAICompatibleClient
+from sluiceway.requests.outcomes import RequestReleaseOutcome, classify_exception
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -352,3 +354,45 @@ def test_a_header_value_with_a_line_break_is_refused_when_the_client_is_built() 
         OpenAICompatibleClient(
             "raw", base_url="http://127.0.0.1:9", headers={"X-Team": "locks\r\nX-Evil: 1"}
         )
+
+
+@pytest.mark.parametrize("path", ["wire", "httpx"])
+async def test_timeout_seconds_bounds_the_whole_attempt_against_a_trickling_server(
+    path: str,
+) -> None:
+    # The server sends a head promising 400 bytes, then one byte every 20 ms: every read
+    # gets data well within the timeout, but the whole answer would take 8 s.
+    promised = 400
+    sent: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % promised)
+        sent.append(0)
+        try:
+            for _ in range(promised):
+                writer.write(b" ")
+                await writer.drain()
+                sent[0] += 1
+                await asyncio.sleep(0.02)
+        except ConnectionError:
+            pass  # the client gave up and closed the connection
+
+    server, base = await _raw_server(handler)
+    transport = Http11Transport(1) if path == "httpx" else None
+    client = OpenAICompatibleClient("raw", base_url=base, transport=transport)
+    request = ModelRequest(
+        model_id="m",
+        kind=GenerationKind.TEXT,
+        messages=(ChatMessage(role="user", content="hi"),),
+        timeout_seconds=0.3,
+    )
+    try:
+        with pytest.raises(ProviderTimeoutError, match=r"timeout_seconds=0\.3") as caught:
+            await client.send(request)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    assert classify_exception(caught.value) == (RequestReleaseOutcome.PROVIDER_TIMEOUT, None)
+    assert sent and sent[0] < promised  # the attempt ended before the trickle did
