@@ -14,6 +14,7 @@
     │   ├── BadRequestError              the request itself is invalid (non-retryable)
     │   │   └── ContextLengthError           the prompt does not fit the model's context
     │   ├── QuotaExceededError           the account's quota or credit is spent (non-retryable)
+    │   ├── ProviderRedirectError        a 3xx answer: base_url is wrong (non-retryable)
     │   └── AuthenticationError          bad or missing credentials (non-retryable)
     ├── RequestAdmissionError        a request lease could not be granted (timeout, shutdown)
     ├── StorageError                 the output could not be written (fatal)
@@ -136,6 +137,13 @@ class ContextLengthError(BadRequestError):
 
 class QuotaExceededError(ProviderError):
     """The account has no quota or credit left; waiting for a rate window does not help."""
+
+    retryable = False
+
+
+class ProviderRedirectError(ProviderError):
+    """The endpoint answered with a redirect (3xx); redirects are not followed, since the
+    configured ``base_url`` most likely names the wrong address. Retrying cannot help."""
 
     retryable = False
 

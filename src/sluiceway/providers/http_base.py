@@ -125,12 +125,18 @@ class HttpProviderBase:
                 body=content,
                 now_epoch_seconds=time.time(),
                 secret=self._secret,
+                base_url=self._base_url,
             )
         try:
             return json.loads(content)
         except (ValueError, UnicodeDecodeError):
             raise ProviderUnavailableError(
                 f"{where}: HTTP {status} with a body that is not JSON "
+                f"({len(content)} bytes); the endpoint answered malformed data"
+            ) from None
+        except RecursionError:
+            raise ProviderUnavailableError(
+                f"{where}: HTTP {status} with a JSON body nested too deeply to decode "
                 f"({len(content)} bytes); the endpoint answered malformed data"
             ) from None
 
