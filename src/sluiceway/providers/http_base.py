@@ -6,8 +6,9 @@ when the environment names a proxy for ``base_url`` — ``HTTPS_PROXY`` and the 
 own transport is used instead, so the proxy is honoured, also without retries), sends one
 request under one deadline of the model's ``timeout_seconds`` (from waiting for a connection
 to the last byte of the answer) and maps every transport failure and non-2xx answer to a
-typed error. Credentials live only in the request headers; they are never
-put into messages, ``repr`` or logs.
+typed error. The rate-limit headers of an answer (OpenAI's or Anthropic's) go with it: on
+the answer for a success, on the error for a refusal. Credentials live only in the request
+headers; they are never put into messages, ``repr`` or logs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from httpx._utils import URLPattern, get_environment_proxies
@@ -24,6 +25,11 @@ from httpx._utils import URLPattern, get_environment_proxies
 from sluiceway.errors import ProviderTimeoutError, ProviderUnavailableError
 from sluiceway.providers.http_errors import error_for_response, redact
 from sluiceway.providers.http_transport import Http11Transport, default_port
+from sluiceway.providers.rate_limit_headers import (
+    parse_rate_limit_headers,
+    select_rate_limit_headers,
+)
+from sluiceway.rate_limits import RateLimitHeaders
 from sluiceway.version import __version__
 
 _NO_PHASE_TIMEOUTS: Mapping[str, float | None] = {}
@@ -42,6 +48,13 @@ def uses_proxy(base_url: str) -> bool:
         if pattern.matches(url):
             return proxy is not None
     return False
+
+
+class JsonAnswer(NamedTuple):
+    """A decoded 2xx answer and the rate-limit windows its headers reported (``None``: none)."""
+
+    data: Any
+    rate_limit: RateLimitHeaders | None
 
 
 class HttpProviderBase:
@@ -86,8 +99,9 @@ class HttpProviderBase:
 
     async def _post(
         self, path: str, body: Mapping[str, Any], *, model_id: str, timeout_seconds: float | None
-    ) -> Any:
-        """POST ``body`` as JSON and return the decoded JSON answer, or raise a typed error."""
+    ) -> JsonAnswer:
+        """POST ``body`` as JSON and return the decoded JSON answer with the rate-limit windows
+        its headers reported, or raise a typed error (a rate-limit error carries them too)."""
         timeout = self._default_timeout_seconds if timeout_seconds is None else timeout_seconds
         where = f"provider {self.name!r} model {model_id!r}"
         headers: httpx.Headers | list[tuple[bytes, bytes]]
@@ -116,6 +130,12 @@ class HttpProviderBase:
                 f"{where}: connection failed ({type(exc).__name__}: {detail}); check base_url "
                 "and that the endpoint is up"
             ) from None
+        fields = select_rate_limit_headers(
+            headers.raw if isinstance(headers, httpx.Headers) else headers
+        )
+        rate_limit = (
+            parse_rate_limit_headers(fields, now_epoch_seconds=time.time()) if fields else None
+        )
         if status >= 300:
             raise error_for_response(
                 provider=self.name,
@@ -126,9 +146,10 @@ class HttpProviderBase:
                 now_epoch_seconds=time.time(),
                 secret=self._secret,
                 base_url=self._base_url,
+                rate_limit=rate_limit,
             )
         try:
-            return json.loads(content)
+            return JsonAnswer(json.loads(content), rate_limit)
         except (ValueError, UnicodeDecodeError):
             raise ProviderUnavailableError(
                 f"{where}: HTTP {status} with a body that is not JSON "

@@ -26,6 +26,7 @@ from sluiceway.errors import (
     QuotaExceededError,
     RateLimitedError,
 )
+from sluiceway.rate_limits import RateLimitHeaders
 
 _MAX_DETAIL_CHARS = 300
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
@@ -105,11 +106,13 @@ def error_for_response(
     now_epoch_seconds: float,
     secret: str | None = None,
     base_url: str | None = None,
+    rate_limit: RateLimitHeaders | None = None,
 ) -> ProviderError:
     """The typed error for a non-2xx answer (rate limit vs quota, context length, auth, ...).
 
     A 3xx is a redirect, which is not followed: ``base_url`` (named in the message when
-    given) most likely points at the wrong address.
+    given) most likely points at the wrong address. Rate-limit and overload errors carry
+    ``rate_limit`` (the windows the answer's headers reported).
     """
     where = f"provider {provider!r} model {model_id!r}: HTTP {status}"
     if 300 <= status < 400:
@@ -131,10 +134,14 @@ def error_for_response(
             return QuotaExceededError(
                 f"{where}; the account's quota is spent, add credit or raise the quota"
             )
-        return RateLimitedError(f"{where}; rate limited", retry_after_seconds=retry_after)
+        return RateLimitedError(
+            f"{where}; rate limited", retry_after_seconds=retry_after, rate_limit=rate_limit
+        )
     if status in (503, 529) or kind == "overloaded_error":
         return ProviderOverloadedError(
-            f"{where}; the endpoint is overloaded", retry_after_seconds=retry_after
+            f"{where}; the endpoint is overloaded",
+            retry_after_seconds=retry_after,
+            rate_limit=rate_limit,
         )
     if status in (401, 403):
         return AuthenticationError(

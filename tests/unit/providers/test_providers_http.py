@@ -26,6 +26,7 @@ from sluiceway.providers.http_errors import error_for_response, parse_retry_afte
 from sluiceway.providers.http_transport import Http11Transport
 from sluiceway.providers.mock_server import MockProviderServer, MockServerSettings
 from sluiceway.providers.openai import OpenAICompatibleClient
+from sluiceway.rate_limits import RateLimitHeaders, RateLimitWindow
 
 SECRET = "sk-test-0123456789abcdefSECRET"
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -245,6 +246,7 @@ async def test_anthropic_client_maps_system_schema_and_usage() -> None:
                 "content": [{"type": "thinking", "thinking": "hm"}, {"type": "text", "text": "{}"}],
                 "usage": {"input_tokens": 5, "output_tokens": 2},
             },
+            headers={"Anthropic-RateLimit-Requests-Remaining": "41"},
         )
 
     client = AnthropicClient("a", api_key=SECRET, transport=httpx.MockTransport(answer))
@@ -253,5 +255,6 @@ async def test_anthropic_client_maps_system_schema_and_usage() -> None:
     finally:
         await client.aclose()
     assert (response.text, response.reasoning, response.usage.total_tokens) == ("{}", "hm", 7)
+    assert response.rate_limit == RateLimitHeaders(requests=RateLimitWindow(remaining=41))
     assert seen[0].headers["x-api-key"] == SECRET
     assert b"JSON schema" in seen[0].content and SECRET not in repr(client)
