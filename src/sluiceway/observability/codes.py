@@ -88,6 +88,13 @@ class RequestDenialCode(enum.StrEnum):
     BREAKER_OPEN = "breaker_open"
 
 
+class PacingWindowCode(enum.StrEnum):
+    """Which window a provider reports holds grants back."""
+
+    REQUESTS = "requests"
+    TOKENS = "tokens"
+
+
 class LimitChangeCode(enum.StrEnum):
     """Why a domain's request limit moved."""
 

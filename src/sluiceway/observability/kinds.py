@@ -67,6 +67,7 @@ class EventKind(enum.StrEnum):
     REQUEST_LIMIT_INCREASED = "request_limit_increased"
     REQUEST_SOFT_CEILING_RECOVERED = "request_soft_ceiling_recovered"
     REQUEST_FULLY_RECOVERED = "request_fully_recovered"
+    REQUEST_PACING_HELD = "request_pacing_held"
     REQUEST_LEASE_RELEASED = "request_lease_released"
     REQUEST_RELEASE_DIAGNOSTIC = "request_release_diagnostic"
 

@@ -33,6 +33,7 @@ from sluiceway.fair_queue import QueueEntry, WeightedFairQueue
 from sluiceway.observability import EventBus, EventKind
 from sluiceway.observability.codes import (
     LimitChangeCode,
+    PacingWindowCode,
     ReleaseDiagnosticCode,
     RequestDenialCode,
     RequestDomainCode,
@@ -46,6 +47,7 @@ from sluiceway.observability.request_events import (
     RequestLeaseReleased,
     RequestLimitDecreased,
     RequestLimitIncreased,
+    RequestPacingHeld,
     RequestQueueDrained,
     RequestQueueFormed,
     RequestRateLimited,
@@ -57,6 +59,7 @@ from sluiceway.observability.request_events import (
     RequestWaitStarted,
     RequestWaitTimeout,
 )
+from sluiceway.rate_limits import RateLimitHeaders
 from sluiceway.requests.budgets import (
     BudgetCharge,
     BudgetKind,
@@ -77,6 +80,7 @@ from sluiceway.requests.limits import (
     static_limits,
 )
 from sluiceway.requests.outcomes import RequestReleaseOutcome
+from sluiceway.requests.pacing import PacedKind, PacedWindow
 from sluiceway.values import fast_init
 
 DEFAULT_GROUP = "default"
@@ -248,6 +252,10 @@ class RequestAdmissionLease:
     limit_at_grant: int
     owner: int = field(repr=False)
     reserved_tokens: int = 0  # charged to the tpm budgets of its provider/model, if any
+    # Grants (and their estimated tokens) of its provider/model up to and including this one:
+    # what a rate-limit report in its answer may already have counted.
+    sequence: int = field(default=0, repr=False)
+    token_sequence: int = field(default=0, repr=False)
 
 
 @fast_init
@@ -428,11 +436,15 @@ class _Pool:
         "budgets",
         "cap",
         "failing_since",
+        "granted_tokens",
         "granted_total",
         "in_flight",
         "key",
         "max_in_flight",
         "max_waiters",
+        "paced",
+        "pacers",
+        "pacing_held",
         "probe_at",
         "probe_lease_id",
         "queue",
@@ -458,6 +470,12 @@ class _Pool:
         self.budget_deadline: float | None = None
         self.budget_timer: TimerHandle | None = None
         self.budget_denials = 0
+        # Windows the provider reports in its answers (requests, tokens); ``paced`` once any
+        # answer reported one, so a provider that reports none costs nothing.
+        self.pacers = (PacedWindow(PacedKind.REQUESTS), PacedWindow(PacedKind.TOKENS))
+        self.paced = False
+        self.pacing_held = False  # a paced window holds a waiter back (for the event's edge)
+        self.granted_tokens = 0
 
 
 class RequestEventTags(TypedDict):
@@ -601,6 +619,15 @@ def _budget_ready_at(pool: _Pool, item: RequestAdmissionItem, now: float) -> flo
         at = budget.budget.ready_at(budget.amount(item), now)
         if at > ready_at:
             ready_at = at
+    return ready_at
+
+
+def _paced_ready_at(pool: _Pool, item: RequestAdmissionItem, now: float) -> float:
+    """When the windows ``pool``'s provider reports have room for ``item``."""
+    requests, tokens = pool.pacers
+    ready_at = requests.ready_at(1, now)
+    if item.estimated_tokens:
+        ready_at = max(ready_at, tokens.ready_at(item.estimated_tokens, now))
     return ready_at
 
 
@@ -800,6 +827,13 @@ class RequestAdmissionController:
                 return RequestAdmissionDenied(
                     reason=DenialReason.NO_CAPACITY, budget_ready_at=ready_at
                 )
+        if pool.paced:
+            ready_at = _paced_ready_at(pool, item, now)
+            if ready_at > now:
+                self._pacing_holds(domain, ready_at, now)
+                return RequestAdmissionDenied(
+                    reason=DenialReason.NO_CAPACITY, budget_ready_at=ready_at
+                )
         return self._grant(domain, item, now)
 
     async def acquire(self, item: RequestAdmissionItem) -> RequestAdmissionLease:
@@ -937,6 +971,7 @@ class RequestAdmissionController:
         *,
         retry_after_seconds: float | None = None,
         usage_tokens: int | None = None,
+        rate_limit: RateLimitHeaders | None = None,
     ) -> None:
         """Schedule ``release`` on the controller's loop from a worker thread."""
         if self._loop is None:
@@ -948,6 +983,7 @@ class RequestAdmissionController:
                 outcome,
                 retry_after_seconds=retry_after_seconds,
                 usage_tokens=usage_tokens,
+                rate_limit=rate_limit,
             )
         )
 
@@ -960,14 +996,16 @@ class RequestAdmissionController:
         *,
         retry_after_seconds: float | None = None,
         usage_tokens: int | None = None,
+        rate_limit: RateLimitHeaders | None = None,
     ) -> ReleaseResult:
         """Return a lease's capacity and report its outcome to the domain's limit.
 
         ``usage_tokens`` (the tokens the provider reported) settles the lease's tpm charges;
-        without it the estimate reserved at the grant stays charged. Never raises for misuse:
-        a second release, a lease of another controller or an unknown lease returns a
-        diagnostic result and changes nothing. Raises :class:`EngineError` only when the
-        controller's own counts are broken or ``usage_tokens`` is negative.
+        without it the estimate reserved at the grant stays charged. ``rate_limit`` (the windows
+        the answer reported) paces later grants of the provider/model (:mod:`.pacing`).
+        Never raises for misuse: a second release, a lease of another controller or an unknown
+        lease returns a diagnostic result and changes nothing. Raises :class:`EngineError` only
+        when the controller's own counts are broken or ``usage_tokens`` is negative.
         """
         if usage_tokens is not None and usage_tokens < 0:
             raise EngineError(
@@ -992,6 +1030,8 @@ class RequestAdmissionController:
                 f"{domain.in_flight} (domain) / {pool.in_flight} (provider/model) below 1"
             )
         now = self._clock()
+        if rate_limit is not None:
+            self._take_report(pool, lease, rate_limit, now)
         freed: list[_Pool] = []
         charges = self._charges.pop(lease.lease_id, None) if self._charges else None
         if charges is not None and usage_tokens is not None:
@@ -1132,15 +1172,19 @@ class RequestAdmissionController:
     def reserves_tokens(self, resource: RequestResourceKey) -> bool:
         """True when a tpm budget applies to ``resource`` (items then need a token estimate)."""
         pool = self._pools.get(resource.provider_model)
-        return pool is not None and any(
-            budget.budget.kind is BudgetKind.TOKENS for budget in pool.budgets
+        return pool is not None and (
+            pool.pacers[1].active
+            or any(budget.budget.kind is BudgetKind.TOKENS for budget in pool.budgets)
         )
 
     def _budget_blocked(self, pool: _Pool) -> bool:
-        if not pool.budgets:
+        if not pool.budgets and not pool.paced:
             return False
         now = self._clock()
-        return any(budget.budget.ready_at(1, now) > now for budget in pool.budgets)
+        return (
+            any(budget.budget.ready_at(1, now) > now for budget in pool.budgets)
+            or pool.pacers[0].ready_at(1, now) > now
+        )
 
     def statistics(self) -> RequestAdmissionStatistics:
         now = self._clock()
@@ -1265,12 +1309,19 @@ class RequestAdmissionController:
         # One clock reading for every check and charge of this step: a budget is never asked
         # about an instant before a charge this step already made.
         now = self._clock()
-        if pool.budgets:
+        paced: list[_Domain] = []  # a domain a window the provider reports holds back
+        if pool.budgets or pool.paced:
 
             def eligible(entry: QueueEntry[_Waiter]) -> bool:
                 if not entry.item.domain.has_capacity():
                     return False
-                ready_at = _budget_ready_at(pool, entry.item.item, now)
+                item = entry.item.item
+                ready_at = _budget_ready_at(pool, item, now) if pool.budgets else now
+                if pool.paced:
+                    paced_at = _paced_ready_at(pool, item, now)
+                    if paced_at > now:
+                        paced.append(entry.item.domain)
+                        ready_at = max(ready_at, paced_at)
                 if ready_at > now:
                     held_until[0] = min(held_until[0], ready_at)
                     return False
@@ -1296,8 +1347,51 @@ class RequestAdmissionController:
             waiter.in_flight_at_grant = waiter.domain.in_flight
         if last is not None and not queue:
             self._emit_queue_drained(last.domain)
-        if pool.budgets:
+        if pool.budgets or pool.paced:
+            if queue and paced:
+                self._pacing_holds(paced[-1], held_until[0], now)
             self._arm_budget_timer(pool, held_until[0] if queue else math.inf)
+
+    def _take_report(
+        self, pool: _Pool, lease: RequestAdmissionLease, report: RateLimitHeaders, now: float
+    ) -> None:
+        """Let the windows an answer reported pace the provider/model's later grants."""
+        requests_window, tokens_window = pool.pacers
+        if report.requests is not None:
+            requests_window.report(
+                report.requests,
+                now=now,
+                sequence=lease.sequence,
+                unseen=pool.granted_total - lease.sequence,
+            )
+        if report.tokens is not None:
+            tokens_window.report(
+                report.tokens,
+                now=now,
+                sequence=lease.sequence,
+                unseen=pool.granted_tokens - lease.token_sequence,
+            )
+        pool.paced = pool.paced or requests_window.active or tokens_window.active
+
+    def _pacing_holds(self, domain: _Domain, ready_at: float, now: float) -> None:
+        """Count a grant a reported window holds back; the first of a hold is an event."""
+        pool = domain.pool
+        requests_window, tokens_window = pool.pacers
+        window = requests_window if requests_window.ready_at(1, now) > now else tokens_window
+        window.holds += 1
+        if pool.pacing_held:
+            return
+        pool.pacing_held = True
+        if self._events.wants(EventKind.REQUEST_PACING_HELD):
+            self._events.emit(
+                RequestPacingHeld(
+                    **domain.tags,
+                    window=PacingWindowCode(window.kind.value),
+                    available=max(0, math.floor(window.available(now))),
+                    ready_in_seconds=max(0.0, ready_at - now),
+                    captured_at=now,
+                )
+            )
 
     def _arm_budget_timer(self, pool: _Pool, deadline: float) -> None:
         """Wake ``pool``'s waiters when a budget next has room for one of them."""
@@ -1461,6 +1555,13 @@ class RequestAdmissionController:
         self._next_lease_id += 1
         if pool.breaker is BreakerState.HALF_OPEN:
             pool.probe_lease_id = self._next_lease_id
+        tokens = item.estimated_tokens
+        pool.granted_tokens += tokens
+        if pool.paced:
+            requests_window, tokens_window = pool.pacers
+            requests_window.charge(1)
+            tokens_window.charge(tokens)
+            pool.pacing_held = False
         budgets = pool.budgets
         reserved_tokens = 0
         if budgets:
@@ -1479,6 +1580,8 @@ class RequestAdmissionController:
             limit_at_grant=domain.limit,
             owner=self._owner,
             reserved_tokens=reserved_tokens,
+            sequence=pool.granted_total + 1,
+            token_sequence=pool.granted_tokens,
         )
         self._live[self._next_lease_id] = lease
         in_flight = pool.in_flight + 1

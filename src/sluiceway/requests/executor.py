@@ -28,6 +28,7 @@ from sluiceway.observability import EventBus, EventKind
 from sluiceway.observability.codes import RequestOutcomeCode
 from sluiceway.observability.request_events import ModelRequestCompleted, ModelRequestStarted
 from sluiceway.providers.base import ModelRequest, ModelResponse, ProviderClient
+from sluiceway.rate_limits import RateLimitHeaders
 from sluiceway.requests.admission import (
     DenialReason,
     RequestAdmissionController,
@@ -116,6 +117,7 @@ class ModelRequestExecutor:
         self._attempts += 1
         outcome = RequestReleaseOutcome.UNEXPECTED_EXCEPTION
         retry_after_seconds: float | None = None
+        rate_limit: RateLimitHeaders | None = None  # the windows the answer reported
         response: ModelResponse | None = None
         events = self._events
         # Trace sampling: both events are detail of a task attempt outside the sample unless
@@ -137,11 +139,14 @@ class ModelRequestExecutor:
                     )
                 )
             response = await client.send(request)
+            rate_limit = response.rate_limit
             outcome = RequestReleaseOutcome.SUCCESS
             self._successes += 1
             return response
         except BaseException as exc:
             outcome, retry_after_seconds = classify_exception(exc)
+            if isinstance(exc, RateLimitedError):
+                rate_limit = exc.rate_limit
             if outcome is RequestReleaseOutcome.RATE_LIMITED:
                 self._rate_limited += 1
             elif outcome is RequestReleaseOutcome.LOCAL_CANCELLED:
@@ -173,6 +178,7 @@ class ModelRequestExecutor:
                 outcome,
                 retry_after_seconds=retry_after_seconds,
                 usage_tokens=usage_tokens,
+                rate_limit=rate_limit,
             )
             if not result.released:
                 self._release_diagnostics += 1

@@ -180,19 +180,13 @@ class AimdState:
     hold_until: float | None = None
     hold_round_trips: int = 0  # 0: the limit's initial hold
     refused_at: int | None = None  # concurrency of the last refusal
+    # The concurrency last refused, kept above the limit, until a level at or above it is
+    # served again (what snapshots call the rate-limit ceiling).
+    ceiling: int | None = None
     rate_limited_at: float | None = None
     round_trip_seconds: float | None = None  # moving average of success latency
     reason: LimitReason | None = None  # of the last change of ``limit``
     cooldown: bool = False  # whether the last refusal calls for a domain cooldown
-
-    @property
-    def ceiling(self) -> int | None:
-        """The concurrency last refused (while above what is served now), for snapshots."""
-        return (
-            self.refused_at
-            if self.refused_at is not None and self.refused_at > self.served
-            else None
-        )
 
 
 _RTT_ALPHA = 0.2
@@ -264,6 +258,7 @@ class AimdLimit:
                 state,
                 limit=limit,
                 refused_at=refused_at,
+                ceiling=max(limit + 1, refused_at),
                 served=min(state.served, limit),
                 reason=LimitReason.RATE_LIMITED if limit < state.limit else state.reason,
                 cooldown=False,
@@ -287,6 +282,7 @@ class AimdLimit:
                 hold_until=self._hold_until(state, now, rounds),
                 hold_round_trips=rounds,
                 refused_at=refused_at,
+                ceiling=refused_at,
                 rate_limited_at=now,
                 reason=LimitReason.PROBE_REFUSED,
                 cooldown=False,
@@ -303,6 +299,7 @@ class AimdLimit:
             hold_until=self._hold_until(state, now, self.hold_round_trips),
             hold_round_trips=self.hold_round_trips,
             refused_at=refused_at,
+            ceiling=max(limit + 1, refused_at),
             rate_limited_at=now,
             reason=LimitReason.RATE_LIMITED,
             cooldown=True,
@@ -323,13 +320,16 @@ class AimdLimit:
         if latency_seconds is not None:
             rtt = latency_seconds if rtt is None else rtt + _RTT_ALPHA * (latency_seconds - rtt)
         served = max(state.served, min(in_flight, state.limit))
+        ceiling = state.ceiling
+        if ceiling is not None and served >= ceiling:
+            ceiling = None  # the level refused before is served again
         limit = state.limit
         if limit >= self.max_limit or in_flight < math.ceil(limit * self.usage_ratio):
             # Growth only while the limit is actually used.
             if rtt == state.round_trip_seconds and served == state.served:
                 return state
-            return replace(state, round_trip_seconds=rtt, served=served)
-        state = replace(state, round_trip_seconds=rtt, served=served)
+            return replace(state, round_trip_seconds=rtt, served=served, ceiling=ceiling)
+        state = replace(state, round_trip_seconds=rtt, served=served, ceiling=ceiling)
         phase = state.phase
         if phase is LimitPhase.STARTUP:
             return self._grown(state, limit + 1, LimitReason.SLOW_START, now)

@@ -48,6 +48,7 @@ from sluiceway.observability.request_events import (
     RequestWaitStarted,
 )
 from sluiceway.providers.base import ChatMessage, GenerationKind, ModelRequest, TokenUsage
+from sluiceway.rate_limits import RateLimitHeaders, RateLimitWindow
 from sluiceway.requests import (
     ModelRequestExecutor,
     ProviderModelKey,
@@ -294,11 +295,24 @@ def _executor(controller: RequestAdmissionController, bus: EventBus) -> ModelReq
     )
 
 
+async def _paced_by_reported_window() -> MemoryEventSink:
+    bus, sink = _bus()
+    controller, clock = _adaptive(bus, cap=4)
+    lease = _lease(controller.try_acquire(_item(1)))
+    spent = RateLimitWindow(limit=10, remaining=0, reset_seconds=1.0)
+    controller.release(lease, OK, rate_limit=RateLimitHeaders(requests=spent))
+    assert not isinstance(controller.try_acquire(_item(2)), RequestAdmissionLease)
+    clock.advance(0.1)
+    controller.release(_lease(controller.try_acquire(_item(3))), OK)
+    return sink
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     _immediate_acquire,
     _queued_wait,
     _wait_ends_without_a_lease,
     _rate_limit_and_recovery,
+    _paced_by_reported_window,
     _startup_ramp,
     _breaker_and_clamp,
     _executor_attempts,
