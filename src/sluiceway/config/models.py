@@ -721,6 +721,7 @@ class RequestAdmissionConfig(ConfigModel):
     adaptive: bool = True
     initial_limit: int | None = Field(default=None, ge=1)
     slow_start: bool = True
+    slow_start_seconds: float = Field(default=0.05, gt=0.0, le=60.0)
     decrease_factor: float = Field(default=0.75, gt=0.0, lt=1.0)
     hold_round_trips: int = Field(default=2, ge=1, le=64)
     max_hold_seconds: float = Field(default=10.0, ge=0.0)

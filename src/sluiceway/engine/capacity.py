@@ -110,6 +110,7 @@ def _configured(
         "adaptive",
         "decrease_factor",
         "slow_start",
+        "slow_start_seconds",
         "hold_round_trips",
         "max_hold_seconds",
         "startup_ramp_seconds",

@@ -256,6 +256,7 @@ class RequestAdmissionLease:
     # what a rate-limit report in its answer may already have counted.
     sequence: int = field(default=0, repr=False)
     token_sequence: int = field(default=0, repr=False)
+    in_flight_at_grant: int = 0  # of its domain, itself included: the concurrency it went at
 
 
 @fast_init
@@ -1053,6 +1054,7 @@ class RequestAdmissionController:
             now=now,
             limit_at_grant=lease.limit_at_grant,
             in_flight=in_flight_with_this,
+            in_flight_at_grant=lease.in_flight_at_grant,
             retry_after_seconds=retry_after_seconds,
             latency_seconds=max(0.0, now - lease.granted_at),
         )
@@ -1582,6 +1584,7 @@ class RequestAdmissionController:
             reserved_tokens=reserved_tokens,
             sequence=pool.granted_total + 1,
             token_sequence=pool.granted_tokens,
+            in_flight_at_grant=domain.in_flight + 1,
         )
         self._live[self._next_lease_id] = lease
         in_flight = pool.in_flight + 1

@@ -8,10 +8,12 @@ pure classes that take ``now`` and samples and return a new state:
 - :class:`AimdLimit`: a limit that follows a changing provider both ways, in round trips (one
   round trip is about ``limit`` successes while the limit is in use). Its phases:
 
-  * ``startup``: slow start. The limit begins below the cap (half of it unless ``initial_limit``
-    says otherwise) and grows by one per success (doubling per round trip) while nothing is
-    refused, so a cap above the provider's true capacity earns about one refusal, not one per
-    excess request.
+  * ``startup``: slow start. The limit begins at half the cap and a :class:`StartupRamp`
+    spreads the other half over ``slow_start_seconds`` (50 ms); the first refusal stops it. A
+    refusal comes back in about a network round trip, far sooner than an answer, so a cap above
+    the provider's true capacity earns a refusal or two, not one per excess request, and a right
+    cap costs a few milliseconds. From an explicit ``initial_limit`` below the cap the limit
+    grows by one per success instead (doubling per round trip).
   * ``recovery``: after a decrease, one per success (doubling per round trip) back up to
     ``served``, the highest concurrency recently served without refusal.
   * ``hold``: at ``served``, wait ``hold_round_trips`` round trips (at most
@@ -90,6 +92,7 @@ class RequestLimit(Protocol):
         in_flight: int,
         retry_after_seconds: float | None,
         latency_seconds: float | None = None,
+        in_flight_at_grant: int | None = None,
     ) -> None: ...
 
     def advance(self, now: float) -> float | None:
@@ -134,6 +137,7 @@ class StaticRequestLimit:
         in_flight: int,
         retry_after_seconds: float | None,
         latency_seconds: float | None = None,
+        in_flight_at_grant: int | None = None,
     ) -> None:
         return None
 
@@ -312,14 +316,18 @@ class AimdLimit:
         in_flight: int,
         now: float | None = None,
         latency_seconds: float | None = None,
+        served_at: int | None = None,
     ) -> AimdState:
-        """``in_flight`` counts the requests in flight while this one was, itself included.
+        """``in_flight``: requests in flight as this one is answered, itself included (is the
+        limit in use); ``served_at``: requests in flight when it was sent, itself included (the
+        concurrency the provider served; defaults to ``in_flight``).
 
         Without ``now`` a hold ends at the next success."""
         rtt = state.round_trip_seconds
         if latency_seconds is not None:
             rtt = latency_seconds if rtt is None else rtt + _RTT_ALPHA * (latency_seconds - rtt)
-        served = max(state.served, min(in_flight, state.limit))
+        went_at = in_flight if served_at is None else served_at
+        served = max(state.served, min(went_at, state.limit))
         ceiling = state.ceiling
         if ceiling is not None and served >= ceiling:
             ceiling = None  # the level refused before is served again
@@ -375,24 +383,32 @@ class AimdLimit:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StartupRamp:
-    """Linear ramp from 1 to ``target`` over ``ramp_seconds`` starting at ``start_at``."""
+    """Linear ramp from ``first`` (1 unless given) to ``target`` over ``ramp_seconds`` starting
+    at ``start_at``: ``first + floor((target - first) * elapsed / ramp_seconds)``."""
 
     target: int
     ramp_seconds: float
     start_at: float
+    first: int = 1
 
     def limit_at(self, now: float) -> int:
-        if self.ramp_seconds <= 0 or self.target <= 1 or now >= self.start_at + self.ramp_seconds:
+        first = min(self.first, self.target)
+        if (
+            self.ramp_seconds <= 0
+            or self.target <= first
+            or now >= self.start_at + self.ramp_seconds
+        ):
             return self.target
         share = max(0.0, now - self.start_at) / self.ramp_seconds
-        return min(self.target, 1 + math.floor((self.target - 1) * share))
+        return min(self.target, first + math.floor((self.target - first) * share))
 
     def next_step_at(self, now: float) -> float | None:
         """When ``limit_at`` next grows, or ``None`` once the ramp is done."""
         current = self.limit_at(now)
         if current >= self.target:
             return None
-        at = self.start_at + self.ramp_seconds * current / (self.target - 1)
+        first = min(self.first, self.target)
+        at = self.start_at + self.ramp_seconds * (current + 1 - first) / (self.target - first)
         # Rounding may put the computed instant a hair before the step; the step must be real.
         while at <= now or self.limit_at(at) <= current:
             at = math.nextafter(at, math.inf)
@@ -501,6 +517,7 @@ class AdaptiveLimitSettings:
     initial_limit: int | None = None  # None: half the effective max with slow start, else it
     max_limit: int | None = None  # optional clamp below the static cap
     slow_start: bool = False  # on in a run by default (run.request_admission.slow_start)
+    slow_start_seconds: float = 0.05
     decrease_factor: float = 0.75
     usage_ratio: float = 0.8
     hold_round_trips: int = 2
@@ -527,7 +544,9 @@ class AdaptiveRequestLimit:
         "_gradient",
         "_gradient_state",
         "_ramp",
+        "_ramp_first",
         "_ramp_seconds",
+        "_ramp_target",
         "_state",
         "effective_max",
     )
@@ -544,6 +563,15 @@ class AdaptiveRequestLimit:
         else:
             initial = effective_max
         initial = max(1, min(effective_max, initial))
+        # The ramp starts at the first advance(): from 1 to the initial limit over
+        # startup_ramp_seconds, or with slow start from the initial limit to the max over
+        # slow_start_seconds (stopped by the first refusal).
+        self._ramp_first = 1
+        self._ramp_target = initial
+        self._ramp_seconds = settings.startup_ramp_seconds
+        if settings.slow_start and self._ramp_seconds <= 0 and initial < effective_max:
+            self._ramp_first, self._ramp_target = initial, effective_max
+            self._ramp_seconds = settings.slow_start_seconds
         self._aimd = AimdLimit(
             max_limit=effective_max,
             decrease_factor=settings.decrease_factor,
@@ -558,8 +586,7 @@ class AdaptiveRequestLimit:
         )
         self._cooldown_streak = 0
         self._state = self._aimd.initial(initial)
-        self._ramp_seconds = settings.startup_ramp_seconds
-        self._ramp: StartupRamp | None = None  # starts at the first advance()
+        self._ramp: StartupRamp | None = None
         self._blocked_until: float | None = None
         self._gradient = (
             GradientLimit(max_limit=effective_max) if settings.latency_gradient else None
@@ -623,8 +650,12 @@ class AdaptiveRequestLimit:
 
     def advance(self, now: float) -> float | None:
         if self._ramp_seconds > 0:
-            target = self._state.limit
-            self._ramp = StartupRamp(target=target, ramp_seconds=self._ramp_seconds, start_at=now)
+            self._ramp = StartupRamp(
+                target=self._ramp_target,
+                ramp_seconds=self._ramp_seconds,
+                start_at=now,
+                first=self._ramp_first,
+            )
             self._ramp_seconds = 0.0  # one ramp per domain
         self._ramped(now)
         if self._blocked_until is not None and now >= self._blocked_until:
@@ -644,11 +675,17 @@ class AdaptiveRequestLimit:
         in_flight: int,
         retry_after_seconds: float | None,
         latency_seconds: float | None = None,
+        in_flight_at_grant: int | None = None,
     ) -> None:
+        """``in_flight``: the domain's requests in flight at this release (this one included);
+        ``in_flight_at_grant``: at this request's grant, so a success shows the concurrency the
+        provider served (defaults to ``in_flight``)."""
+        went_at = in_flight if in_flight_at_grant is None else in_flight_at_grant
         self._ramped(now)
         if outcome in PRESSURE_OUTCOMES:
             self._ramp = None  # a rate limit aborts the startup ramp
             self._ramp_seconds = 0.0
+            # A refusal comes back at once: what is in flight now is what the provider held.
             self._state = self._aimd.on_rate_limited(
                 self._state, limit_at_grant=limit_at_grant, now=now, in_flight=in_flight
             )
@@ -665,7 +702,11 @@ class AdaptiveRequestLimit:
                 self._cooldown_streak = 0
                 if self._ramp is None:
                     self._state = self._aimd.on_success(
-                        self._state, in_flight=in_flight, now=now, latency_seconds=latency_seconds
+                        self._state,
+                        in_flight=in_flight,
+                        now=now,
+                        latency_seconds=latency_seconds,
+                        served_at=went_at,
                     )
             if self._gradient is not None and latency_seconds is not None:
                 self._gradient_state = self._gradient.on_sample(

@@ -83,6 +83,7 @@ def build_request_admission(
             initial_limit=tuning.initial_limit,
             decrease_factor=tuning.decrease_factor,
             slow_start=tuning.slow_start,
+            slow_start_seconds=tuning.slow_start_seconds,
             hold_round_trips=tuning.hold_round_trips,
             max_hold_seconds=tuning.max_hold_seconds,
             startup_ramp_seconds=tuning.startup_ramp_seconds,

@@ -345,6 +345,7 @@ class _LimitFailingAtCooldownEnd:
         in_flight: int,
         retry_after_seconds: float | None,
         latency_seconds: float | None = None,
+        in_flight_at_grant: int | None = None,
     ) -> None:
         if outcome is LIMITED:
             self.blocked_until = now + 1.0
