@@ -89,3 +89,31 @@ def test_a_storage_failure_is_a_clean_error_naming_the_path(tmp_path: Path) -> N
     assert "error:" in result.output
     assert str(blocker) in result.output.replace("\n", "")
     assert blocker.read_text() == "not a directory"
+
+
+def test_overwrite_keeps_the_users_files_of_every_kind_sluiceway_writes(tmp_path: Path) -> None:
+    out = tmp_path / "dataset"
+    config = _write(tmp_path, base_config(num_records=9))
+    assert runner.invoke(app, ["run", str(config), "-o", str(out), "-q"]).exit_code == 0
+    ours = {path.name for path in out.iterdir()}
+    assert {"manifest.json", "events.jsonl", "report.md", "part-000000.parquet"} <= ours
+    user_files = {
+        "notes.txt": b"my notes",
+        "my_chart.png": b"\x89PNG user chart",
+        "report-old.png": b"\x89PNG older report",
+        "events-old.jsonl": b'{"mine": true}\n',
+        "report-draft.md": b"# draft",
+        "mine.parquet": b"PAR1 user data PAR1",
+        "part-000099.parquet": b"PAR1 user data PAR1",
+        "backup.tmp": b"user temp",
+        "old-run_config.json": b"{}",
+    }
+    for name, data in user_files.items():
+        (out / name).write_bytes(data)
+
+    again = runner.invoke(app, ["run", str(config), "-o", str(out), "-q", "--overwrite"])
+
+    assert again.exit_code == 0, again.output
+    for name, data in user_files.items():
+        assert (out / name).read_bytes() == data, name
+    assert json.loads((out / "manifest.json").read_text())["rows_written"] == 9
