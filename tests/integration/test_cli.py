@@ -117,3 +117,26 @@ def test_overwrite_keeps_the_users_files_of_every_kind_sluiceway_writes(tmp_path
     for name, data in user_files.items():
         assert (out / name).read_bytes() == data, name
     assert json.loads((out / "manifest.json").read_text())["rows_written"] == 9
+
+
+def _files(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        path.name: (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(directory.iterdir())
+    }
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "dataset"
+    config = _write(tmp_path, base_config(num_records=9))
+    assert runner.invoke(app, ["run", str(config), "-o", str(out), "-q"]).exit_code == 0
+    before = _files(out)
+    assert {"events.jsonl", "report.md", "manifest.json"} <= set(before)
+
+    result = runner.invoke(app, ["run", str(config), "-o", str(out), "--resume"])
+
+    assert result.exit_code == 0, result.output
+    assert "already complete" in result.output
+    assert "9 of 9 rows written" in result.output
+    assert "run started" not in result.output
+    assert _files(out) == before

@@ -223,6 +223,15 @@ def run(
     except SluicewayError as error:
         raise _fail(error, err) from None
     info = outcome.info
+    if info.already_complete:
+        Console().print(
+            f"the run in {info.output_path} is already complete ({info.rows_written:,} of "
+            f"{info.num_records:,} rows written, {info.rows_dropped:,} dropped); nothing to do "
+            "and nothing changed. Pass --overwrite instead of --resume to generate it again.",
+            markup=False,
+            highlight=False,
+        )
+        return
     rate = info.model_requests / info.wall_seconds if info.wall_seconds else 0.0
     table = Table(title="run summary", show_header=False, title_justify="left")
     table.add_row("rows written", f"{info.rows_written:,} of {info.num_records:,}")

@@ -43,7 +43,7 @@ from sluiceway.storage.journal import (
     decode_payload,
     encode_payload,
 )
-from sluiceway.storage.manifest import MANIFEST_FILE_NAME, RunManifest
+from sluiceway.storage.manifest import MANIFEST_FILE_NAME, RunManifest, RunStatus
 from sluiceway.storage.recovery import (
     RUN_CONFIG_FILE_NAME,
     RecoveredOutput,
@@ -117,6 +117,18 @@ class ResumePlan:
     @property
     def completed_row_groups(self) -> frozenset[int]:
         return self.recovered.completed_row_groups
+
+    @property
+    def is_complete(self) -> bool:
+        """The run finished (status ``completed``) and every row group's file is still there:
+        there is nothing to resume."""
+        manifest = self.manifest
+        total = -(-manifest.num_records // manifest.buffer_size)
+        return (
+            manifest.status is RunStatus.COMPLETED
+            and not self.recovered.missing
+            and self.completed_row_groups == frozenset(range(total))
+        )
 
 
 def plan_resume(

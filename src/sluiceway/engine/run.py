@@ -66,7 +66,11 @@ from sluiceway.scheduling.row_group_admission import RowGroupHorizonMode
 from sluiceway.scheduling.scheduler import AsyncTaskScheduler, SchedulerSettings
 from sluiceway.scheduling.tasks import SchedulerResource, TaskKind
 from sluiceway.scheduling.tracker import CompletionTracker, TrackerNode
-from sluiceway.storage.capacity_plan import CapacityPlan
+from sluiceway.storage.capacity_plan import (
+    CAPACITY_PLAN_FILE_NAME,
+    CapacityPlan,
+    capacity_plan_from_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +100,8 @@ class RunInfo:
     columns: tuple[str, ...]
     row_groups_resumed: int = 0  # row groups already on disk when a resumed run started
     cells_replayed: int = 0  # model-backed results taken from the journal, not regenerated
+    # A resume found the run already complete: nothing ran and nothing was written.
+    already_complete: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -245,9 +251,47 @@ def _write_report(run_dir: Path, events_file: Path) -> None:
         )
 
 
+def _already_complete(plan: ResumePlan, output_dir: Path, started: float) -> RunOutcome:
+    """The outcome of resuming a run that already finished: what its manifest and capacity plan
+    say, with nothing run and nothing written (the events file and the report stay as they
+    are). Blocks (reads the capacity plan)."""
+    if plan.journal is not None:
+        plan.journal.close()
+    manifest = plan.manifest
+    try:
+        text = (output_dir / CAPACITY_PLAN_FILE_NAME).read_text(encoding="utf-8")
+        capacity_plan = capacity_plan_from_json(text)
+    except (OSError, UnicodeDecodeError, StorageError):
+        capacity_plan = CapacityPlan()
+    info = RunInfo(
+        run_id=manifest.run_id,
+        output_path=output_dir,
+        config_fingerprint=manifest.config_fingerprint,
+        seed=manifest.seed,
+        num_records=manifest.num_records,
+        rows_written=manifest.rows_written,
+        rows_dropped=manifest.rows_dropped,
+        dropped_rows=tuple(
+            DroppedRow(row_index=row.row_index, column=row.column, reason=row.reason)
+            for row in manifest.dropped_rows
+        ),
+        model_requests=0,
+        model_calls_succeeded=0,
+        rate_limited=0,
+        wall_seconds=time.monotonic() - started,
+        columns=manifest.columns,
+        row_groups_resumed=len(plan.completed_row_groups),
+        already_complete=True,
+    )
+    return RunOutcome(info=info, rows=None, capacity_plan=capacity_plan)
+
+
 async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     """Generate the dataset described by ``config``. Raises on fatal errors; rows that fail
-    permanently are dropped and reported in ``RunInfo.dropped_rows`` and the manifest."""
+    permanently are dropped and reported in ``RunInfo.dropped_rows`` and the manifest.
+
+    Resuming a run that already completed runs and writes nothing: the outcome describes the
+    dataset on disk, with ``RunInfo.already_complete`` set."""
     started = time.monotonic()
     fingerprint = config_fingerprint(config)
     resume: ResumePlan | None = None
@@ -264,6 +308,10 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             fingerprint=fingerprint,
             use_journal=options.journal,
         )
+        if resume is not None and resume.is_complete:
+            return await asyncio.to_thread(
+                _already_complete, resume, Path(options.output_dir), started
+            )
         if resume is not None:
             config = resumed_config(config, resume)
     run = config.run
