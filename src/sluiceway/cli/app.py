@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -39,9 +40,31 @@ ConfigArg = Annotated[
 ]
 
 
+def _console(*, stderr: bool = False) -> Console:
+    """A console for messages: wrapped to the width of a terminal, never wrapped when the
+    output goes to a pipe or a file (a hint split over lines is hard to grep and to copy)."""
+    console = Console(stderr=stderr)
+    console.soft_wrap = not console.is_terminal
+    return console
+
+
+def _config_issues(error: ConfigError) -> str:
+    """One line per issue, each naming the config file once: an issue about the file itself
+    (not found, a syntax error at a line) already starts with its path."""
+    source = error.source
+    if not source:
+        return format_issues(error)
+    lines = []
+    for issue in error.issues:
+        text = issue.render()
+        names_file = issue.path == source or issue.path.startswith(f"{source}:")
+        lines.append(text if names_file else f"{source}: {text}")
+    return "\n".join(lines)
+
+
 def _fail(error: SluicewayError, console: Console) -> typer.Exit:
     if isinstance(error, ConfigError):
-        console.print(format_issues(error), markup=False, highlight=False)
+        console.print(_config_issues(error), markup=False, highlight=False)
     else:
         console.print(f"error: {error}", markup=False, highlight=False)
     return typer.Exit(code=2 if isinstance(error, ConfigError) else 1)
@@ -84,8 +107,23 @@ async def _run_with_ctrl_c(config: DatasetConfig, options: RunOptions, err: Cons
             loop.remove_signal_handler(signal.SIGINT)
 
 
-def _stopped(error: RunStoppedError, console: Console) -> typer.Exit:
-    """Summary of a run that stopped before the end; non-zero exit."""
+def resume_command(
+    config: Path, output_dir: Path, *, num_records: int | None, seed: int | None
+) -> str:
+    """The ``sluiceway run ... --resume`` command that continues a stopped run: the same config
+    and output directory, and the ``-n`` / ``--seed`` overrides it was started with (resume
+    refuses a run whose record count or seed differ)."""
+    words = ["sluiceway", "run", str(config), "-o", str(output_dir), "--resume"]
+    if num_records is not None:
+        words += ["-n", str(num_records)]
+    if seed is not None:
+        words += ["--seed", str(seed)]
+    return shlex.join(words)
+
+
+def _stopped(error: RunStoppedError, console: Console, resume: str) -> typer.Exit:
+    """Summary of a run that stopped before the end, with the command that continues it;
+    non-zero exit."""
     console.print(f"stopped: {error}", markup=False, highlight=False)
     info = error.partial
     if isinstance(info, RunInfo):
@@ -96,18 +134,24 @@ def _stopped(error: RunStoppedError, console: Console) -> typer.Exit:
             markup=False,
             highlight=False,
         )
+    console.print(
+        f"continue it later with --resume (finished row groups and journaled model results "
+        f"are kept): {resume}",
+        markup=False,
+        highlight=False,
+    )
     return typer.Exit(code=EXIT_CANCELLED if isinstance(error, RunCancelledError) else 1)
 
 
 @app.command()
 def validate(config: ConfigArg) -> None:
     """Check a config and report every problem at once, with its place and a hint."""
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     try:
         cfg = load_config(config)
     except ConfigError as error:
         raise _fail(error, err) from None
-    Console().print(
+    _console().print(
         f"{config}: valid ({len(cfg.columns)} columns, {len(cfg.models)} models, "
         f"{cfg.run.num_records} records)",
         markup=False,
@@ -178,7 +222,7 @@ def run(
     Also writes events.jsonl (the scheduler and request events: every aggregate event, and the
     full timeline of a sample of task attempts, see --trace-sample-rate) and, from it, report.md
     with PNG plots into the output directory, after the run whatever its outcome."""
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     if events is not None and no_events:
         err.print("error: --events and --no-events exclude each other; pass one", markup=False)
         raise typer.Exit(code=2)
@@ -219,12 +263,13 @@ def run(
             )
         )
     except RunStoppedError as error:
-        raise _stopped(error, err) from None
+        resume_with = resume_command(config, output_dir, num_records=num_records, seed=seed)
+        raise _stopped(error, err, resume_with) from None
     except SluicewayError as error:
         raise _fail(error, err) from None
     info = outcome.info
     if info.already_complete:
-        Console().print(
+        _console().print(
             f"the run in {info.output_path} is already complete ({info.rows_written:,} of "
             f"{info.num_records:,} rows written, {info.rows_dropped:,} dropped); nothing to do "
             "and nothing changed. Pass --overwrite instead of --resume to generate it again.",
@@ -233,16 +278,17 @@ def run(
         )
         return
     rate = info.model_requests / info.wall_seconds if info.wall_seconds else 0.0
-    table = Table(title="run summary", show_header=False, title_justify="left")
-    table.add_row("rows written", f"{info.rows_written:,} of {info.num_records:,}")
-    table.add_row("rows dropped", f"{info.rows_dropped:,}")
-    table.add_row("model requests", f"{info.model_requests:,} ({rate:,.0f}/s)")
-    table.add_row("rate limited", f"{info.rate_limited:,}")
-    table.add_row("wall time", f"{info.wall_seconds:.2f} s")
-    table.add_row("output", str(info.output_path))
+    summary = [
+        ("rows written", f"{info.rows_written:,} of {info.num_records:,}"),
+        ("rows dropped", f"{info.rows_dropped:,}"),
+        ("model requests", f"{info.model_requests:,} ({rate:,.0f}/s)"),
+        ("rate limited", f"{info.rate_limited:,}"),
+        ("wall time", f"{info.wall_seconds:.2f} s"),
+        ("output", str(info.output_path)),
+    ]
     if events_file is not None:
-        table.add_row("events", str(events_file))
-    Console().print(table)
+        summary.append(("events", str(events_file)))
+    _print_summary(_console(), "run summary", summary)
     if info.dropped_rows:
         reasons: dict[str, int] = {}
         for row in info.dropped_rows:
@@ -258,12 +304,12 @@ def preview(
     num_records: Annotated[int, typer.Option("--num-records", "-n", min=1)] = 5,
 ) -> None:
     """Generate a few rows in memory and print them; nothing is written."""
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     try:
         frame = asyncio.run(preview_async(load_config(config), num_records))
     except SluicewayError as error:
         raise _fail(error, err) from None
-    console = Console()
+    console = _console()
     table = Table(show_lines=True)
     for column in frame.columns:
         table.add_column(str(column), overflow="fold", max_width=60)
@@ -284,12 +330,12 @@ def report(
     # Imported here: plotting pulls in matplotlib, which the other commands do not need.
     from sluiceway.observability.report import build_report
 
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     try:
         artifacts = build_report(run_dir, events_path=events)
     except SluicewayError as error:
         raise _fail(error, err) from None
-    Console().print(f"wrote {artifacts.report_path}", markup=False, highlight=False)
+    _console().print(f"wrote {artifacts.report_path}", markup=False, highlight=False)
 
 
 @app.command()
@@ -313,7 +359,7 @@ def bench(
     from sluiceway.bench.command import run_bench
     from sluiceway.bench.runner import BenchSettings
 
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     settings = BenchSettings(
         output_dir=output, warmup=warmup, iterations=iterations, smoke=smoke, records=records
     )
@@ -353,7 +399,7 @@ def mock_server(
     from sluiceway.providers.behaviour import SimulationSettings
     from sluiceway.providers.mock_server import MockServerSettings, RetryAfterFormat, serve
 
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     try:
         settings = MockServerSettings(
             simulation=SimulationSettings(
@@ -391,6 +437,19 @@ def mock_server(
         asyncio.run(serve(settings, port=port, on_ready=ready))
     except KeyboardInterrupt:
         err.print("mock server stopped")
+
+
+def _print_summary(console: Console, title: str, rows: list[tuple[str, str]]) -> None:
+    """A table on a terminal; ``name: value`` lines elsewhere (never cut to a width)."""
+    if console.is_terminal:
+        table = Table(title=title, show_header=False, title_justify="left")
+        for name, value in rows:
+            table.add_row(name, value)
+        console.print(table)
+        return
+    console.print(title, markup=False, highlight=False)
+    for name, value in rows:
+        console.print(f"  {name}: {value}", markup=False, highlight=False)
 
 
 def _short(value: object, limit: int = 240) -> str:
