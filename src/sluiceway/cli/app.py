@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sluiceway.api import preview_async
+from sluiceway.api import preview_async, with_run_overrides
 from sluiceway.bench.scenarios import SCENARIOS
 from sluiceway.cli.progress import LogProgress, RichProgress
 from sluiceway.config.loading import format_issues, load_config
@@ -273,18 +273,14 @@ def run(
         err.print("error: --events and --no-events exclude each other; pass one", markup=False)
         raise typer.Exit(code=2)
     try:
-        cfg = load_config(config)
-        updates: dict[str, object] = {}
-        if num_records is not None:
-            updates["num_records"] = num_records
-        if seed is not None:
-            updates["seed"] = seed
+        cfg = with_run_overrides(load_config(config), num_records=num_records, seed=seed)
         if trace_sample_rate is not None:
-            updates["events"] = cfg.run.events.model_copy(
+            events_settings = cfg.run.events.model_copy(
                 update={"trace_sample_rate": trace_sample_rate}
             )
-        if updates:
-            cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update=updates)})
+            cfg = cfg.model_copy(
+                update={"run": cfg.run.model_copy(update={"events": events_settings})}
+            )
         output_dir = output or Path(cfg.output.path)
         events_file = None if no_events else (events or output_dir / EVENTS_FILE_NAME)
         progress: ProgressListener | None = None
