@@ -17,7 +17,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,9 +182,16 @@ def _primary_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 class _ProgressTicker:
-    """Calls the listener at most every ``interval`` seconds, and always at the end."""
+    """Calls the listener's ``on_progress`` at most every ``interval`` seconds while records are
+    still to be done. The final state is ``on_finish``'s alone (the run calls it with its wall
+    time): a progress line of a finished run would show the same counts at another rate."""
 
-    def __init__(self, listener: ProgressListener | None, interval: float, snapshot: Any) -> None:
+    def __init__(
+        self,
+        listener: ProgressListener | None,
+        interval: float,
+        snapshot: Callable[[], ProgressSnapshot],
+    ) -> None:
         self._listener = listener
         self._interval = interval
         self._snapshot = snapshot
@@ -196,7 +203,9 @@ class _ProgressTicker:
         now = time.monotonic()
         if now - self._last >= self._interval:
             self._last = now
-            self._listener.on_progress(self._snapshot())
+            snapshot = self._snapshot()
+            if snapshot.records_done < snapshot.records_total:
+                self._listener.on_progress(snapshot)
 
     async def run_periodically(self) -> None:
         while True:
@@ -393,7 +402,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         events=bus,
     )
 
-    def snapshot() -> ProgressSnapshot:
+    def snapshot(elapsed_seconds: float | None = None) -> ProgressSnapshot:
         stats = executor.statistics()
         return ProgressSnapshot(
             records_total=run.num_records,
@@ -404,7 +413,9 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             row_groups_done=scheduler.statistics().row_groups_checkpointed
             + scheduler.statistics().row_groups_resumed,
             model_requests=stats.attempts,
-            elapsed_seconds=time.monotonic() - started,
+            elapsed_seconds=(
+                time.monotonic() - started if elapsed_seconds is None else elapsed_seconds
+            ),
             columns=column_progress(generator_names, handler.rows_done_by_generator),
             models=model_progress(
                 request_admission.pressure.snapshot(), request_admission.statistics()
@@ -527,7 +538,9 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         ),
     )
     if options.progress is not None:
-        options.progress.on_finish(snapshot())
+        # At the run's wall time, so its rate agrees with the summary's (the report build and
+        # the time since are not part of the run).
+        options.progress.on_finish(snapshot(info.wall_seconds))
     if stopped is not None:
         stopped.partial = info
         raise stopped
