@@ -77,7 +77,7 @@ def partial_semantic_issues(parts: ParsedParts) -> list[ConfigIssue]:
                     ConfigIssue(
                         path=f"models[{index}] ({model.alias}).provider",
                         message=f"unknown provider {model.provider!r}",
-                        hint=_hint_or_define(model.provider, sorted(provider_names), "providers"),
+                        hint=_hint_or_define(model.provider, sorted(known), "providers"),
                     )
                 )
 
@@ -94,7 +94,7 @@ def partial_semantic_issues(parts: ParsedParts) -> list[ConfigIssue]:
                     ConfigIssue(
                         path=path,
                         message=f"unknown model alias {alias!r}",
-                        hint=_hint_or_define(alias, sorted(model_aliases), "models"),
+                        hint=_hint_or_define(alias, sorted(known_aliases), "models"),
                     )
                 )
 
