@@ -348,3 +348,46 @@ def test_skip_when_with_a_block_tag_is_the_same_mistake() -> None:
     issue = only_issue(data)
     assert issue.message.startswith("skip_when takes an expression without `{{ }}`")
     assert issue.hint == "drop the delimiters: `skip_when: \"language == 'fr'\"`"
+
+
+def test_an_embedding_column_on_an_anthropic_provider_is_a_config_error() -> None:
+    data = valid_config()
+    data["providers"].append({"name": "claude", "type": "anthropic"})
+    data["models"].append({"alias": "vectors", "provider": "claude", "model": "some-model"})
+    data["columns"].append(
+        {"name": "vec", "type": "embedding", "model": "vectors", "input": "{{ title }}"}
+    )
+    issue = only_issue(data)
+    assert issue.path == "columns[4] (vec).model"
+    assert issue.message == (
+        "model alias 'vectors' is served by provider 'claude' of type 'anthropic', "
+        "which has no embeddings endpoint"
+    )
+    assert issue.hint is not None
+    assert "'openai'" in issue.hint
+
+
+def test_an_embedding_column_on_an_openai_or_simulated_provider_is_valid() -> None:
+    data = valid_config()
+    data["providers"].append({"name": "oai", "type": "openai"})
+    data["models"].append({"alias": "vectors", "provider": "oai", "model": "text-embedding"})
+    data["columns"].append(
+        {"name": "vec", "type": "embedding", "model": "vectors", "input": "{{ title }}"}
+    )
+    data["columns"].append(
+        {"name": "vec2", "type": "embedding", "model": "writer", "input": "{{ title }}"}
+    )
+    config = parse_config(data)
+    assert [column.name for column in config.columns][-2:] == ["vec", "vec2"]
+
+
+def test_the_embedding_check_runs_beside_structural_errors() -> None:
+    data = valid_config()
+    data["providers"].append({"name": "claude", "type": "anthropic"})
+    data["models"].append({"alias": "vectors", "provider": "claude", "model": "some-model"})
+    data["columns"].append(
+        {"name": "vec", "type": "embedding", "model": "vectors", "input": "{{ title }}"}
+    )
+    data["run"]["num_records"] = 0
+    issues = issues_of(data)
+    assert [issue.path for issue in issues] == ["run.num_records", "columns[4] (vec).model"]
