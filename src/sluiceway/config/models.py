@@ -316,11 +316,26 @@ PersonField = Literal[
 
 
 class PersonSampler(ConfigModel):
-    """A person-like field from Faker, seeded from the run seed."""
+    """A person-like field from Faker, seeded from the run seed.
+
+    ``full_name`` is a plain name in the locale's order (``Darrell Mcclure``); ``with_titles``
+    also draws the locale's decorated forms (``Dr. Darrell Mcclure Jr.``).
+    """
 
     kind: Literal["person"] = "person"
     field: PersonField = "full_name"
     locale: str = Field(default="en_US", pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
+    with_titles: bool = False
+
+    @model_validator(mode="after")
+    def _titles_only_for_full_names(self) -> Self:
+        if self.with_titles and self.field != "full_name":
+            raise config_value_error(
+                "with_titles_field",
+                f"with_titles only applies to field 'full_name', not {self.field!r}",
+                "remove with_titles, or set `field: full_name`",
+            )
+        return self
 
 
 SAMPLER_KINDS: Mapping[str, type[ConfigModel]] = {
