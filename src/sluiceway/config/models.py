@@ -107,6 +107,12 @@ class SimulationSettingsConfig(ConfigModel):
 ProviderType = Literal["openai", "anthropic", "simulated"]
 PROVIDER_TYPES: tuple[str, ...] = ("openai", "anthropic", "simulated")
 
+# The variable a provider's key is read from when ``api_key_env`` is not given (the SDKs' names).
+DEFAULT_API_KEY_ENV: Mapping[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+}
+
 
 class ProviderConfig(ConfigModel):
     """One model endpoint. Credentials are referenced by environment-variable name only."""
@@ -139,6 +145,13 @@ class ProviderConfig(ConfigModel):
                 "use letters, digits and '_', e.g. OPENAI_API_KEY",
             )
         return value
+
+    def api_key_variable(self) -> str | None:
+        """The environment variable the key is read from: ``api_key_env``, else the type's
+        default (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``); None for simulated providers."""
+        if self.api_key_env is not None:
+            return self.api_key_env
+        return DEFAULT_API_KEY_ENV.get(self.type)
 
     @model_validator(mode="after")
     def _simulation_only_for_simulated(self) -> Self:
