@@ -228,6 +228,6 @@ def _full_name(faker: Faker, *, with_titles: bool) -> Draw:
     def draw(state: int) -> str:
         seed_instance(state)
         # The pattern comes from the row's state, its parts from Faker seeded by the same state.
-        return parse(patterns[(state * count) >> 64])
+        return str(parse(patterns[(state * count) >> 64]))
 
     return draw
