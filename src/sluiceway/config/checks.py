@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import jsonschema.exceptions
 import jsonschema.validators
 
+from sluiceway.config.column_values import skip_value_issue
 from sluiceway.config.graph import analyze_columns, column_path
 from sluiceway.config.models import (
     ColumnBase,
@@ -106,6 +107,9 @@ def partial_semantic_issues(parts: ParsedParts) -> list[ConfigIssue]:
             issue = schema_issue(column.output_schema, f"{column_path(index, column.name)}")
             if issue is not None:
                 issues.append(issue)
+        skip_issue = skip_value_issue(index, column)
+        if skip_issue is not None:
+            issues.append(skip_issue)
 
     _, graph_issues = analyze_columns(parts.columns, unparsed_names=parts.unparsed_column_names)
     issues.extend(graph_issues)
