@@ -58,7 +58,7 @@ ARROW_TYPES: Mapping[ColumnKind, Any] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ColumnType:
     """A column's kind and Arrow type (``arrow_type`` is a ``pyarrow.DataType``)."""
 
@@ -68,12 +68,12 @@ class ColumnType:
     @classmethod
     def of(cls, kind: ColumnKind) -> ColumnType:
         """The type of a plain kind (not ``NESTED``)."""
-        return cls(kind, ARROW_TYPES[kind])
+        return cls(kind=kind, arrow_type=ARROW_TYPES[kind])
 
     @classmethod
     def nested(cls, arrow_type: Any) -> ColumnType:
         """A declared struct or list type."""
-        return cls(ColumnKind.NESTED, arrow_type)
+        return cls(kind=ColumnKind.NESTED, arrow_type=arrow_type)
 
 
 def merge_types(first: ColumnType, second: ColumnType) -> ColumnType:

@@ -194,7 +194,7 @@ def _file_types(path: Path, table: Any, columns: Sequence[str]) -> dict[str, Col
             ARROW_TYPES.get(recorded_kind) == arrow_type
             or (recorded_kind is ColumnKind.JSON and pa.types.is_string(arrow_type))
         ):
-            types[column] = ColumnType(recorded_kind, arrow_type)
+            types[column] = ColumnType(kind=recorded_kind, arrow_type=arrow_type)
             continue
         inferred = kind_of_arrow_type(arrow_type)
         if inferred is None:
@@ -202,7 +202,7 @@ def _file_types(path: Path, table: Any, columns: Sequence[str]) -> dict[str, Col
                 f"{path}: column {column!r} has Arrow type {arrow_type}, which Sluiceway does "
                 f"not write: {_REBUILD_HINT}."
             )
-        types[column] = ColumnType(inferred, arrow_type)
+        types[column] = ColumnType(kind=inferred, arrow_type=arrow_type)
     return types
 
 
