@@ -109,6 +109,12 @@ class SimulationSettingsConfig(ConfigModel):
 ProviderType = Literal["openai", "anthropic", "simulated"]
 PROVIDER_TYPES: tuple[str, ...] = ("openai", "anthropic", "simulated")
 
+# The variable a provider's key is read from when ``api_key_env`` is not given (the SDKs' names).
+DEFAULT_API_KEY_ENV: Mapping[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+}
+
 
 class ProviderConfig(ConfigModel):
     """One model endpoint. Credentials are referenced by environment-variable name only."""
@@ -141,6 +147,13 @@ class ProviderConfig(ConfigModel):
                 "use letters, digits and '_', e.g. OPENAI_API_KEY",
             )
         return value
+
+    def api_key_variable(self) -> str | None:
+        """The environment variable the key is read from: ``api_key_env``, else the type's
+        default (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``); None for simulated providers."""
+        if self.api_key_env is not None:
+            return self.api_key_env
+        return DEFAULT_API_KEY_ENV.get(self.type)
 
     @model_validator(mode="after")
     def _simulation_only_for_simulated(self) -> Self:
@@ -318,11 +331,26 @@ PersonField = Literal[
 
 
 class PersonSampler(ConfigModel):
-    """A person-like field from Faker, seeded from the run seed."""
+    """A person-like field from Faker, seeded from the run seed.
+
+    ``full_name`` is a plain name in the locale's order (``Darrell Mcclure``); ``with_titles``
+    also draws the locale's decorated forms (``Dr. Darrell Mcclure Jr.``).
+    """
 
     kind: Literal["person"] = "person"
     field: PersonField = "full_name"
     locale: str = Field(default="en_US", pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
+    with_titles: bool = False
+
+    @model_validator(mode="after")
+    def _titles_only_for_full_names(self) -> Self:
+        if self.with_titles and self.field != "full_name":
+            raise config_value_error(
+                "with_titles_field",
+                f"with_titles only applies to field 'full_name', not {self.field!r}",
+                "remove with_titles, or set `field: full_name`",
+            )
+        return self
 
 
 SAMPLER_KINDS: Mapping[str, type[ConfigModel]] = {
