@@ -66,7 +66,17 @@ def _model_state(model: ModelProgress) -> str:
         return f"breaker {model.breaker}"
     if model.cooldown_seconds > 0:
         return f"cooling down {model.cooldown_seconds:.1f}s"
-    return "ok"
+    if model.paced_seconds > 0:
+        return f"paced by the provider's window {model.paced_seconds:.1f}s"
+    return _PHASE_STATES.get(model.limit_phase or "", "ok")
+
+
+# What an adaptive limit's phase means to a reader of the live view.
+_PHASE_STATES = {
+    "startup": "starting",
+    "recovery": "recovering",
+    "probe": "probing",
+}
 
 
 class RichProgress:

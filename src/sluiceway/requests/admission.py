@@ -73,6 +73,7 @@ from sluiceway.requests.limits import (
     PRESSURE_OUTCOMES,
     AdaptiveLimitSettings,
     AdaptiveRequestLimit,
+    LimitPhase,
     LimitReason,
     RequestLimit,
     RequestLimitFactory,
@@ -338,6 +339,7 @@ class DomainPressure:
     consecutive_rate_limits: int
     last_outcome: RequestReleaseOutcome | None
     release_diagnostics: int
+    phase: LimitPhase | None = None  # of an adaptive limit: starting, recovering, holding, probing
 
 
 class BudgetScope(enum.Enum):
@@ -369,6 +371,7 @@ class ProviderModelPressure:
     breaker: BreakerState
     domains: Mapping[RequestDomain, DomainPressure]
     budgets: tuple[BudgetPressure, ...] = ()
+    paced_in_seconds: float = 0.0  # until a window the provider reports admits one more request
 
     @property
     def budget_blocked(self) -> bool:
@@ -1274,6 +1277,7 @@ class RequestAdmissionController:
                 consecutive_rate_limits=domain.consecutive_rate_limits,
                 last_outcome=domain.last_outcome,
                 release_diagnostics=self._release_diagnostics,
+                phase=source.phase if isinstance(source, AdaptiveRequestLimit) else None,
             )
         return RequestPressureSnapshot(
             captured_at=now,
@@ -1289,6 +1293,9 @@ class RequestAdmissionController:
                         breaker=pool.breaker,
                         domains=MappingProxyType(by_pool[key]),
                         budgets=tuple(_budget_pressure(budget, now) for budget in pool.budgets),
+                        paced_in_seconds=(
+                            pool.pacers[0].ready_at(1, now) - now if pool.paced else 0.0
+                        ),
                     )
                     for key, pool in self._pools.items()
                 }

@@ -16,6 +16,7 @@ flight per provider/model).
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,14 @@ def _sampling_lines(series: RunSeries) -> list[str]:
     ]
 
 
+def _limit_changes(resource: ResourceSeries) -> str:
+    """Limit changes by reason, and the holds of reported windows (``probe 12, recovery 3``)."""
+    counts = Counter(reason for _, reason in resource.limit_changes)
+    if resource.paced_at:
+        counts["window holds"] = len(resource.paced_at)
+    return ", ".join(f"{reason} {count:,}" for reason, count in sorted(counts.items())) or "–"
+
+
 def _max_in_flight(
     series: RunSeries, resource: ResourceSeries, plan: AsyncCapacityPlan | None
 ) -> str:
@@ -268,6 +277,7 @@ def render_markdown(
             _max_in_flight(series, resource, plan),
             "–" if resource.limit.last is None else f"{resource.limit.last:g}",
             "–" if resource.cap.last is None else f"{resource.cap.last:g}",
+            _limit_changes(resource),
             _seconds_summary(resource.wait_seconds),
             _seconds_summary(resource.latency_seconds),
         )
@@ -282,6 +292,7 @@ def render_markdown(
                 "max in flight",
                 "final limit",
                 "cap",
+                "limit changes",
                 f"{traced}wait p50 / p95 (ms)",
                 f"{traced}latency p50 / p95 (ms)",
             ],

@@ -58,8 +58,18 @@ def plot_throughput(series: RunSeries, path: Path) -> Path:
     return path
 
 
+# How the limit's changes are marked on the limit line, by reason (others are not marked).
+_CHANGE_MARKERS = {
+    "probe": ("^", "tab:green", "probe"),
+    "recovery": ("o", "tab:blue", "recovery"),
+    "probe_refused": ("v", "tab:orange", "probe refused"),
+    "rate_limited": ("v", "tab:red", "decrease"),
+}
+
+
 def plot_resources(series: RunSeries, path: Path) -> Path:
-    """Per provider/model and domain: in flight, limit and cap, with rate-limit marks."""
+    """Per provider/model and domain: in flight, limit and cap, with rate-limit marks, the
+    limit's changes marked by reason and where reported windows held grants back."""
     resources: list[ResourceSeries] = sorted(
         series.resources.values(), key=lambda r: (-r.completed, r.label)
     )[:MAX_RESOURCE_PLOTS]
@@ -90,6 +100,28 @@ def plot_resources(series: RunSeries, path: Path) -> Path:
                 marker="x",
                 color="red",
                 label="rate limited",
+            )
+        limit_at = dict(zip(resource.limit.times, resource.limit.values, strict=True))
+        for reason, (marker, color, label) in _CHANGE_MARKERS.items():
+            times = [at for at, why in resource.limit_changes if why == reason]
+            if times:
+                axes.plot(
+                    times,
+                    [limit_at.get(at, resource.limit.last or 0) for at in times],
+                    linestyle="none",
+                    marker=marker,
+                    markersize=4,
+                    color=color,
+                    label=label,
+                )
+        if resource.paced_at:
+            axes.plot(
+                resource.paced_at,
+                [0] * len(resource.paced_at),
+                linestyle="none",
+                marker="|",
+                color="tab:purple",
+                label="held by reported window",
             )
         axes.set_title(resource.label, fontsize="medium")
         axes.set_ylabel("requests")
