@@ -46,6 +46,7 @@ from sluiceway.engine.row_groups import DroppedRow, EngineRowGroupHandler, RowGr
 from sluiceway.engine.sinks import MemorySink, ParquetSink
 from sluiceway.errors import (
     RunCancelledError,
+    RunInterruptedError,
     RunStoppedError,
     SluicewayError,
     StorageError,
@@ -482,6 +483,10 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         options.progress.on_finish(snapshot())
     if stopped is not None:
         stopped.partial = info
+        if isinstance(stopped, RunInterruptedError):
+            # The output is finalised (status cancelled, resumable): the KeyboardInterrupt or
+            # SystemExit a column raised goes on to the caller as it was raised.
+            raise stopped.interrupt
         raise stopped
     return RunOutcome(
         info=info,
