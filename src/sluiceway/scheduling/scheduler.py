@@ -15,6 +15,7 @@ checkpoints them, and then ``run`` raises the ``RunStoppedError``.
 Task code is user code (custom columns, generator classes): a ``CancelledError`` it raises while
 nothing cancelled its worker fails that task (its rows are dropped), and a ``KeyboardInterrupt`` or
 ``SystemExit`` stops the run like ``cancel()`` and comes out of ``run`` as ``RunInterruptedError``.
+Every attempt starts from the context ``run`` was called in, whatever an earlier one set.
 
 Every scheduler-stream event of SPEC §9.1 that this loop can produce is emitted at its state
 change, built only when a sink of ``events`` listens (task admission emits the lease events).
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import enum
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -407,6 +409,8 @@ class AsyncTaskScheduler:
         self._worker_error: BaseException | None = None
         self._execution_ids = 0
         self._task_group: asyncio.TaskGroup | None = None
+        # The context ``run`` was called in: every worker starts in a copy of it.
+        self._run_context: contextvars.Context | None = None
         self._stop: StopReason | None = None
         self._stop_error: RunStoppedError | None = None
         self._cancelling_workers = False
@@ -475,6 +479,7 @@ class AsyncTaskScheduler:
         """Run until every row group is checkpointed or the run stops (see the class doc)."""
         if self._clock is None:
             self._clock = asyncio.get_running_loop().time
+        self._run_context = contextvars.copy_context()
         events = self._events
         if events.wants(EventKind.SCHEDULER_JOB_STARTED):
             events.emit(
@@ -823,15 +828,18 @@ class AsyncTaskScheduler:
                 )
 
     def _spawn_worker(self, task_group: asyncio.TaskGroup) -> None:
-        worker = task_group.create_task(self._work())
+        assert self._run_context is not None
+        worker = task_group.create_task(self._work(), context=self._run_context.copy())
         self._free_workers += 1
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
 
     async def _work(self) -> None:
-        """Runs dispatched attempts until none is pending."""
+        """Runs dispatched attempts until none is pending, each from the run's context: it
+        starts in a copy of it, and ends once an attempt leaves a context variable changed."""
         self._free_workers -= 1
         pending = self._pending
+        run_context = self._run_context
         call_soon = asyncio.get_running_loop().call_soon
         while pending:
             attempt = pending.popleft()
@@ -842,6 +850,11 @@ class AsyncTaskScheduler:
             finally:
                 if waiting is not None:
                     waiting.cancel()
+            if pending and contextvars.copy_context() != run_context:
+                # The attempt set a context variable and did not reset it (custom code, or a
+                # library it uses): the next attempt would see it. Fresh workers take the rest.
+                self._start_workers_for_pending()
+                return
 
     def _start_workers_for_pending(self) -> None:
         """A worker's attempt waits: every attempt still pending gets a worker of its own."""

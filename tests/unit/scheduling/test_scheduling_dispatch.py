@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import pytest
@@ -416,4 +417,39 @@ async def test_an_interrupt_raised_by_task_code_stops_the_run_like_a_cancellatio
     assert "'text'" in str(caught.value) and type(interrupt).__name__ in str(caught.value)
     assert scheduler.stop_reason is StopReason.CANCELLED
     assert scheduler.statistics().tasks_running == 0
+    assert admission.active_leases == 0
+
+
+VISIBLE: ContextVar[str] = ContextVar("visible", default="unset")
+
+
+async def test_every_attempt_starts_from_the_runs_context() -> None:
+    """Task code that sets a context variable and does not reset it (a tracing library, say)
+    must not show it to the next attempt, whether attempts wait or finish at once."""
+
+    class Leaky(ScriptedHandler):
+        def __init__(self, admission: RecordingAdmission) -> None:
+            super().__init__(admission)
+            self.seen: dict[str, str] = {}
+
+        async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+            self.seen[task.task_id] = VISIBLE.get()
+            VISIBLE.set(task.task_id)
+            if task.task.row_index is not None and task.task.row_index % 2:
+                await asyncio.sleep(0)
+            self.ran.append(task.task_id)
+            return SUCCEEDED
+
+    scheduler, handler, admission = _scheduler(
+        40, 10, limits={"submission": 16, "local": 16}, handler_type=Leaky
+    )
+    token = VISIBLE.set("run")
+    try:
+        await scheduler.run()
+        assert VISIBLE.get() == "run"
+    finally:
+        VISIBLE.reset(token)
+    assert isinstance(handler, Leaky)
+    assert len(handler.seen) == 4 * 2 + 40
+    assert set(handler.seen.values()) == {"run"}
     assert admission.active_leases == 0
