@@ -271,6 +271,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     run_id = resume.manifest.run_id if resume is not None else uuid.uuid4().hex[:12]
     graph = ColumnGraph.build(config)
     generators = build_generators(config, graph)
+    built = tuple(generators)  # closed when the run ends (the journal wraps some of them)
     resolver = TaskSchedulingResolver()
     scheduling = [resolver.resolve(generator) for generator in generators]
     bus = options.events if options.events is not None else EventBus()
@@ -437,6 +438,8 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         if options.cancellation is not None:
             options.cancellation.unbind()
         request_admission.shutdown()
+        for generator in built:
+            generator.close()
         for client in clients.values():
             await client.aclose()
         plan = build_capacity_plan(
