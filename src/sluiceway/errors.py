@@ -21,6 +21,7 @@
     ├── EngineError                  an engine invariant broke (a bug; fatal)
     └── RunStoppedError              the run stopped before finishing; completed row groups kept
         ├── RunCancelledError            cancel() or Ctrl-C
+        │   └── RunInterruptedError          a task raised KeyboardInterrupt or SystemExit
         ├── EarlyShutdownError           too many non-retryable failures in the sliding window
         └── ProviderCircuitOpenError     a provider/model failed with no success for too long
 
@@ -196,6 +197,16 @@ class RunStoppedError(SluicewayError):
 
 class RunCancelledError(RunStoppedError):
     """The run was cancelled (``cancel()`` or Ctrl-C)."""
+
+
+class RunInterruptedError(RunCancelledError):
+    """A task raised ``KeyboardInterrupt`` or ``SystemExit`` (a custom column calling
+    ``sys.exit``, or Ctrl-C landing in its code). The run stops as if cancelled, its output is
+    finalised (resumable), and ``run_dataset`` then raises ``interrupt`` itself."""
+
+    def __init__(self, message: str, *, interrupt: KeyboardInterrupt | SystemExit) -> None:
+        self.interrupt = interrupt
+        super().__init__(message)
 
 
 class EarlyShutdownError(RunStoppedError):

@@ -599,6 +599,9 @@ class CustomColumnConfig(ColumnBase):
     output_columns: list[Identifier] | None = None
     scheduling: CustomSchedulingConfig | None = None
     max_threads: int = Field(default=32, ge=1, le=1024)
+    # Wall time of one call of the function (one task attempt); then the attempt fails and is
+    # retried within run.retry.
+    timeout_seconds: float = Field(default=600.0, gt=0.0)
 
     @field_validator("function")
     @classmethod

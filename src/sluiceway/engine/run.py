@@ -46,6 +46,7 @@ from sluiceway.engine.row_groups import DroppedRow, EngineRowGroupHandler, RowGr
 from sluiceway.engine.sinks import MemorySink, ParquetSink
 from sluiceway.errors import (
     RunCancelledError,
+    RunInterruptedError,
     RunStoppedError,
     SluicewayError,
     StorageError,
@@ -327,6 +328,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     run_id = resume.manifest.run_id if resume is not None else uuid.uuid4().hex[:12]
     graph = ColumnGraph.build(config)
     generators = build_generators(config, graph)
+    built = tuple(generators)  # closed when the run ends (the journal wraps some of them)
     resolver = TaskSchedulingResolver()
     scheduling = [resolver.resolve(generator) for generator in generators]
     bus = options.events if options.events is not None else EventBus()
@@ -499,6 +501,8 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         if options.cancellation is not None:
             options.cancellation.unbind()
         request_admission.shutdown()
+        for generator in built:
+            generator.close()
         for client in clients.values():
             await client.aclose()
         plan = build_capacity_plan(
@@ -547,6 +551,10 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         options.progress.on_finish(snapshot(info.wall_seconds))
     if stopped is not None:
         stopped.partial = info
+        if isinstance(stopped, RunInterruptedError):
+            # The output is finalised (status cancelled, resumable): the KeyboardInterrupt or
+            # SystemExit a column raised goes on to the caller as it was raised.
+            raise stopped.interrupt
         raise stopped
     return RunOutcome(
         info=info,
