@@ -20,10 +20,10 @@ from sluiceway.engine.run import RunOptions, run_dataset
 from sluiceway.providers.behaviour import SimulationSettings
 from sluiceway.providers.mock_server import MockProviderServer, MockServerSettings
 
-WINDOW_SECONDS = 0.5
-RECORDS = 60
+WINDOW_SECONDS = 1.0
+RECORDS = 50
 RPM = 20  # per window: the run needs three windows
-TPM = 600
+TPM = 500
 
 pytestmark = pytest.mark.timeout(60)
 
