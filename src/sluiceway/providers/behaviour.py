@@ -372,10 +372,23 @@ class BehaviourModel:
         """
         self._advance(now)
         self._requests += 1
-        refusal = self._charge(now, tokens)
-        if refusal is not None:
+        # As _charge, inline: this is the path of every request of the mock server.
+        capacity = self._capacity
+        if (
+            capacity is not None
+            and self._in_flight + self._other_in_flight >= capacity
+            and not self.settings.queueing
+        ):
             self._rate_limited += 1
-            return refusal
+            return Refusal(
+                reason=RefusalReason.CAPACITY,
+                retry_after_seconds=self.settings.retry_after_seconds,
+            )
+        if self._rpm is not None or self._tpm is not None:
+            refusal = self._charge_windows(now, tokens)
+            if refusal is not None:
+                self._rate_limited += 1
+                return refusal
         self._in_flight += 1
         if self._in_flight > self._max_in_flight:
             self._max_in_flight = self._in_flight
@@ -413,10 +426,14 @@ class BehaviourModel:
                 reason=RefusalReason.CAPACITY,
                 retry_after_seconds=self.settings.retry_after_seconds,
             )
+        if self._rpm is None and self._tpm is None:
+            return None
+        return self._charge_windows(now, tokens)
+
+    def _charge_windows(self, now: float, tokens: int) -> Refusal | None:
+        """The RPM / TPM refusal at ``now``, or ``None`` after charging the windows."""
         rpm = self._rpm
         tpm = self._tpm
-        if rpm is None and tpm is None:
-            return None
         if self._bucket:
             return self._charge_buckets(now, tokens)
         horizon = now - RPM_WINDOW_SECONDS

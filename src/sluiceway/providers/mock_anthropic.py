@@ -43,6 +43,12 @@ _ERROR_TYPES = {
 }
 _SCHEMA_MARKER = "JSON schema"
 _ROLES = frozenset({"user", "assistant"})
+# One token window: the input and output variants describe the same one.
+_TOKEN_HEADER_PREFIXES = (
+    "anthropic-ratelimit-tokens",
+    "anthropic-ratelimit-input-tokens",
+    "anthropic-ratelimit-output-tokens",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -235,16 +241,17 @@ class AnthropicDialect:
         now_epoch_seconds: float,
     ) -> dict[str, str]:
         headers: dict[str, str] = {}
-        windows: tuple[tuple[str, WindowState | None], ...] = (
-            ("requests", requests),
-            ("tokens", tokens),
-            ("input-tokens", tokens),
-            ("output-tokens", tokens),
-        )
-        for name, window in windows:
-            if window is not None:
-                prefix = f"anthropic-ratelimit-{name}"
-                headers[f"{prefix}-limit"] = str(window.limit)
-                headers[f"{prefix}-remaining"] = str(window.remaining)
-                headers[f"{prefix}-reset"] = rfc3339_utc(now_epoch_seconds + window.reset_seconds)
+        if requests is not None:
+            headers["anthropic-ratelimit-requests-limit"] = str(requests.limit)
+            headers["anthropic-ratelimit-requests-remaining"] = str(requests.remaining)
+            reset = rfc3339_utc(now_epoch_seconds + requests.reset_seconds)
+            headers["anthropic-ratelimit-requests-reset"] = reset
+        if tokens is not None:
+            limit = str(tokens.limit)
+            remaining = str(tokens.remaining)
+            reset = rfc3339_utc(now_epoch_seconds + tokens.reset_seconds)
+            for prefix in _TOKEN_HEADER_PREFIXES:
+                headers[f"{prefix}-limit"] = limit
+                headers[f"{prefix}-remaining"] = remaining
+                headers[f"{prefix}-reset"] = reset
         return headers

@@ -153,9 +153,12 @@ class OpenAIDialect:
         now_epoch_seconds: float,
     ) -> dict[str, str]:
         headers: dict[str, str] = {}
-        for name, window in (("requests", requests), ("tokens", tokens)):
-            if window is not None:
-                headers[f"x-ratelimit-limit-{name}"] = str(window.limit)
-                headers[f"x-ratelimit-remaining-{name}"] = str(window.remaining)
-                headers[f"x-ratelimit-reset-{name}"] = go_duration(window.reset_seconds)
+        if requests is not None:
+            headers["x-ratelimit-limit-requests"] = str(requests.limit)
+            headers["x-ratelimit-remaining-requests"] = str(requests.remaining)
+            headers["x-ratelimit-reset-requests"] = go_duration(requests.reset_seconds)
+        if tokens is not None:
+            headers["x-ratelimit-limit-tokens"] = str(tokens.limit)
+            headers["x-ratelimit-remaining-tokens"] = str(tokens.remaining)
+            headers["x-ratelimit-reset-tokens"] = go_duration(tokens.reset_seconds)
         return headers

@@ -531,7 +531,8 @@ class MockProviderServer:
             self._refuse(connection, request, dialect, behaviour, forced_refusal, model=None)
             return
         tokens = 0
-        if behaviour.tpm is not None:
+        windows = behaviour.has_rate_windows
+        if windows and behaviour.tpm is not None:
             tokens = behaviour.token_cost(model_request)
         admitted_at = loop.time()
         refusal = behaviour.admit(admitted_at, tokens)
@@ -559,9 +560,9 @@ class MockProviderServer:
             connection.respond(400, body, request.keep_alive)
             return
         headers: Mapping[str, str] | Callable[[], Mapping[str, str]] = _NO_HEADERS
-        if behaviour.has_rate_windows:
+        if windows:
             headers = _WindowHeaders(dialect, behaviour, loop)
-        status = _FAULT_STATUS.get(fault) if fault is not None else None
+        status = None if fault is None else _FAULT_STATUS.get(fault)
         if status is not None:
             assert fault is not None
             self._count_fault(fault)
