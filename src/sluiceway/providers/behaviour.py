@@ -488,8 +488,10 @@ class BehaviourModel:
     def _refill(self, now: float) -> None:
         """Bring both buckets up to ``now`` (each refills at its limit per 60 s, up to it)."""
         last = self._refilled_at
+        if last is not None and now <= last:
+            return
         self._refilled_at = now
-        if last is None or now <= last:
+        if last is None:
             return
         elapsed = now - last
         if self._rpm is not None:

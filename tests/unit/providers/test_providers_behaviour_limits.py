@@ -213,6 +213,14 @@ def test_bucket_window_states_report_the_level_and_the_time_to_full() -> None:
     assert tokens == WindowState(limit=600, remaining=305, reset_seconds=pytest.approx(29.5))
 
 
+def test_a_bucket_read_at_an_earlier_time_does_not_refill_it_twice() -> None:
+    model = _model(rpm=60, rate_window=RateWindowKind.BUCKET)
+    assert model.admit(10.0) is None
+    model.window_states(5.0)  # a clock read before the last refill changes nothing
+    requests, _ = model.window_states(10.0)
+    assert requests is not None and requests.remaining == 59
+
+
 def test_window_states_of_limits_not_in_force_are_none() -> None:
     assert _model(capacity=4).window_states(0.0) == (None, None)
     assert _model(tpm=10).window_states(0.0)[0] is None
