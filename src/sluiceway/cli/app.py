@@ -330,7 +330,10 @@ def mock_server(
     error_500_rate: Annotated[float, typer.Option(help="Share answered 500.")] = 0.0,
     error_503_rate: Annotated[float, typer.Option(help="Share answered 503.")] = 0.0,
     error_529_rate: Annotated[float, typer.Option(help="Share answered 529 (overloaded).")] = 0.0,
-    hang_rate: Annotated[float, typer.Option(help="Share never answered.")] = 0.0,
+    hang_rate: Annotated[float, typer.Option(help="Share that hangs (--hang-seconds).")] = 0.0,
+    hang_seconds: Annotated[
+        float | None, typer.Option(help="A hang lasts this long and keeps its slot that long.")
+    ] = None,
     reset_rate: Annotated[float, typer.Option(help="Share with a connection reset.")] = 0.0,
     malformed_rate: Annotated[float, typer.Option(help="Share with a malformed body.")] = 0.0,
     api_key_env: Annotated[
@@ -405,6 +408,7 @@ def mock_server(
             error_503_rate=error_503_rate,
             error_529_rate=error_529_rate,
             hang_rate=hang_rate,
+            hang_seconds=hang_seconds,
             reset_rate=reset_rate,
             malformed_rate=malformed_rate,
             count_by_content=count_by_content,

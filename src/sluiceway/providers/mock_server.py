@@ -129,6 +129,9 @@ class MockServerSettings:
     error_503_rate: float = 0.0
     error_529_rate: float = 0.0
     hang_rate: float = 0.0
+    # None: a hang is never answered and holds its slot until the client disconnects; else it
+    # is answered after this long and holds its slot that long, even if the client leaves.
+    hang_seconds: float | None = None
     reset_rate: float = 0.0
     malformed_rate: float = 0.0
     stats_interval_seconds: float = 0.1
@@ -152,6 +155,10 @@ class MockServerSettings:
             raise EngineError(
                 "MockServerSettings needs malformed_rate in [0, 1] and stats_interval_seconds "
                 f"> 0, got {self.malformed_rate} and {self.stats_interval_seconds}"
+            )
+        if self.hang_seconds is not None and not self.hang_seconds > 0:
+            raise EngineError(
+                f"MockServerSettings.hang_seconds must be > 0 or None, got {self.hang_seconds}"
             )
         seen: set[tuple[str | None, EndpointLimit]] = set()
         for schedule in self.schedules:
@@ -541,7 +548,7 @@ class MockProviderServer:
                 connection, request, dialect, behaviour, refusal, model=model_request.model_id
             )
             return
-        if fault is Fault.HANG:
+        if fault is Fault.HANG and self.settings.hang_seconds is None:
             self._count_fault(fault)
             connection.hold(behaviour)  # finished as cancelled when the client gives up
             return
@@ -581,10 +588,38 @@ class MockProviderServer:
             body = dialect.malformed()
         else:
             body = dialect.answer(model_request, extra, response, request_key)
+        if fault is Fault.HANG:
+            assert self.settings.hang_seconds is not None
+            self._count_fault(fault)
+            loop.call_at(
+                admitted_at + self.settings.hang_seconds,
+                self._end_hang,
+                connection,
+                behaviour,
+                body,
+                headers,
+            )
+            return
         # The latency runs from admission: making the answer is part of it, not added to it.
         connection.answer_at(
             admitted_at + latency, behaviour, AttemptOutcome.SUCCESS, 200, body, headers
         )
+
+    def _end_hang(
+        self,
+        connection: _HttpProtocol,
+        behaviour: BehaviourModel,
+        body: bytes,
+        headers: Mapping[str, str] | Callable[[], Mapping[str, str]],
+    ) -> None:
+        """The end of a hang of ``hang_seconds``: its slot frees now, whether or not the client
+        waited for the answer (then it is sent)."""
+        now = asyncio.get_running_loop().time()
+        if connection.is_open:
+            behaviour.finish(now, AttemptOutcome.SUCCESS)
+            connection.respond(200, body, True, headers() if callable(headers) else headers)
+        else:
+            behaviour.finish(now, AttemptOutcome.CANCELLED)
 
     def _control(self, connection: _HttpProtocol, request: _Request) -> None:
         """Routes that are not model calls: stats, health, the schedule epoch, or 404."""
@@ -839,6 +874,10 @@ class _HttpProtocol(asyncio.Protocol):
             behaviour, outcome = held
             behaviour.finish(asyncio.get_running_loop().time(), outcome)
         self.respond(status, body, True, headers() if callable(headers) else headers)
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._closing
 
     def hold(self, behaviour: BehaviourModel) -> None:
         self._held = (behaviour, AttemptOutcome.CANCELLED)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sluiceway.errors import ConfigError, EngineError, RateLimitedError
+from sluiceway.errors import ConfigError, EngineError, ProviderTimeoutError, RateLimitedError
 from sluiceway.providers.base import ChatMessage, GenerationKind, ModelRequest
 from sluiceway.providers.behaviour import EndpointLimit, SimulationSettings
 from sluiceway.providers.mock_competitor import CompetitorMode, CompetitorSettings
@@ -95,6 +95,15 @@ class Holder:
     async def release_all(self) -> None:
         while self._writers:
             await self.release()
+
+
+def _request(timeout_seconds: float) -> ModelRequest:
+    return ModelRequest(
+        model_id="m",
+        kind=GenerationKind.TEXT,
+        messages=(ChatMessage(role="user", content="hello"),),
+        timeout_seconds=timeout_seconds,
+    )
 
 
 def _model_stats(server: MockProviderServer, model: str = "m") -> dict[str, Any]:
@@ -300,6 +309,46 @@ async def test_a_retry_at_once_competitor_takes_the_slot_the_client_frees(
     assert model["competitor"]["rate_limited"] >= 10
 
 
+# -- hangs of a fixed length ------------------------------------------------------------------
+
+
+async def test_a_timed_hang_keeps_its_slot_after_the_client_gives_up(
+    http: httpx.AsyncClient,
+) -> None:
+    server = await _serve(simulation=SimulationSettings(capacity=1), hang_seconds=1.0)
+    client = OpenAICompatibleClient(
+        "mock", base_url=server.base_url, headers={"x-mock-fault": "hang"}
+    )
+    url = f"{server.base_url}/chat/completions"
+    try:
+        with pytest.raises(ProviderTimeoutError):
+            await client.send(_request(timeout_seconds=0.05))
+        refused = await http.post(url, json=CHAT)  # the hang still holds the only slot
+        await _until(server, lambda: _in_flight(server) == 0, "the hang ended")
+        answered = await http.post(url, json=CHAT)
+        model = _model_stats(server)
+    finally:
+        await client.aclose()
+        await server.aclose()
+    assert (refused.status_code, answered.status_code) == (429, 200)
+    assert (model["cancelled"], model["successes"], model["rate_limited"]) == (1, 1, 1)
+
+
+async def test_a_timed_hang_is_answered_to_a_client_that_waits() -> None:
+    server = await _serve(hang_seconds=0.05)
+    client = OpenAICompatibleClient(
+        "mock", base_url=server.base_url, headers={"x-mock-fault": "hang"}
+    )
+    try:
+        response = await client.send(_request(timeout_seconds=5.0))
+        stats = server.stats()
+    finally:
+        await client.aclose()
+        await server.aclose()
+    assert response.text and stats["models"]["m"]["successes"] == 1
+    assert stats["faults"] == {"hang": 1}
+
+
 # -- OpenAI rate-limit headers and Retry-After ------------------------------------------------
 
 
@@ -363,13 +412,7 @@ async def test_a_429_without_retry_after_leaves_the_client_no_wait() -> None:
     try:
         await holder.hold()
         with pytest.raises(RateLimitedError) as caught:
-            await client.send(
-                ModelRequest(
-                    model_id="m",
-                    kind=GenerationKind.TEXT,
-                    messages=(ChatMessage(role="user", content="hello"),),
-                )
-            )
+            await client.send(_request(timeout_seconds=5.0))
         async with httpx.AsyncClient() as http:
             seen.append(await http.post(f"{server.base_url}/chat/completions", json=CHAT))
     finally:
