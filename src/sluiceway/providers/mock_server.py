@@ -11,7 +11,8 @@ forced per request with the ``x-mock-fault`` header.
 
 Limits can follow a schedule (:mod:`sluiceway.providers.mock_schedule`) and competing clients
 can take slots of a model (:mod:`sluiceway.providers.mock_competitor`), both timed from the
-schedule epoch (server start or first model request; ``POST /mock/epoch`` resets it to now).
+schedule epoch (server start or first model request; ``POST /mock/epoch`` resets it to now,
+``POST /mock/epoch?at=next-request`` to the next model request).
 Timers apply them: with neither configured a request costs nothing more.
 
 ``GET /stats`` returns counters per model (the client's requests; a competitor's are counted
@@ -317,15 +318,9 @@ class MockProviderServer:
         self._stop_timed()
         self._epoch_pending = False
         self._epoch = now
-        simulation = self.settings.simulation
-        base = {
-            EndpointLimit.CAPACITY: simulation.capacity,
-            EndpointLimit.RPM: simulation.rpm,
-            EndpointLimit.TPM: simulation.tpm,
-        }
         for schedule in self.settings.schedules:
             first = schedule.steps[0]
-            initial = first.value if first.at_seconds == 0.0 else base[schedule.limit]
+            initial = first.value if first.at_seconds == 0.0 else self._configured(schedule.limit)
             self._put_in_force(schedule, initial, now)
             for step in schedule.steps:
                 if step.at_seconds > 0.0:
@@ -342,6 +337,24 @@ class MockProviderServer:
                     loop.call_at(now + competitor.start_seconds, self._open_competitor, competitor)
                 )
         return round(now - self._started_at, 6)
+
+    def arm_schedule_epoch(self) -> None:
+        """Make the next model request second 0 of the schedules and competitors (before it is
+        admitted). Until then the previous epoch's timers and competitors are stopped (their
+        requests in flight end at their time) and scheduled limits have their configured
+        values."""
+        now = asyncio.get_running_loop().time()
+        self._stop_timed()
+        self._epoch = None
+        self._epoch_pending = True
+        for schedule in self.settings.schedules:
+            self._put_in_force(schedule, self._configured(schedule.limit), now)
+
+    def _configured(self, limit: EndpointLimit) -> int | None:
+        simulation = self.settings.simulation
+        if limit is EndpointLimit.CAPACITY:
+            return simulation.capacity
+        return simulation.rpm if limit is EndpointLimit.RPM else simulation.tpm
 
     def _stop_timed(self) -> None:
         for timer in self._timers:
@@ -364,11 +377,11 @@ class MockProviderServer:
                 schedule.model is None and (model, limit) not in self._own_schedules
             ):
                 state.behaviour.set_limit(now, limit, value)
-        assert self._epoch is not None
+        epoch = self._epoch
         self._limit_changes.append(
             {
                 "at_seconds": round(now - self._started_at, 6),
-                "since_epoch_seconds": round(now - self._epoch, 6),
+                "since_epoch_seconds": None if epoch is None else round(now - epoch, 6),
                 "model": schedule.model,
                 "limit": limit.value,
                 "value": value,
@@ -630,7 +643,18 @@ class MockProviderServer:
         elif request.method == "GET" and path == "/health":
             connection.respond(200, b'{"status":"ok"}', request.keep_alive)
         elif request.method == "POST" and path == "/mock/epoch":
-            epoch = self.reset_schedule_epoch()
+            epoch: float | None = None
+            if request.query == "at=next-request":
+                self.arm_schedule_epoch()
+            elif request.query in ("", "at=now"):
+                epoch = self.reset_schedule_epoch()
+            else:
+                body = _OPENAI.error(
+                    ErrorKind.INVALID_REQUEST,
+                    f"POST /mock/epoch takes ?at=now or ?at=next-request, got ?{request.query}",
+                )
+                connection.respond(400, body, request.keep_alive)
+                return
             connection.respond(200, json_bytes({"schedule_epoch_at": epoch}), request.keep_alive)
         else:
             body = _OPENAI.error(ErrorKind.NOT_FOUND, f"no route {request.method} {request.path}")

@@ -180,6 +180,34 @@ async def test_the_epoch_waits_for_the_first_request_and_a_reset_restarts_the_sc
     assert stats["models"]["m"]["limits"]["capacity"] == 5
 
 
+async def test_an_armed_epoch_starts_again_at_the_next_request(http: httpx.AsyncClient) -> None:
+    server = await _serve(
+        simulation=SimulationSettings(capacity=2),
+        schedules=(_capacity_schedule("0:1"),),
+        competitors=(_competitor(slots=1),),
+    )
+    url = f"{server.base_url}/chat/completions"
+    try:
+        first = await http.post(url, json=CHAT)  # the competitor holds the one slot
+        armed = await http.post(f"{server.base_url}/mock/epoch?at=next-request")
+        waiting = server.stats(series=False)
+        await _until(server, lambda: _model_stats(server)["competitor"]["in_flight"] == 0, "")
+        again = await http.post(url, json=CHAT)  # second 0 again: the competitor is first
+        bad = await http.post(f"{server.base_url}/mock/epoch?at=later")
+        stats = server.stats(series=False)
+    finally:
+        await server.aclose()
+    assert (first.status_code, again.status_code, bad.status_code) == (429, 429, 400)
+    assert armed.json() == {"schedule_epoch_at": None} and waiting["schedule_epoch_at"] is None
+    assert waiting["models"]["m"]["limits"]["capacity"] == 2  # configured until second 0
+    assert stats["schedule_epoch_at"] > 0
+    assert [(c["value"], c["since_epoch_seconds"]) for c in stats["limit_changes"]] == [
+        (1, 0.0),
+        (2, None),
+        (1, 0.0),
+    ]
+
+
 async def test_a_model_schedule_overrides_the_one_for_every_model_and_new_models_get_it(
     http: httpx.AsyncClient,
 ) -> None:
