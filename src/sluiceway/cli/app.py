@@ -463,14 +463,21 @@ def mock_server(
     queueing: Annotated[bool, typer.Option(help="Slow down instead of answering 429.")] = False,
     retry_after_format: Annotated[
         str,
-        typer.Option(metavar="FORMAT", help="Retry-After form: seconds, http-date or ms."),
+        typer.Option(metavar="FORMAT", help="Retry-After form: seconds, http-date, ms or none."),
     ] = "seconds",
     retry_after_seconds: Annotated[
         float, typer.Option(metavar="SECONDS", min=0.0, help="Retry-After on 429.")
     ] = 1.0,
     error_500_rate: Annotated[float, _share("Share answered 500.")] = 0.0,
     error_503_rate: Annotated[float, _share("Share answered 503.")] = 0.0,
-    hang_rate: Annotated[float, _share("Share never answered.")] = 0.0,
+    error_529_rate: Annotated[float, _share("Share answered 529 (overloaded).")] = 0.0,
+    hang_rate: Annotated[float, _share("Share that hangs (--hang-seconds).")] = 0.0,
+    hang_seconds: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS", min=0.0, help="A hang lasts this long and keeps its slot that long."
+        ),
+    ] = None,
     reset_rate: Annotated[float, _share("Share with a connection reset.")] = 0.0,
     malformed_rate: Annotated[float, _share("Share with a malformed body.")] = 0.0,
     api_key_env: Annotated[
@@ -481,9 +488,31 @@ def mock_server(
     count_by_content: Annotated[
         bool, typer.Option(help="Count requests per content hash in /stats.")
     ] = False,
+    rate_window: Annotated[
+        str, typer.Option(help="RPM/TPM windows: rolling or bucket (refilled continuously).")
+    ] = "rolling",
+    capacity_schedule: Annotated[
+        list[str] | None,
+        typer.Option(help="[MODEL=]SECONDS:VALUE,... e.g. 0:32,10:8,20:32 (repeatable)."),
+    ] = None,
+    rpm_schedule: Annotated[
+        list[str] | None, typer.Option(help="RPM on a schedule, as --capacity-schedule.")
+    ] = None,
+    tpm_schedule: Annotated[
+        list[str] | None, typer.Option(help="TPM on a schedule, as --capacity-schedule.")
+    ] = None,
+    competitor: Annotated[
+        list[str] | None,
+        typer.Option(help="start=0,duration=10,slots=24,mode=polite|retry-at-once (repeatable)."),
+    ] = None,
+    schedule_epoch: Annotated[
+        str, typer.Option(help="Second 0 of schedules: start or first-request.")
+    ] = "start",
 ) -> None:
-    """Serve an OpenAI-compatible mock endpoint on 127.0.0.1 (GET /stats for counters)."""
-    from sluiceway.providers.behaviour import SimulationSettings
+    """Serve an OpenAI- and Anthropic-compatible mock endpoint on 127.0.0.1 (GET /stats)."""
+    from sluiceway.providers.behaviour import EndpointLimit, RateWindowKind, SimulationSettings
+    from sluiceway.providers.mock_competitor import parse_competitor
+    from sluiceway.providers.mock_schedule import ScheduleEpoch, parse_limit_schedule
     from sluiceway.providers.mock_server import MockServerSettings, RetryAfterFormat, serve
 
     err = _console(stderr=True)
@@ -499,7 +528,29 @@ def mock_server(
                 highlight=False,
             )
             raise typer.Exit(code=2)
+    for flag, value, kinds in (
+        ("--retry-after-format", retry_after_format, RetryAfterFormat),
+        ("--rate-window", rate_window, RateWindowKind),
+        ("--schedule-epoch", schedule_epoch, ScheduleEpoch),
+    ):
+        if value not in {kind.value for kind in kinds}:
+            choices = ", ".join(kind.value for kind in kinds)
+            err.print(
+                f"error: {flag} must be one of {choices}, got {value!r}",
+                markup=False,
+                highlight=False,
+            )
+            raise typer.Exit(code=2)
     try:
+        schedules = tuple(
+            parse_limit_schedule(text, limit, source=flag)
+            for flag, texts, limit in (
+                ("--capacity-schedule", capacity_schedule, EndpointLimit.CAPACITY),
+                ("--rpm-schedule", rpm_schedule, EndpointLimit.RPM),
+                ("--tpm-schedule", tpm_schedule, EndpointLimit.TPM),
+            )
+            for text in texts or ()
+        )
         settings = MockServerSettings(
             simulation=SimulationSettings(
                 latency_seconds=latency_seconds,
@@ -509,25 +560,25 @@ def mock_server(
                 tpm=tpm,
                 queueing=queueing,
                 retry_after_seconds=retry_after_seconds,
+                rate_window=RateWindowKind(rate_window),
             ),
             seed=seed,
             api_key=api_key,
             retry_after_format=RetryAfterFormat(retry_after_format),
             error_500_rate=error_500_rate,
             error_503_rate=error_503_rate,
+            error_529_rate=error_529_rate,
             hang_rate=hang_rate,
+            hang_seconds=hang_seconds,
             reset_rate=reset_rate,
             malformed_rate=malformed_rate,
             count_by_content=count_by_content,
+            schedules=schedules,
+            competitors=tuple(
+                parse_competitor(text, source="--competitor") for text in competitor or ()
+            ),
+            schedule_epoch=ScheduleEpoch(schedule_epoch),
         )
-    except ValueError:
-        err.print(
-            "error: --retry-after-format must be seconds, http-date or ms, "
-            f"got {retry_after_format!r}",
-            markup=False,
-            highlight=False,
-        )
-        raise typer.Exit(code=2) from None
     except SluicewayError as error:
         raise _fail(error, err) from None
     listening = False
