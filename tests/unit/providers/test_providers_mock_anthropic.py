@@ -9,6 +9,7 @@ import datetime
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -94,7 +95,11 @@ async def test_text_and_structured_answers_with_usage_through_the_client(
         await client.aclose()
     assert text.text and text.reasoning is None
     assert text.usage.prompt_tokens > 0 and text.usage.completion_tokens > 0
-    assert again == text  # the same request gets the same answer
+    # The same request gets the same answer; the windows it reports have moved on.
+    assert replace(again, rate_limit=None) == replace(text, rate_limit=None)
+    assert text.rate_limit is not None and again.rate_limit is not None
+    assert text.rate_limit.requests is not None and again.rate_limit.requests is not None
+    assert again.rate_limit.requests.remaining == text.rate_limit.requests.remaining - 2
     assert structured.text is not None
     jsonschema.validate(json.loads(structured.text), SCHEMA)
     model = server.stats()["models"]["claude-mock"]
