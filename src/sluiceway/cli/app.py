@@ -488,6 +488,14 @@ def mock_server(
     count_by_content: Annotated[
         bool, typer.Option(help="Count requests per content hash in /stats.")
     ] = False,
+    window_seconds: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            min=0.001,
+            help="Length of the RPM/TPM windows (providers count per 60 s).",
+        ),
+    ] = 60.0,
     rate_window: Annotated[
         str, typer.Option(help="RPM/TPM windows: rolling or bucket (refilled continuously).")
     ] = "rolling",
@@ -561,6 +569,7 @@ def mock_server(
                 queueing=queueing,
                 retry_after_seconds=retry_after_seconds,
                 rate_window=RateWindowKind(rate_window),
+                window_seconds=window_seconds,
             ),
             seed=seed,
             api_key=api_key,

@@ -17,7 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import httpx
 from httpx._utils import URLPattern, get_environment_proxies
@@ -59,6 +59,10 @@ class JsonAnswer(NamedTuple):
 
 class HttpProviderBase:
     """One outbound attempt per ``_post``; subclasses build bodies and read answers."""
+
+    # Answers carry the provider's rate-limit windows (``ModelResponse.rate_limit``): request
+    # admission paces by them, and needs a token estimate of each request to pace by tokens.
+    reports_rate_limits: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -202,8 +202,13 @@ class ModelRequestExecutor:
         now = self._now
         started_at = now()
         attempt = 0
+        # A token estimate for a tpm budget, or for the token window a provider may report
+        # (its report can arrive while this request waits for a lease).
         estimated_tokens = (
-            estimate_request_tokens(request) if self._controller.reserves_tokens(resource) else 0
+            estimate_request_tokens(request)
+            if getattr(client, "reports_rate_limits", False)
+            or self._controller.reserves_tokens(resource)
+            else 0
         )
         while True:
             attempt += 1
