@@ -330,7 +330,11 @@ def _cooldown(records: int, base_url: str | None) -> ConfigDocument:
         {"name": "from_a", "type": "llm_text", "model": "a", "prompt": "A: {{ topic }}"},
         {"name": "from_b", "type": "llm_text", "model": "b", "prompt": "B: {{ topic }}"},
     ]
-    return _document({"a": COOLING, "b": BUSY}, columns, records)
+    # A starts at its cap (no slow start), so its opening burst is refused at the level it
+    # serves and cools A down: the cooldown B must not feel. (With slow start, A is refused
+    # only while starting and probing, which cools nothing down.)
+    run = {"request_admission": {"slow_start": False}}
+    return _document({"a": COOLING, "b": BUSY}, columns, records, run=run)
 
 
 def _memory(records: int, base_url: str | None) -> ConfigDocument:
