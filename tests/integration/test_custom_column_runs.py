@@ -354,3 +354,31 @@ def test_no_thread_of_a_sync_column_outlives_its_run(tmp_path: Path) -> None:
     frame = load_dataset(tmp_path / "out")
     assert (frame["c"] == frame["n"] * 2).all() and (frame["b"] == frame["n"] + 1).all()
     assert set(threading.enumerate()) - _BEFORE == set()  # no thread of any kind is left
+
+
+@pytest.mark.parametrize(("raised", "code"), [("KeyboardInterrupt()", 130), ("SystemExit(4)", 4)])
+def test_the_cli_says_how_to_resume_after_a_column_interrupts_the_run(
+    tmp_path: Path, raised: str, code: int
+) -> None:
+    (tmp_path / "stopping_column.py").write_text(
+        "def stop(row, ctx):\n"
+        "    if ctx.row_indices[0] == 7:\n"
+        f"        raise {raised}\n"
+        "    return 1\n"
+    )
+    config = _config("stop", records=10)
+    config["columns"][1]["function"] = "stopping_column:stop"
+    (tmp_path / "stop.yaml").write_text(yaml.safe_dump(config))
+    process = subprocess.run(
+        [sys.executable, "-m", "sluiceway", "run", "stop.yaml", "-o", "out", "--no-report"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
+    )
+    assert process.returncode == code, process.stderr
+    assert "continue it later with --resume" in process.stderr
+    assert "sluiceway run stop.yaml -o out --resume" in process.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "cancelled"

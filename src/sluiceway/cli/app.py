@@ -307,6 +307,14 @@ def run(
     except RunStoppedError as error:
         resume_with = resume_command(config, output_dir, num_records=num_records, seed=seed)
         raise _stopped(error, err, resume_with) from None
+    except (KeyboardInterrupt, SystemExit) as interrupt:
+        # Raised by a column's own code: the run stopped in order and kept its output.
+        stopped = interrupt.__cause__
+        if not isinstance(stopped, RunStoppedError):
+            raise
+        resume_with = resume_command(config, output_dir, num_records=num_records, seed=seed)
+        _stopped(stopped, err, resume_with)
+        raise
     except SluicewayError as error:
         raise _fail(error, err) from None
     info = outcome.info

@@ -553,8 +553,9 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         stopped.partial = info
         if isinstance(stopped, RunInterruptedError):
             # The output is finalised (status cancelled, resumable): the KeyboardInterrupt or
-            # SystemExit a column raised goes on to the caller as it was raised.
-            raise stopped.interrupt
+            # SystemExit a column raised goes on to the caller as it was raised, with the
+            # stopped run (and what it kept) as its cause.
+            raise stopped.interrupt from stopped
         raise stopped
     return RunOutcome(
         info=info,
