@@ -7,19 +7,21 @@
     │   ├── RetryableGenerationError     try again later (same task, new attempt)
     │   └── NonRetryableGenerationError  drop the row (cell) or the affected rows (batch)
     ├── ProviderError                a model provider answered with an error (mapped at the client)
-    │   ├── RateLimitedError             429 / overload; carries retry_after_seconds
+    │   ├── RateLimitedError             429 / overload; carries retry_after_seconds, rate_limit
     │   │   └── ProviderOverloadedError      503 / 529 overload, counted as rate pressure
     │   ├── ProviderTimeoutError         the attempt started but no answer came in time
     │   ├── ProviderUnavailableError     5xx, connection reset, malformed body
     │   ├── BadRequestError              the request itself is invalid (non-retryable)
     │   │   └── ContextLengthError           the prompt does not fit the model's context
     │   ├── QuotaExceededError           the account's quota or credit is spent (non-retryable)
+    │   ├── ProviderRedirectError        a 3xx answer: base_url is wrong (non-retryable)
     │   └── AuthenticationError          bad or missing credentials (non-retryable)
     ├── RequestAdmissionError        a request lease could not be granted (timeout, shutdown)
     ├── StorageError                 the output could not be written (fatal)
     ├── EngineError                  an engine invariant broke (a bug; fatal)
     └── RunStoppedError              the run stopped before finishing; completed row groups kept
         ├── RunCancelledError            cancel() or Ctrl-C
+        │   └── RunInterruptedError          a task raised KeyboardInterrupt or SystemExit
         ├── EarlyShutdownError           too many non-retryable failures in the sliding window
         └── ProviderCircuitOpenError     a provider/model failed with no success for too long
 
@@ -29,6 +31,10 @@ Messages state the rule, the offending value, and how to fix it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sluiceway.rate_limits import RateLimitHeaders
 
 
 class SluicewayError(Exception):
@@ -105,10 +111,21 @@ class ProviderError(SluicewayError):
 
 
 class RateLimitedError(ProviderError):
-    """The provider refused the request for rate or overload reasons."""
+    """The provider refused the request for rate or overload reasons.
 
-    def __init__(self, message: str, *, retry_after_seconds: float | None = None) -> None:
+    ``rate_limit`` holds the rate-limit windows the refusal reported (HTTP clients read them
+    from the answer's headers), ``None`` when it reported none.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_seconds: float | None = None,
+        rate_limit: RateLimitHeaders | None = None,
+    ) -> None:
         self.retry_after_seconds = retry_after_seconds
+        self.rate_limit = rate_limit
         super().__init__(message)
 
 
@@ -136,6 +153,13 @@ class ContextLengthError(BadRequestError):
 
 class QuotaExceededError(ProviderError):
     """The account has no quota or credit left; waiting for a rate window does not help."""
+
+    retryable = False
+
+
+class ProviderRedirectError(ProviderError):
+    """The endpoint answered with a redirect (3xx); redirects are not followed, since the
+    configured ``base_url`` most likely names the wrong address. Retrying cannot help."""
 
     retryable = False
 
@@ -173,6 +197,16 @@ class RunStoppedError(SluicewayError):
 
 class RunCancelledError(RunStoppedError):
     """The run was cancelled (``cancel()`` or Ctrl-C)."""
+
+
+class RunInterruptedError(RunCancelledError):
+    """A task raised ``KeyboardInterrupt`` or ``SystemExit`` (a custom column calling
+    ``sys.exit``, or Ctrl-C landing in its code). The run stops as if cancelled, its output is
+    finalised (resumable), and ``run_dataset`` then raises ``interrupt`` itself."""
+
+    def __init__(self, message: str, *, interrupt: KeyboardInterrupt | SystemExit) -> None:
+        self.interrupt = interrupt
+        super().__init__(message)
 
 
 class EarlyShutdownError(RunStoppedError):

@@ -2,8 +2,9 @@
 
 The endpoint enforces the same window as the client's budget (a short one, so the budget binds
 several times within a test): the simulated provider in-process, and the loopback mock server
-over HTTP. The endpoint is the witness: a client that sends past its budget is refused there.
-Every run must finish with every row written and every lease released.
+over HTTP; and, with no client budget at all, windows the mock server reports only in its
+rate-limit headers. The endpoint is the witness: a client that sends past a window is refused
+there. Every run must finish with every row written and every lease released.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import pytest
 
 from sluiceway.config.models import DatasetConfig
 from sluiceway.engine.run import RunOptions, run_dataset
-from sluiceway.providers.behaviour import SimulationSettings
+from sluiceway.observability import EventBus, EventKind, MemoryEventSink
+from sluiceway.providers.behaviour import RateWindowKind, SimulationSettings
 from sluiceway.providers.mock_server import MockProviderServer, MockServerSettings
 
-WINDOW_SECONDS = 0.5
-RECORDS = 60
+WINDOW_SECONDS = 1.0
+RECORDS = 50
 RPM = 20  # per window: the run needs three windows
-TPM = 600
+TPM = 500
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -131,3 +133,40 @@ def test_budgets_pace_a_run_over_http_against_the_mock_server(
     assert refused == _rate_limited(requests)
     assert refused <= (0 if "rpm" in budget else 8)
     assert stats["responses_by_status"]["200"] == RECORDS
+
+
+@pytest.mark.parametrize("window", ["rpm", "tpm"])
+def test_windows_the_server_reports_pace_a_run_with_no_client_budget(
+    tmp_path: Path, window: str
+) -> None:
+    # The server refills its window continuously (as providers describe theirs) and says so in
+    # its x-ratelimit-* headers; the client has no budget of its own. Pacing by those headers
+    # leaves the refusals to the first window at most (the client learns the window from the
+    # first answers), then none.
+    limits = {"rpm": RPM} if window == "rpm" else {"tpm": TPM}
+
+    async def run() -> tuple[dict[str, Any], list[Any]]:
+        simulation = SimulationSettings(
+            latency_seconds=0.005,
+            window_seconds=WINDOW_SECONDS,
+            rate_window=RateWindowKind.BUCKET,
+            **limits,
+        )
+        server = MockProviderServer(MockServerSettings(simulation=simulation))
+        await server.start()
+        sink = MemoryEventSink([EventKind.REQUEST_PACING_HELD])
+        try:
+            provider = {"name": "mock", "type": "openai", "base_url": server.base_url}
+            await run_dataset(
+                _config(provider, {}),
+                RunOptions(output_dir=tmp_path, overwrite=True, events=EventBus([sink])),
+            )
+            return server.stats(), list(sink.events)
+        finally:
+            await server.aclose()
+
+    stats, held = asyncio.run(run())
+    requests = _finished(tmp_path)
+    assert stats["responses_by_status"]["200"] == RECORDS
+    assert held, "the reported window never held a grant back"
+    assert stats["responses_by_status"].get("429", 0) == _rate_limited(requests) <= 4

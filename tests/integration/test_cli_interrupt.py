@@ -63,6 +63,7 @@ def test_first_ctrl_c_cancels_in_order_and_keeps_written_row_groups(tmp_path: Pa
     assert process.returncode == 130, stderr
     assert "cancelling" in stderr and "stopped: the run was cancelled" in stderr
     assert "kept" in stderr
+    assert f"sluiceway run {tmp_path / 'slow.yaml'} -o {out} --resume" in stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "cancelled"
     assert manifest["row_groups"], "the row group written before Ctrl-C is kept"

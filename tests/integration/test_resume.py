@@ -149,6 +149,7 @@ async def test_resuming_a_complete_run_sends_nothing(
     outcome = await _run(_config(), out, provider, resume=True)
     assert sum(provider.completed.values()) == 0
     assert outcome.info.rows_written == 30
+    assert outcome.info.already_complete
     assert read_manifest(out).status is RunStatus.COMPLETED
     pd.testing.assert_frame_equal(_frame(out), baseline)
 

@@ -74,6 +74,7 @@ from sluiceway.observability.scheduler_events import (
 )
 from sluiceway.providers.base import ModelRequest, ModelResponse
 from sluiceway.providers.mock_server import MockProviderServer, MockServerSettings
+from sluiceway.rate_limits import RateLimitHeaders, RateLimitWindow
 from sluiceway.requests import (
     ProviderModelKey,
     RequestAdmissionController,
@@ -365,7 +366,13 @@ class StormProvider:
         if self._hang_after is not None and self.sent > self._hang_after:
             await asyncio.Event().wait()
         if self.sent <= self._rate_limited_first:
-            raise RateLimitedError(f"slow down {CANARY}", retry_after_seconds=0.0)
+            # The refusal reports the window as spent, refilling one request per millisecond.
+            window = RateLimitWindow(limit=50, remaining=0, reset_seconds=0.05)
+            raise RateLimitedError(
+                f"slow down {CANARY}",
+                retry_after_seconds=0.0,
+                rate_limit=RateLimitHeaders(requests=window),
+            )
         content = request.messages[-1].content
         if "fan-out" not in content and zlib.crc32(content.encode()) % 5 == 0:
             raise BadRequestError(f"refused: {CANARY}")
@@ -422,8 +429,8 @@ def _busy_run(trace_sample_rate: float = 1.0) -> tuple[Event, ...]:
         task_admission={"policy": "strict_fair"},
         row_group_horizon={"mode": "adaptive", "max_rows_in_flight": 8},
         request_admission={
-            "successes_until_increase": 1,
-            "ceiling_hold_seconds": 0.0,
+            "slow_start": False,
+            "max_hold_seconds": 0.0,
             "default_cooldown_seconds": 0.0,
         },
     )

@@ -36,6 +36,7 @@ def mock_server(endpoint: Endpoint, *, python: Path | None = None) -> Iterator[s
     ]
     if endpoint.capacity is not None:
         command += ["--capacity", str(endpoint.capacity)]
+    command += endpoint.mock_flags
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

@@ -304,7 +304,8 @@ def write_overview(results: Sequence[ScenarioResult], settings: BenchSettings) -
     for result in results:
         scenario = result.scenario
         limit = scenario.physical_limit_per_second
-        for name in dict.fromkeys((scenario.primary_metric, "model_calls_per_second")):
+        shown = (scenario.primary_metric, *scenario.summary_metrics, "model_calls_per_second")
+        for name in dict.fromkeys(shown):
             s = result.summaries.get(name)
             if s is None:
                 continue

@@ -33,6 +33,9 @@ class Endpoint:
     capacity: int | None = None  # requests the endpoint serves at once; None = unbounded
     client_cap: int = 256  # max_parallel_requests
     retry_after_seconds: float = 1.0
+    # More `sluiceway mock-server` flags when the mock server serves it (schedules, competitors).
+    mock_flags: tuple[str, ...] = ()
+    timeout_seconds: float | None = None  # the model's timeout_seconds (None: the default)
 
     @property
     def limit_per_second(self) -> float | None:
@@ -62,6 +65,7 @@ class Scenario:
     analysis: Mapping[str, Any] = field(default_factory=dict)
     smoke_analysis: Mapping[str, Any] | None = None
     ratio_metrics: tuple[str, ...] = ("utilization",)  # derived: metric / physical limit
+    summary_metrics: tuple[str, ...] = ()  # shown in summary.md beside the primary metric
 
 
 def _simulated_provider(name: str, endpoint: Endpoint) -> dict[str, Any]:
@@ -75,12 +79,15 @@ def _simulated_provider(name: str, endpoint: Endpoint) -> dict[str, Any]:
 
 
 def _model(alias: str, provider: str, endpoint: Endpoint) -> dict[str, Any]:
-    return {
+    model: dict[str, Any] = {
         "alias": alias,
         "provider": provider,
         "model": f"bench-{alias}",
         "max_parallel_requests": endpoint.client_cap,
     }
+    if endpoint.timeout_seconds is not None:
+        model["timeout_seconds"] = endpoint.timeout_seconds
+    return model
 
 
 def _document(
@@ -144,6 +151,57 @@ DYNAMIC = Endpoint(alias="dyn", latency_seconds=0.2, capacity=32, client_cap=32)
 RATE_LIMITED = Endpoint(
     alias="m", latency_seconds=0.2, capacity=32, client_cap=64, retry_after_seconds=1.0
 )
+# SPEC §6.6, against the mock server (second 0 of its schedules and competitors is the run's
+# first request): another client holds 24 of the 32 slots for the first 10 s; the capacity drops
+# to 8 from 10 s to 20 s; a 2x over-subscription without Retry-After; a window of 600 requests
+# per 10 s (a token bucket, refilled continuously as providers describe theirs) that only the
+# provider's rate-limit headers tell the client about.
+CONTENDED = Endpoint(
+    alias="m",
+    latency_seconds=0.2,
+    capacity=32,
+    client_cap=32,
+    mock_flags=("--competitor", "start=0,duration=10,slots=24,mode=polite"),
+)
+CONTENDED_AT_ONCE = Endpoint(
+    alias="m",
+    latency_seconds=0.2,
+    capacity=32,
+    client_cap=32,
+    mock_flags=("--competitor", "start=0,duration=10,slots=24,mode=retry-at-once"),
+)
+DROPPING = Endpoint(
+    alias="m",
+    latency_seconds=0.2,
+    capacity=32,
+    client_cap=32,
+    mock_flags=("--capacity-schedule", "0:32,10:8,20:32"),
+)
+NO_RETRY_AFTER = Endpoint(
+    alias="m",
+    latency_seconds=0.2,
+    capacity=32,
+    client_cap=64,
+    mock_flags=("--retry-after-format", "none"),
+)
+WINDOW_REQUESTS = 600
+WINDOW_SECONDS = 10.0
+WINDOWED = Endpoint(
+    alias="m",
+    latency_seconds=0.2,
+    capacity=None,
+    client_cap=32,
+    mock_flags=(
+        "--rpm",
+        str(WINDOW_REQUESTS),
+        "--tpm",
+        "2000000",
+        "--rate-window",
+        "bucket",
+        "--window-seconds",
+        str(WINDOW_SECONDS),
+    ),
+)
 HEAVY_ROOT = Endpoint(alias="slow", latency_seconds=0.1, capacity=16, client_cap=16)
 FAST = Endpoint(alias="fast", latency_seconds=0.005, capacity=16, client_cap=16)
 COOLING = Endpoint(
@@ -164,6 +222,16 @@ def _capacities(*endpoints: Endpoint) -> dict[str, Any]:
             f"bench-{ep.alias}": min(ep.client_cap, ep.capacity or ep.client_cap)
             for ep in endpoints
         }
+    }
+
+
+def _changing(*, restore_at: float, capacity: int) -> dict[str, Any]:
+    """The analysis of a scenario whose server frees capacity ``restore_at`` s into the run."""
+    return {
+        "server_model": "bench-m",
+        "restore_at_seconds": restore_at,
+        "restored_capacity": capacity,
+        "latency_seconds": 0.2,
     }
 
 
@@ -232,6 +300,21 @@ def _rate_limit(records: int, base_url: str | None) -> ConfigDocument:
     return _document({"m": RATE_LIMITED}, columns, records)
 
 
+def _mock_chain(endpoint: Endpoint) -> Callable[[int, str | None], ConfigDocument]:
+    def build(records: int, base_url: str | None) -> ConfigDocument:
+        return _document({"m": endpoint}, _chain("m"), records, base_url=base_url)
+
+    return build
+
+
+def _mock_single(endpoint: Endpoint) -> Callable[[int, str | None], ConfigDocument]:
+    def build(records: int, base_url: str | None) -> ConfigDocument:
+        text = {"name": "text", "type": "llm_text", "model": "m", "prompt": "{{ topic }}"}
+        return _document({"m": endpoint}, [TOPIC, text], records, base_url=base_url)
+
+    return build
+
+
 def _heavy_root(records: int, base_url: str | None) -> ConfigDocument:
     columns = [
         TOPIC,
@@ -247,7 +330,11 @@ def _cooldown(records: int, base_url: str | None) -> ConfigDocument:
         {"name": "from_a", "type": "llm_text", "model": "a", "prompt": "A: {{ topic }}"},
         {"name": "from_b", "type": "llm_text", "model": "b", "prompt": "B: {{ topic }}"},
     ]
-    return _document({"a": COOLING, "b": BUSY}, columns, records)
+    # A starts at its cap (no slow start), so its opening burst is refused at the level it
+    # serves and cools A down: the cooldown B must not feel. (With slow start, A is refused
+    # only while starting and probing, which cools nothing down.)
+    run = {"request_admission": {"slow_start": False}}
+    return _document({"a": COOLING, "b": BUSY}, columns, records, run=run)
 
 
 def _memory(records: int, base_url: str | None) -> ConfigDocument:
@@ -372,6 +459,94 @@ SCENARIOS: Mapping[str, Scenario] = {
             event_kinds=_REQUEST_EVENTS,
             analysis={"settle_seconds": 10.0},
             smoke_analysis={"settle_seconds": 0.2},
+        ),
+        *(
+            Scenario(
+                name=name,
+                summary=f"3-column chain, 200 ms, capacity 32, client cap 32; another client "
+                f"({mode}) holds 24 slots for the first 10 s",
+                build=_mock_chain(endpoint),
+                records=2000,
+                smoke_records=20,
+                primary_metric="recovery_seconds",
+                ratio_metrics=(),
+                physical_limit_per_second=_sum_limit(endpoint),
+                limit_note="capacity / latency once the other client has left",
+                target="in flight >= 90% of capacity within 5 s of the other client leaving; "
+                "goodput from 5 s after it left >= 95% of capacity / latency (SPEC §6.6)",
+                transport=Transport.MOCK_SERVER,
+                mock_endpoint=endpoint,
+                analysis=_changing(restore_at=10.0, capacity=32),
+                summary_metrics=("recovery_seconds", "goodput_after_recovery_ratio"),
+            )
+            for name, endpoint, mode in (
+                ("contention-recovery", CONTENDED, "polite"),
+                ("contention-recovery-at-once", CONTENDED_AT_ONCE, "retrying its 429s at once"),
+            )
+        ),
+        Scenario(
+            name="capacity-drop",
+            summary="3-column chain, 200 ms, client cap 32; capacity 32, 8 from 10 s to 20 s, 32",
+            build=_mock_chain(DROPPING),
+            records=2000,
+            smoke_records=20,
+            primary_metric="rate_limited_share_outside_changes",
+            ratio_metrics=(),
+            physical_limit_per_second=_sum_limit(DROPPING),
+            limit_note="capacity / latency outside the drop",
+            target="429 share < 3% outside the first 2 s after each change; in flight >= 90% of "
+            "the restored capacity within 5 s of its return (SPEC §6.6)",
+            transport=Transport.MOCK_SERVER,
+            mock_endpoint=DROPPING,
+            analysis={
+                **_changing(restore_at=20.0, capacity=32),
+                "change_at_seconds": [10.0, 20.0],
+                "settle_after_change_seconds": 2.0,
+            },
+            summary_metrics=(
+                "rate_limited_share_outside_changes",
+                "recovery_seconds",
+                "server_rate_limited",
+            ),
+        ),
+        Scenario(
+            name="rate-limit-no-retry-after",
+            summary="client cap 64 against a true capacity of 32 (200 ms), 429s without "
+            "Retry-After, over HTTP",
+            build=_mock_single(NO_RETRY_AFTER),
+            records=4000,
+            smoke_records=100,
+            primary_metric="goodput_ratio",
+            ratio_metrics=("goodput_ratio",),
+            physical_limit_per_second=(NO_RETRY_AFTER.capacity or 0)
+            / NO_RETRY_AFTER.latency_seconds,
+            limit_note="true capacity / latency (not the client cap)",
+            target="goodput >= 90% of true capacity (SPEC §6.6)",
+            transport=Transport.MOCK_SERVER,
+            mock_endpoint=NO_RETRY_AFTER,
+        ),
+        Scenario(
+            name="header-pacing",
+            summary=f"a window of {WINDOW_REQUESTS} requests per {WINDOW_SECONDS:g} s (token "
+            "bucket) and a loose token window, told only by the rate-limit headers; no client "
+            "budget",
+            build=_mock_single(WINDOWED),
+            records=1500,
+            smoke_records=40,
+            primary_metric="window_goodput_ratio",
+            ratio_metrics=(),
+            physical_limit_per_second=WINDOW_REQUESTS / WINDOW_SECONDS,
+            limit_note="the window's refill rate (after its first burst)",
+            target="no 429 after the first window; goodput >= 95% of the window's limit "
+            "(SPEC §6.6)",
+            transport=Transport.MOCK_SERVER,
+            mock_endpoint=WINDOWED,
+            analysis={
+                "server_model": "bench-m",
+                "window_seconds": WINDOW_SECONDS,
+                "window_rate_per_second": WINDOW_REQUESTS / WINDOW_SECONDS,
+            },
+            summary_metrics=("window_goodput_ratio", "rate_limited_after_first_window"),
         ),
         Scenario(
             name="heavy-root",

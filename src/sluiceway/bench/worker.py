@@ -16,10 +16,12 @@ import copy
 import gc
 import hashlib
 import json
+import math
 import resource
 import shutil
 import sys
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,10 @@ def _event_metrics(
         metrics["last_rate_limit_seconds"] = (
             max(at for at, _, _ in limited) - started_at if limited else 0.0
         )
+        # The opening burst: refusals before the first answer came back.
+        answered_at = [at for at, _, outcome in completions if outcome == "success"]
+        first_answer = min(answered_at) if answered_at else math.inf
+        metrics["opening_rate_limited"] = sum(1 for at, _, _ in limited if at < first_answer)
     cooled = analysis.get("cooldown_provider")
     if cooled is not None and busy is not None and completions:
         busy_done = [at for at, provider, _ in completions if provider == busy]
@@ -165,6 +171,80 @@ def _event_metrics(
             metrics["busy_provider_in_flight_share_in_cooldown"] = (
                 held / window_seconds / float(capacity)
             )
+    return metrics
+
+
+def _server_call(base_url: str, path: str, *, post: bool = False) -> Any:
+    """A control or stats call to the loopback mock server the scenario runs against."""
+    root = base_url.removesuffix("/").removesuffix("/v1")
+    request = urllib.request.Request(f"{root}{path}", method="POST" if post else "GET")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _server_metrics(stats: Mapping[str, Any], analysis: Mapping[str, Any]) -> dict[str, Any]:
+    """SPEC §6.6 figures measured at the mock server (its per-model time series, seconds since
+    the schedule epoch: the run's first request), independent of the client."""
+    epoch = stats.get("schedule_epoch_at")
+    model = stats.get("models", {}).get(analysis["server_model"])
+    if epoch is None or model is None:
+        return {}
+    series = model["series"]
+    points = [
+        (at - epoch, in_flight, requests, limited, successes)
+        for at, in_flight, requests, limited, successes in zip(
+            series["at_seconds"],
+            series["in_flight"],
+            series["requests"],
+            series["rate_limited"],
+            series["successes"],
+            strict=True,
+        )
+        if at >= epoch
+    ]
+    if len(points) < 2:
+        return {}
+    metrics: dict[str, Any] = {}
+    # The run's end: the first sample that counts the run's last answer.
+    last_done = points[-1][4]
+    end = next(at for at, *_, done in points if done == last_done)
+    restore = analysis.get("restore_at_seconds")
+    capacity = analysis.get("restored_capacity")
+    latency = analysis.get("latency_seconds")
+    if restore is not None and capacity and end > restore:
+        reached = [
+            at for at, in_flight, *_ in points if at >= restore and in_flight >= 0.9 * capacity
+        ]
+        metrics["recovery_seconds"] = reached[0] - restore if reached else None
+        start = restore + 5.0
+        kept = [(at, done) for at, *_, done in points if start <= at <= end]
+        if len(kept) >= 2 and kept[-1][0] > kept[0][0] and latency:
+            rate = (kept[-1][1] - kept[0][1]) / (kept[-1][0] - kept[0][0])
+            metrics["calls_per_second_after_recovery"] = rate
+            metrics["goodput_after_recovery_ratio"] = rate / (capacity / latency)
+    first_window = analysis.get("window_seconds")
+    if first_window is not None and end > first_window:
+        after = [
+            (at, refused, done) for at, _, _, refused, done in points if first_window <= at <= end
+        ]
+        metrics["rate_limited_after_first_window"] = after[-1][1] - after[0][1]
+        if after[-1][0] > after[0][0]:
+            rate = (after[-1][2] - after[0][2]) / (after[-1][0] - after[0][0])
+            metrics["calls_per_second_after_first_window"] = rate
+            metrics["window_goodput_ratio"] = rate / float(analysis["window_rate_per_second"])
+    changes = analysis.get("change_at_seconds")
+    if changes is not None:
+        settle = float(analysis.get("settle_after_change_seconds", 2.0))
+        requests = limited = 0
+        for (at, _, sent, refused, _), (_, _, sent_before, refused_before, _) in zip(
+            points[1:], points, strict=False
+        ):
+            if at > end or any(change <= at < change + settle for change in changes):
+                continue
+            requests += sent - sent_before
+            limited += refused - refused_before
+        metrics["rate_limited_share_outside_changes"] = limited / requests if requests else None
+        metrics["server_rate_limited"] = points[-1][3] - points[0][3]
     return metrics
 
 
@@ -241,6 +321,11 @@ async def _run_once(job: Mapping[str, Any], output: Path) -> dict[str, Any]:
 
         sink = MemoryEventSink([EventKind(kind) for kind in kinds])
         options.events = EventBus([sink])
+    analysis = job.get("analysis", {})
+    base_url = raw["providers"][0].get("base_url") if analysis.get("server_model") else None
+    if base_url is not None:
+        # Second 0 of the server's schedules and competitors: this run's first request.
+        _server_call(base_url, "/mock/epoch?at=next-request", post=True)
     gc.collect()
     started_at = time.monotonic()
     wall_started = time.perf_counter()
@@ -265,7 +350,9 @@ async def _run_once(job: Mapping[str, Any], output: Path) -> dict[str, Any]:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if sink is not None:
-        metrics.update(_event_metrics(sink.events, started_at, job.get("analysis", {})))
+        metrics.update(_event_metrics(sink.events, started_at, analysis))
+    if base_url is not None:
+        metrics.update(_server_metrics(_server_call(base_url, "/stats"), analysis))
     plan = outcome.capacity_plan.to_dict()
     return {
         "metrics": metrics,

@@ -1,4 +1,8 @@
-"""Progress display for ``sluiceway run``: a rich bar on a terminal, plain log lines elsewhere."""
+"""Progress display for ``sluiceway run``: a rich bar on a terminal, plain log lines elsewhere.
+
+Both show the time left in two units at most (``42s``, ``3m 05s``, ``2h 10m``, ``4d 3h``,
+``135y 97d``), from the mean rate since the start: ``(total - done) / (done / elapsed)``.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +18,47 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 
 from sluiceway.engine.progress import ModelProgress, ProgressSnapshot
 
+_MINUTE = 60
+_HOUR = 60 * _MINUTE
+_DAY = 24 * _HOUR
+_YEAR = 365 * _DAY
+MAX_SHOWN_YEARS = 1000
+
 
 def _rate(snapshot: ProgressSnapshot) -> float:
     return snapshot.records_done / snapshot.elapsed_seconds if snapshot.elapsed_seconds else 0.0
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` in its two largest units, rounded down: ``59s``, ``1m 05s``, ``2h 00m``,
+    ``3d 4h``, ``135y 97d``; ``> 1,000y`` beyond that (a year is 365 days)."""
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {seconds}")
+    whole = int(seconds)
+    if whole < _MINUTE:
+        return f"{whole}s"
+    if whole < _HOUR:
+        return f"{whole // _MINUTE}m {whole % _MINUTE:02d}s"
+    if whole < _DAY:
+        return f"{whole // _HOUR}h {whole % _HOUR // _MINUTE:02d}m"
+    if whole < _YEAR:
+        return f"{whole // _DAY}d {whole % _DAY // _HOUR}h"
+    if whole < MAX_SHOWN_YEARS * _YEAR:
+        return f"{whole // _YEAR}y {whole % _YEAR // _DAY}d"
+    return f"> {MAX_SHOWN_YEARS:,}y"
+
+
+def eta(snapshot: ProgressSnapshot) -> str:
+    """Time left at the mean rate so far: ``unknown`` before the first record is done."""
+    rate = _rate(snapshot)
+    if not rate:
+        return "unknown"
+    return format_duration(max(0, snapshot.records_total - snapshot.records_done) / rate)
 
 
 def _model_state(model: ModelProgress) -> str:
@@ -30,7 +66,17 @@ def _model_state(model: ModelProgress) -> str:
         return f"breaker {model.breaker}"
     if model.cooldown_seconds > 0:
         return f"cooling down {model.cooldown_seconds:.1f}s"
-    return "ok"
+    if model.paced_seconds > 0:
+        return f"paced by the provider's window {model.paced_seconds:.1f}s"
+    return _PHASE_STATES.get(model.limit_phase or "", "ok")
+
+
+# What an adaptive limit's phase means to a reader of the live view.
+_PHASE_STATES = {
+    "startup": "starting",
+    "recovery": "recovering",
+    "probe": "probing",
+}
 
 
 class RichProgress:
@@ -46,8 +92,7 @@ class RichProgress:
             TextColumn("{task.fields[requests]} requests"),
             TextColumn("{task.fields[dropped]} dropped"),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
             console=console,
         )
         self._live = Live(console=console, refresh_per_second=4, transient=False)
@@ -57,7 +102,7 @@ class RichProgress:
     def on_start(self, snapshot: ProgressSnapshot) -> None:
         self._total = max(1, snapshot.records_total)
         self._task = self._progress.add_task(
-            "run", total=snapshot.records_total, rate=0.0, requests=0, dropped=0
+            "run", total=snapshot.records_total, rate=0.0, requests=0, dropped=0, eta="unknown"
         )
         self._live.update(self._view(snapshot))
         self._live.start()
@@ -71,6 +116,7 @@ class RichProgress:
             rate=_rate(snapshot),
             requests=snapshot.model_requests,
             dropped=snapshot.rows_dropped,
+            eta=eta(snapshot),
         )
         self._live.update(self._view(snapshot))
 
@@ -119,7 +165,6 @@ class LogProgress:
         total = snapshot.records_total
         done = snapshot.records_done
         rate = _rate(snapshot)
-        eta = f"{(total - done) / rate:.0f}s" if rate else "unknown"
         models = "".join(
             f"; {model.label} {model.in_flight}/{model.limit}/{model.cap} in flight/limit/cap, "
             f"{model.rate_limited} rate limited"
@@ -129,7 +174,7 @@ class LogProgress:
         self._stream.write(
             f"progress: {done}/{total} records ({100.0 * done / total:.1f}%), "
             f"{rate:.1f} rows/s, {snapshot.model_requests} requests, "
-            f"{snapshot.rows_dropped} dropped, eta {eta}{models}\n"
+            f"{snapshot.rows_dropped} dropped, eta {eta(snapshot)}{models}\n"
         )
         self._stream.flush()
 

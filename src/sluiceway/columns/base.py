@@ -113,6 +113,10 @@ class ColumnGenerator(abc.ABC):
     Subclasses set ``name``, ``output_columns``, ``dependencies`` (column names read),
     ``strategy`` and ``model_aliases`` (aliases the generator may call), and implement the method
     of their strategy. ``get_scheduling_metadata`` is optional: ``None`` means the local default.
+    ``close`` releases what the generator holds for a run (the default holds nothing).
+
+    Each attempt starts from the run's context: the scheduler never lets a context variable one
+    attempt set, and did not reset, be seen by another attempt.
     """
 
     name: str
@@ -123,6 +127,11 @@ class ColumnGenerator(abc.ABC):
 
     def get_scheduling_metadata(self) -> SchedulingMetadata | None:
         return None
+
+    def close(self) -> None:  # noqa: B027 - an optional hook: most generators hold nothing
+        """Release what the generator holds for a run (threads, say). The engine calls it once
+        the run has ended, whatever its outcome, when none of its tasks runs any more; it must
+        not wait for work that may never end."""
 
     async def generate_cell(
         self, row: Mapping[str, Any], ctx: GenerationContext

@@ -145,6 +145,7 @@ class _Builder:
                     column=name, scheduling=column.scheduling, endpoints=endpoints
                 ),
                 max_threads=column.max_threads,
+                timeout_seconds=column.timeout_seconds,
             )
         raise ConfigError(
             [

@@ -3,6 +3,7 @@
 A row's value depends only on (run seed, column name, global row index) through
 ``sluiceway.columns.row_seeds``, so every ``buffer_size`` yields the same dataset. Person fields
 come from Faker re-seeded per row (unweighted name lists: several times faster, same vocabulary).
+Full names use the locale's name formats without prefixes and suffixes unless titles are asked for.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ _ONE_MICROSECOND = dt.timedelta(microseconds=1)
 _PERSON_METHODS: Mapping[str, str] = {
     "first_name": "first_name",
     "last_name": "last_name",
-    "full_name": "name",
     "email": "email",
     "phone": "phone_number",
     "city": "city",
@@ -106,7 +106,7 @@ def build_draw(sampler: SamplerSpec, *, column: str) -> Draw:
     if isinstance(sampler, BooleanSampler):
         return _boolean(sampler.probability)
     if isinstance(sampler, PersonSampler):
-        return _person(sampler.field, sampler.locale, column=column)
+        return _person(sampler, column=column)
     raise ConfigError(
         [
             ConfigIssue(
@@ -186,24 +186,48 @@ def _boolean(probability: float) -> Draw:
     return lambda state: unit_float(state) < probability
 
 
-def _person(field: str, locale: str, *, column: str) -> Draw:
+# Placeholders of Faker's name formats that decorate a name (Dr., Mrs., Jr., DDS, ...).
+_DECORATIONS = ("{{prefix", "{{suffix")
+_PLAIN_NAME_FORMATS = ("{{first_name}} {{last_name}}",)
+
+
+def _person(sampler: PersonSampler, *, column: str) -> Draw:
     try:
-        faker = Faker(locale, use_weighting=False)
+        faker = Faker(sampler.locale, use_weighting=False)
     except AttributeError as exc:
         raise ConfigError(
             [
                 ConfigIssue(
                     path=f"columns ({column}).sampler.locale",
-                    message=f"Faker has no locale {locale!r}",
+                    message=f"Faker has no locale {sampler.locale!r}",
                     hint="use a locale Faker ships, e.g. en_US, de_DE, fr_FR, ja_JP",
                 )
             ]
         ) from exc
-    method: Callable[[], str] = getattr(faker, _PERSON_METHODS[field])
     seed_instance = faker.seed_instance
+    if sampler.field == "full_name":
+        return _full_name(faker, with_titles=sampler.with_titles)
+    method: Callable[[], str] = getattr(faker, _PERSON_METHODS[sampler.field])
 
     def draw(state: int) -> str:
         seed_instance(state)
         return method()
+
+    return draw
+
+
+def _full_name(faker: Faker, *, with_titles: bool) -> Draw:
+    """Names from the locale's formats; plain ones only (no prefix or suffix) by default."""
+    provider = faker.provider("faker.providers.person")
+    formats: tuple[str, ...] = tuple(getattr(provider, "formats", None) or _PLAIN_NAME_FORMATS)
+    plain = tuple(pattern for pattern in formats if not any(d in pattern for d in _DECORATIONS))
+    patterns = formats if with_titles or not plain else plain
+    count = len(patterns)
+    seed_instance, parse = faker.seed_instance, faker.parse
+
+    def draw(state: int) -> str:
+        seed_instance(state)
+        # The pattern comes from the row's state, its parts from Faker seeded by the same state.
+        return str(parse(patterns[(state * count) >> 64]))
 
     return draw

@@ -43,6 +43,9 @@ class SkipWhenGenerator(ColumnGenerator):
     def get_scheduling_metadata(self) -> SchedulingMetadata | None:
         return self.inner.get_scheduling_metadata()
 
+    def close(self) -> None:
+        self.inner.close()
+
     def should_skip(self, row: Mapping[str, Any]) -> bool:
         value = self.condition.evaluate(row)
         try:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import jsonschema.exceptions
 import jsonschema.validators
 
+from sluiceway.config.column_values import skip_value_issue
 from sluiceway.config.graph import analyze_columns, column_path
 from sluiceway.config.models import (
     ColumnBase,
     CustomColumnConfig,
+    EmbeddingColumnConfig,
     LLMStructuredColumnConfig,
     ModelConfig,
     ProviderConfig,
@@ -77,7 +79,7 @@ def partial_semantic_issues(parts: ParsedParts) -> list[ConfigIssue]:
                     ConfigIssue(
                         path=f"models[{index}] ({model.alias}).provider",
                         message=f"unknown provider {model.provider!r}",
-                        hint=_hint_or_define(model.provider, sorted(provider_names), "providers"),
+                        hint=_hint_or_define(model.provider, sorted(known), "providers"),
                     )
                 )
 
@@ -94,18 +96,51 @@ def partial_semantic_issues(parts: ParsedParts) -> list[ConfigIssue]:
                     ConfigIssue(
                         path=path,
                         message=f"unknown model alias {alias!r}",
-                        hint=_hint_or_define(alias, sorted(model_aliases), "models"),
+                        hint=_hint_or_define(alias, sorted(known_aliases), "models"),
                     )
                 )
+
+    issues.extend(_embedding_endpoint_issues(parts))
 
     for index, column in parts.columns:
         if isinstance(column, LLMStructuredColumnConfig):
             issue = schema_issue(column.output_schema, f"{column_path(index, column.name)}")
             if issue is not None:
                 issues.append(issue)
+        skip_issue = skip_value_issue(index, column)
+        if skip_issue is not None:
+            issues.append(skip_issue)
 
     _, graph_issues = analyze_columns(parts.columns, unparsed_names=parts.unparsed_column_names)
     issues.extend(graph_issues)
+    return issues
+
+
+# Provider types whose API has no embeddings endpoint.
+_PROVIDER_TYPES_WITHOUT_EMBEDDINGS = frozenset({"anthropic"})
+
+
+def _embedding_endpoint_issues(parts: ParsedParts) -> list[ConfigIssue]:
+    """An embedding column whose model is served by a provider type that cannot embed."""
+    models = {model.alias: model for _, model in parts.models}
+    provider_types = {provider.name: provider.type for _, provider in parts.providers}
+    issues: list[ConfigIssue] = []
+    for index, column in parts.columns:
+        if not isinstance(column, EmbeddingColumnConfig):
+            continue
+        model = models.get(column.model)
+        provider_type = None if model is None else provider_types.get(model.provider)
+        if model is None or provider_type not in _PROVIDER_TYPES_WITHOUT_EMBEDDINGS:
+            continue
+        issues.append(
+            ConfigIssue(
+                path=f"{column_path(index, column.name)}.model",
+                message=f"model alias {column.model!r} is served by provider "
+                f"{model.provider!r} of type {provider_type!r}, which has no embeddings endpoint",
+                hint="point the embedding column at a model of an 'openai' "
+                "(OpenAI-compatible) or 'simulated' provider",
+            )
+        )
     return issues
 
 

@@ -33,7 +33,7 @@ _SIMULATION_EXCLUDED = frozenset(
 _MODEL_EXCLUDED = frozenset(
     {"max_parallel_requests", "timeout_seconds", "rpm", "tpm", "latency_gradient"}
 )
-_COLUMN_EXCLUDED = frozenset({"scheduling"})
+_COLUMN_EXCLUDED = frozenset({"scheduling", "timeout_seconds"})
 _RUN_INCLUDED = ("num_records", "seed")
 
 

@@ -162,7 +162,8 @@ def analyze_columns(
             producer_paths[output] = here
 
     ignored = frozenset(unparsed_names) - producers.keys()
-    known_names = sorted(producers)
+    # Names of columns that failed to parse are defined too: they appear in did-you-mean hints.
+    known_names = sorted(producers.keys() | ignored)
     dependencies: dict[str, set[str]] = {name: set() for name in order_index}
 
     for index, column in accepted:
@@ -174,10 +175,13 @@ def analyze_columns(
             except jinja2.TemplateSyntaxError as exc:
                 issues.append(_syntax_issue(f"{here}.{field_name}", "template", exc))
         if column.skip_when is not None:
-            try:
-                references.append(("skip_when", expression_variables(column.skip_when)))
-            except jinja2.TemplateSyntaxError as exc:
-                issues.append(_syntax_issue(f"{here}.skip_when", "expression", exc))
+            if _has_template_delimiters(column.skip_when):
+                issues.append(_delimited_expression_issue(f"{here}.skip_when", column.skip_when))
+            else:
+                try:
+                    references.append(("skip_when", expression_variables(column.skip_when)))
+                except jinja2.TemplateSyntaxError as exc:
+                    issues.append(_syntax_issue(f"{here}.skip_when", "expression", exc))
 
         for field_name, names in references:
             for name in sorted(names):
@@ -202,7 +206,7 @@ def analyze_columns(
                     ConfigIssue(
                         path=f"{here}.depends_on",
                         message=f"depends on unknown column {name!r}",
-                        hint=close_match_hint(name, sorted(order_index)),
+                        hint=close_match_hint(name, sorted(order_index.keys() | ignored)),
                     )
                 )
 
@@ -260,6 +264,20 @@ def _syntax_issue(path: str, what: str, exc: jinja2.TemplateSyntaxError) -> Conf
         path=path,
         message=f"{what} syntax error at line {exc.lineno}: {exc.message}",
         hint="check the {{ }} / {% %} delimiters and the expression syntax",
+    )
+
+
+def _has_template_delimiters(expression: str) -> bool:
+    return any(mark in expression for mark in ("{{", "}}", "{%", "%}"))
+
+
+def _delimited_expression_issue(path: str, expression: str) -> ConfigIssue:
+    bare = expression.strip().removeprefix("{{").removesuffix("}}").strip()
+    example = bare if bare and not _has_template_delimiters(bare) else "language == 'fr'"
+    return ConfigIssue(
+        path=path,
+        message=f"skip_when takes an expression without `{{{{ }}}}`; got {expression!r}",
+        hint=f'drop the delimiters: `skip_when: "{example}"`',
     )
 
 

@@ -109,6 +109,12 @@ class SimulationSettingsConfig(ConfigModel):
 ProviderType = Literal["openai", "anthropic", "simulated"]
 PROVIDER_TYPES: tuple[str, ...] = ("openai", "anthropic", "simulated")
 
+# The variable a provider's key is read from when ``api_key_env`` is not given (the SDKs' names).
+DEFAULT_API_KEY_ENV: Mapping[str, str] = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+}
+
 
 class ProviderConfig(ConfigModel):
     """One model endpoint. Credentials are referenced by environment-variable name only."""
@@ -141,6 +147,13 @@ class ProviderConfig(ConfigModel):
                 "use letters, digits and '_', e.g. OPENAI_API_KEY",
             )
         return value
+
+    def api_key_variable(self) -> str | None:
+        """The environment variable the key is read from: ``api_key_env``, else the type's
+        default (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``); None for simulated providers."""
+        if self.api_key_env is not None:
+            return self.api_key_env
+        return DEFAULT_API_KEY_ENV.get(self.type)
 
     @model_validator(mode="after")
     def _simulation_only_for_simulated(self) -> Self:
@@ -318,11 +331,26 @@ PersonField = Literal[
 
 
 class PersonSampler(ConfigModel):
-    """A person-like field from Faker, seeded from the run seed."""
+    """A person-like field from Faker, seeded from the run seed.
+
+    ``full_name`` is a plain name in the locale's order (``Darrell Mcclure``); ``with_titles``
+    also draws the locale's decorated forms (``Dr. Darrell Mcclure Jr.``).
+    """
 
     kind: Literal["person"] = "person"
     field: PersonField = "full_name"
     locale: str = Field(default="en_US", pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
+    with_titles: bool = False
+
+    @model_validator(mode="after")
+    def _titles_only_for_full_names(self) -> Self:
+        if self.with_titles and self.field != "full_name":
+            raise config_value_error(
+                "with_titles_field",
+                f"with_titles only applies to field 'full_name', not {self.field!r}",
+                "remove with_titles, or set `field: full_name`",
+            )
+        return self
 
 
 SAMPLER_KINDS: Mapping[str, type[ConfigModel]] = {
@@ -571,6 +599,9 @@ class CustomColumnConfig(ColumnBase):
     output_columns: list[Identifier] | None = None
     scheduling: CustomSchedulingConfig | None = None
     max_threads: int = Field(default=32, ge=1, le=1024)
+    # Wall time of one call of the function (one task attempt); then the attempt fails and is
+    # retried within run.retry.
+    timeout_seconds: float = Field(default=600.0, gt=0.0)
 
     @field_validator("function")
     @classmethod
@@ -709,26 +740,44 @@ class EarlyShutdownConfig(ConfigModel):
 
 
 class RequestAdmissionConfig(ConfigModel):
-    """Adaptive request limits per provider/model and domain (SPEC §6.3).
+    """Adaptive request limits per provider/model and domain (SPEC §6.3, §6.6).
 
-    With ``adaptive`` the limit starts at the static cap (or ``initial_limit``), decreases by
-    ``decrease_factor`` on a rate limit (at most once per burst) and grows by one after
-    ``successes_until_increase`` successes while it is in use. ``latency_gradient`` adds a
-    delay-based cap for servers that queue instead of answering 429.
+    With ``adaptive`` the limit slow-starts from half the static cap (or ``initial_limit``),
+    decreases on a refusal, recovers per round trip to the concurrency recently served, holds
+    there ``hold_round_trips`` round trips (at most ``max_hold_seconds``) and then probes above
+    it. ``latency_gradient`` adds a delay-based cap for servers that queue instead of answering
+    429.
     """
 
     adaptive: bool = True
     initial_limit: int | None = Field(default=None, ge=1)
+    slow_start: bool = True
+    slow_start_seconds: float = Field(default=0.05, gt=0.0, le=60.0)
     decrease_factor: float = Field(default=0.75, gt=0.0, lt=1.0)
-    successes_until_increase: int = Field(default=25, ge=1)
-    ceiling_hold_seconds: float = Field(default=30.0, ge=0.0)
+    hold_round_trips: int = Field(default=2, ge=1, le=64)
+    max_hold_seconds: float = Field(default=10.0, ge=0.0)
     startup_ramp_seconds: float = Field(default=0.0, ge=0.0)
-    default_cooldown_seconds: float = Field(default=2.0, ge=0.0)
+    default_cooldown_seconds: float = Field(default=0.5, ge=0.0)
     max_cooldown_seconds: float = Field(default=60.0, ge=0.0)
     latency_gradient: bool = False
     queue_wait_timeout_seconds: float | None = Field(default=None, gt=0.0)
     # The rolling window the models' rpm / tpm budgets are counted in (60 s, as providers count).
     budget_window_seconds: float = Field(default=60.0, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in ("successes_until_increase", "ceiling_hold_seconds"):
+                if name in data:
+                    raise config_value_error(
+                        "removed_field",
+                        f"{name} is no longer a setting: the limit now recovers and probes per "
+                        "round trip",
+                        f"remove {name}; hold_round_trips and max_hold_seconds tune how long the "
+                        "limit holds before it probes above the level last served",
+                    )
+        return data
 
 
 class EventsConfig(ConfigModel):

@@ -110,13 +110,16 @@ def _configured(
     for name in (
         "adaptive",
         "decrease_factor",
-        "successes_until_increase",
-        "ceiling_hold_seconds",
+        "slow_start",
+        "slow_start_seconds",
+        "hold_round_trips",
+        "max_hold_seconds",
         "startup_ramp_seconds",
         "default_cooldown_seconds",
         "max_cooldown_seconds",
         "latency_gradient",
         "queue_wait_timeout_seconds",
+        "budget_window_seconds",
     ):
         configured[f"run.request_admission.{name}"] = _sourced(tuning, name, set_source=run_config)
     for name in (
@@ -149,6 +152,16 @@ def _configured(
         cap = caps.get(f"{model.provider}/{model.model}")
         if tuning.initial_limit is not None:
             initial = CapacityValue(value=tuning.initial_limit, source=run_config)
+        elif tuning.adaptive and tuning.slow_start and tuning.startup_ramp_seconds <= 0:
+            initial = CapacityValue(
+                value=None if cap is None else -(-cap // 2),
+                source=CapacitySource.ENGINE_INTERNAL_CONFIG,
+                fallback_from=run_config,
+                missing_reason=(
+                    "run.request_admission.initial_limit not set: half the static cap, slow "
+                    "start grows it by one per success until the first refusal"
+                ),
+            )
         else:
             initial = CapacityValue(
                 value=cap,

@@ -31,6 +31,8 @@ class ModelProgress:
     rate_limited: int
     cooldown_seconds: float
     breaker: str
+    limit_phase: str | None = None  # startup, recovery, hold or probe (an adaptive limit's)
+    paced_seconds: float = 0.0  # a window the provider reports holds requests this long
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +82,11 @@ def model_progress(
                 rate_limited=rate_limited,
                 cooldown_seconds=max((d.cooldown_remaining_seconds for d in domains), default=0.0),
                 breaker=pool.breaker.value,
+                limit_phase=next(
+                    (d.phase.value for d in domains if d.phase is not None and d.limit == limit),
+                    None,
+                ),
+                paced_seconds=pool.paced_in_seconds,
             )
         )
     return tuple(models)

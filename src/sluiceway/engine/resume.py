@@ -43,7 +43,7 @@ from sluiceway.storage.journal import (
     decode_payload,
     encode_payload,
 )
-from sluiceway.storage.manifest import MANIFEST_FILE_NAME, RunManifest
+from sluiceway.storage.manifest import MANIFEST_FILE_NAME, RunManifest, RunStatus
 from sluiceway.storage.recovery import (
     RUN_CONFIG_FILE_NAME,
     RecoveredOutput,
@@ -118,6 +118,18 @@ class ResumePlan:
     def completed_row_groups(self) -> frozenset[int]:
         return self.recovered.completed_row_groups
 
+    @property
+    def is_complete(self) -> bool:
+        """The run finished (status ``completed``) and every row group's file is still there:
+        there is nothing to resume."""
+        manifest = self.manifest
+        total = -(-manifest.num_records // manifest.buffer_size)
+        return (
+            manifest.status is RunStatus.COMPLETED
+            and not self.recovered.missing
+            and self.completed_row_groups == frozenset(range(total))
+        )
+
 
 def plan_resume(
     directory: Path, *, config: DatasetConfig, fingerprint: str, use_journal: bool = True
@@ -183,9 +195,38 @@ def _refusal(directory: Path, manifest: RunManifest, config: DatasetConfig) -> s
             f"so {MANIFEST_FILE_NAME} was written by a run of another config or copied from "
             "another dataset, and what changed cannot be shown). "
         )
-    return head + (
-        "Resuming would mix rows of two configs. Restore the original config to continue, or "
-        "pass --overwrite (without --resume) to start over with this one."
+    return head + "Resuming would mix rows of two configs. " + _how_to_continue(manifest, config)
+
+
+def _how_to_continue(manifest: RunManifest, config: DatasetConfig) -> str:
+    """The fix: the overrides to pass again (``-n`` / ``--seed`` change ``num_records`` and
+    ``seed`` without a config edit) and, if more changed, restoring the config."""
+    start_over = "pass --overwrite (without --resume) to start over with this config."
+    overrides: dict[str, int] = {}
+    flags: list[str] = []
+    if manifest.num_records != config.run.num_records:
+        overrides["num_records"] = manifest.num_records
+        flags.append(f"-n {manifest.num_records}")
+    if manifest.seed != config.run.seed:
+        overrides["seed"] = manifest.seed
+        flags.append(f"--seed {manifest.seed}")
+    if not overrides:
+        return f"Restore the original config to continue, or {start_over}"
+    started = " and ".join(f"{name} {value}" for name, value in overrides.items())
+    now = " and ".join(str(getattr(config.run, name)) for name in overrides)
+    again = (
+        f"pass `{' '.join(flags)}` again with --resume "
+        f"({', '.join(f'{name}={value}' for name, value in overrides.items())} from Python)"
+    )
+    restored = config.model_copy(update={"run": config.run.model_copy(update=overrides)})
+    if config_fingerprint(restored) == manifest.config_fingerprint:
+        return (
+            f"The run was started with {started} (this config has {now}): {again} to "
+            f"continue it, or {start_over}"
+        )
+    return (
+        f"Restore the original config and {again}: the run was started with {started} (this "
+        f"config has {now}). Or {start_over}"
     )
 
 

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from sluiceway.engine.row_groups import DroppedRow, EngineRowGroupHandler, RowGr
 from sluiceway.engine.sinks import MemorySink, ParquetSink
 from sluiceway.errors import (
     RunCancelledError,
+    RunInterruptedError,
     RunStoppedError,
     SluicewayError,
     StorageError,
@@ -70,7 +71,11 @@ from sluiceway.scheduling.row_group_admission import RowGroupHorizonMode
 from sluiceway.scheduling.scheduler import AsyncTaskScheduler, SchedulerSettings
 from sluiceway.scheduling.tasks import SchedulerResource, TaskKind
 from sluiceway.scheduling.tracker import CompletionTracker, TrackerNode
-from sluiceway.storage.capacity_plan import CapacityPlan
+from sluiceway.storage.capacity_plan import (
+    CAPACITY_PLAN_FILE_NAME,
+    CapacityPlan,
+    capacity_plan_from_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +105,8 @@ class RunInfo:
     columns: tuple[str, ...]
     row_groups_resumed: int = 0  # row groups already on disk when a resumed run started
     cells_replayed: int = 0  # model-backed results taken from the journal, not regenerated
+    # A resume found the run already complete: nothing ran and nothing was written.
+    already_complete: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -180,9 +187,16 @@ def _primary_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 class _ProgressTicker:
-    """Calls the listener at most every ``interval`` seconds, and always at the end."""
+    """Calls the listener's ``on_progress`` at most every ``interval`` seconds while records are
+    still to be done. The final state is ``on_finish``'s alone (the run calls it with its wall
+    time): a progress line of a finished run would show the same counts at another rate."""
 
-    def __init__(self, listener: ProgressListener | None, interval: float, snapshot: Any) -> None:
+    def __init__(
+        self,
+        listener: ProgressListener | None,
+        interval: float,
+        snapshot: Callable[[], ProgressSnapshot],
+    ) -> None:
         self._listener = listener
         self._interval = interval
         self._snapshot = snapshot
@@ -194,7 +208,9 @@ class _ProgressTicker:
         now = time.monotonic()
         if now - self._last >= self._interval:
             self._last = now
-            self._listener.on_progress(self._snapshot())
+            snapshot = self._snapshot()
+            if snapshot.records_done < snapshot.records_total:
+                self._listener.on_progress(snapshot)
 
     async def run_periodically(self) -> None:
         while True:
@@ -249,9 +265,47 @@ def _write_report(run_dir: Path, events_file: Path) -> None:
         )
 
 
+def _already_complete(plan: ResumePlan, output_dir: Path, started: float) -> RunOutcome:
+    """The outcome of resuming a run that already finished: what its manifest and capacity plan
+    say, with nothing run and nothing written (the events file and the report stay as they
+    are). Blocks (reads the capacity plan)."""
+    if plan.journal is not None:
+        plan.journal.close()
+    manifest = plan.manifest
+    try:
+        text = (output_dir / CAPACITY_PLAN_FILE_NAME).read_text(encoding="utf-8")
+        capacity_plan = capacity_plan_from_json(text)
+    except (OSError, UnicodeDecodeError, StorageError):
+        capacity_plan = CapacityPlan()
+    info = RunInfo(
+        run_id=manifest.run_id,
+        output_path=output_dir,
+        config_fingerprint=manifest.config_fingerprint,
+        seed=manifest.seed,
+        num_records=manifest.num_records,
+        rows_written=manifest.rows_written,
+        rows_dropped=manifest.rows_dropped,
+        dropped_rows=tuple(
+            DroppedRow(row_index=row.row_index, column=row.column, reason=row.reason)
+            for row in manifest.dropped_rows
+        ),
+        model_requests=0,
+        model_calls_succeeded=0,
+        rate_limited=0,
+        wall_seconds=time.monotonic() - started,
+        columns=manifest.columns,
+        row_groups_resumed=len(plan.completed_row_groups),
+        already_complete=True,
+    )
+    return RunOutcome(info=info, rows=None, capacity_plan=capacity_plan)
+
+
 async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
     """Generate the dataset described by ``config``. Raises on fatal errors; rows that fail
-    permanently are dropped and reported in ``RunInfo.dropped_rows`` and the manifest."""
+    permanently are dropped and reported in ``RunInfo.dropped_rows`` and the manifest.
+
+    Resuming a run that already completed runs and writes nothing: the outcome describes the
+    dataset on disk, with ``RunInfo.already_complete`` set."""
     started = time.monotonic()
     fingerprint = config_fingerprint(config)
     resume: ResumePlan | None = None
@@ -268,12 +322,17 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             fingerprint=fingerprint,
             use_journal=options.journal,
         )
+        if resume is not None and resume.is_complete:
+            return await asyncio.to_thread(
+                _already_complete, resume, Path(options.output_dir), started
+            )
         if resume is not None:
             config = resumed_config(config, resume)
     run = config.run
     run_id = resume.manifest.run_id if resume is not None else uuid.uuid4().hex[:12]
     graph = ColumnGraph.build(config)
     generators = build_generators(config, graph)
+    built = tuple(generators)  # closed when the run ends (the journal wraps some of them)
     resolver = TaskSchedulingResolver()
     scheduling = [resolver.resolve(generator) for generator in generators]
     bus = options.events if options.events is not None else EventBus()
@@ -354,7 +413,7 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         events=bus,
     )
 
-    def snapshot() -> ProgressSnapshot:
+    def snapshot(elapsed_seconds: float | None = None) -> ProgressSnapshot:
         stats = executor.statistics()
         return ProgressSnapshot(
             records_total=run.num_records,
@@ -365,7 +424,9 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             row_groups_done=scheduler.statistics().row_groups_checkpointed
             + scheduler.statistics().row_groups_resumed,
             model_requests=stats.attempts,
-            elapsed_seconds=time.monotonic() - started,
+            elapsed_seconds=(
+                time.monotonic() - started if elapsed_seconds is None else elapsed_seconds
+            ),
             columns=column_progress(generator_names, handler.rows_done_by_generator),
             models=model_progress(
                 request_admission.pressure.snapshot(), request_admission.statistics()
@@ -445,6 +506,8 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         if options.cancellation is not None:
             options.cancellation.unbind()
         request_admission.shutdown()
+        for generator in built:
+            generator.close()
         for client in clients.values():
             await client.aclose()
         plan = build_capacity_plan(
@@ -489,9 +552,16 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
         ),
     )
     if options.progress is not None:
-        options.progress.on_finish(snapshot())
+        # At the run's wall time, so its rate agrees with the summary's (the report build and
+        # the time since are not part of the run).
+        options.progress.on_finish(snapshot(info.wall_seconds))
     if stopped is not None:
         stopped.partial = info
+        if isinstance(stopped, RunInterruptedError):
+            # The output is finalised (status cancelled, resumable): the KeyboardInterrupt or
+            # SystemExit a column raised goes on to the caller as it was raised, with the
+            # stopped run (and what it kept) as its cause.
+            raise stopped.interrupt from stopped
         raise stopped
     return RunOutcome(
         info=info,

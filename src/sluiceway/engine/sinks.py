@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sluiceway.config.column_values import output_values
 from sluiceway.config.fingerprint import canonical_config
 from sluiceway.config.models import DatasetConfig
 from sluiceway.engine.resume import CellReplay, ResumePlan
@@ -21,6 +22,7 @@ from sluiceway.storage.capacity_plan import (
     CapacityPlan,
     write_capacity_plan,
 )
+from sluiceway.storage.column_types import column_types
 from sluiceway.storage.journal import CellJournal, remove_journal
 from sluiceway.storage.manifest import DroppedRowRecord, ManifestWriter, RunStatus
 from sluiceway.storage.output_dir import prepare_output_directory
@@ -149,7 +151,10 @@ class ParquetSink:
         if cell_journal is not None:
             cell_journal.start()
             replay = CellReplay(cell_journal, entries)
-        sink = cls(RowGroupWriter(path, column_order=columns), manifest, path, replay=replay)
+        writer = RowGroupWriter(
+            path, column_order=columns, column_types=column_types(output_values(config.columns))
+        )
+        sink = cls(writer, manifest, path, replay=replay)
         if resume is not None:
             sink._dropped.extend(
                 DroppedRow(row_index=row.row_index, column=row.column, reason=row.reason)

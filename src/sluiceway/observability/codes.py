@@ -88,12 +88,23 @@ class RequestDenialCode(enum.StrEnum):
     BREAKER_OPEN = "breaker_open"
 
 
+class PacingWindowCode(enum.StrEnum):
+    """Which window a provider reports holds grants back."""
+
+    REQUESTS = "requests"
+    TOKENS = "tokens"
+
+
 class LimitChangeCode(enum.StrEnum):
     """Why a domain's request limit moved."""
 
-    RATE_LIMITED = "rate_limited"
+    RATE_LIMITED = "rate_limited"  # refused at or below the served level: decrease, cool down
     PROVIDER_FAILURE = "provider_failure"
-    ADDITIVE_INCREASE = "additive_increase"
+    SLOW_START = "slow_start"  # +1 per success from below the cap until the first refusal
+    RECOVERY = "recovery"  # +1 per success back to the concurrency recently served
+    PROBE = "probe"  # above the served level, faster every round trip without refusal
+    PROBE_REFUSED = "probe_refused"  # a probe found the edge: back to what was served
+    HEADER_PACING = "header_pacing"  # the provider's rate-limit headers hold grants back
     STARTUP_RAMP = "startup_ramp"
     LATENCY_GRADIENT = "latency_gradient"
     COOLDOWN_ENDED = "cooldown_ended"

@@ -67,6 +67,7 @@ class EventKind(enum.StrEnum):
     REQUEST_LIMIT_INCREASED = "request_limit_increased"
     REQUEST_SOFT_CEILING_RECOVERED = "request_soft_ceiling_recovered"
     REQUEST_FULLY_RECOVERED = "request_fully_recovered"
+    REQUEST_PACING_HELD = "request_pacing_held"
     REQUEST_LEASE_RELEASED = "request_lease_released"
     REQUEST_RELEASE_DIAGNOSTIC = "request_release_diagnostic"
     REQUEST_ADAPTIVE_TIMEOUT = "request_adaptive_timeout"
@@ -84,7 +85,7 @@ SCHEDULER_KINDS: frozenset[EventKind] = frozenset(list(EventKind)[:_FIRST_REQUES
 """The 27 scheduler kinds (declaration order: every kind above the request section)."""
 
 REQUEST_KINDS: frozenset[EventKind] = frozenset(list(EventKind)[_FIRST_REQUEST_KIND:])
-"""The 22 request admission kinds."""
+"""The 23 request admission kinds."""
 
 KIND_STREAM: Mapping[EventKind, EventStream] = MappingProxyType(
     {

@@ -13,6 +13,7 @@ from typing import ClassVar
 from sluiceway.observability.codes import (
     HedgeResultCode,
     LimitChangeCode,
+    PacingWindowCode,
     ReleaseDiagnosticCode,
     RequestDenialCode,
     RequestOutcomeCode,
@@ -145,6 +146,19 @@ class RequestLimitIncreased(RequestEvent):
     previous_limit: int
     limit: int
     reason: LimitChangeCode
+
+
+@fast_init
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestPacingHeld(RequestEvent):
+    """A window the provider reports in its answers (``requests`` or ``tokens``) started
+    holding grants back: ``available`` units were left, the next fits in
+    ``ready_in_seconds``."""
+
+    kind: ClassVar[EventKind] = EventKind.REQUEST_PACING_HELD
+    window: PacingWindowCode
+    available: int
+    ready_in_seconds: float
 
 
 @fast_init

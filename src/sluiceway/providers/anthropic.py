@@ -26,7 +26,9 @@ class AnthropicClient(HttpProviderBase):
     """A :class:`sluiceway.providers.base.ProviderClient` for the Anthropic messages API.
 
     Raises the same typed errors as the OpenAI-compatible client; 529 ``overloaded_error`` is
-    rate pressure (:class:`sluiceway.errors.ProviderOverloadedError`).
+    rate pressure (:class:`sluiceway.errors.ProviderOverloadedError`). The
+    ``anthropic-ratelimit-*`` headers are read into the answer's (or the rate-limit error's)
+    ``rate_limit``, their RFC 3339 resets as seconds from the wall clock.
     """
 
     def __init__(
@@ -74,7 +76,7 @@ class AnthropicClient(HttpProviderBase):
         ]
         if system:
             body["system"] = "\n\n".join(system)
-        data = await self._post(
+        data, rate_limit = await self._post(
             "/messages", body, model_id=request.model_id, timeout_seconds=request.timeout_seconds
         )
         try:
@@ -93,4 +95,5 @@ class AnthropicClient(HttpProviderBase):
                 prompt_tokens=prompt if isinstance(prompt, int) else 0,
                 completion_tokens=completion if isinstance(completion, int) else 0,
             ),
+            rate_limit=rate_limit,
         )

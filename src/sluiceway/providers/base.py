@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sluiceway.rate_limits import RateLimitHeaders
 from sluiceway.values import fast_init
 
 
@@ -62,12 +63,17 @@ class TokenUsage:
 @fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelResponse:
-    """A successful answer: ``text`` for chat kinds, ``embeddings`` for embedding requests."""
+    """A successful answer: ``text`` for chat kinds, ``embeddings`` for embedding requests.
+
+    ``rate_limit`` holds the rate-limit windows the answer reported (HTTP clients read them
+    from its headers), ``None`` when it reported none.
+    """
 
     text: str | None = None
     embeddings: tuple[tuple[float, ...], ...] = ()
     usage: TokenUsage = field(default_factory=TokenUsage)
     reasoning: str | None = None
+    rate_limit: RateLimitHeaders | None = None
 
 
 class ProviderClient(Protocol):

@@ -3,6 +3,9 @@
 Pure decisions shared by the in-process simulated provider and the loopback mock server: no
 sleeping and no clock reads (callers pass ``now``). Content, latency and faults are functions of
 a blake2b hash of the request content plus the seed, so the same request gets the same answer.
+The limits (capacity, RPM, TPM) can change while the endpoint serves (:meth:`BehaviourModel.
+set_limit`), and another client of the same endpoint can take its share of them
+(:meth:`BehaviourModel.admit_other`), as the mock server's schedules and competing load do.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ RPM_WINDOW_SECONDS = 60.0
 # Shape of the lognormal latency tail; its mean is SimulationSettings.latency_tail_seconds.
 _TAIL_SIGMA = 1.0
 _IDENTITY_CACHE_ENTRIES = 512
+# Bucket levels are floats: a wait computed from a level refills it to within this of the need.
+_LEVEL_EPSILON = 1e-9
 _STANDARD_NORMAL = NormalDist()
 _PUNCTUATION = ".,;:!?\"'()[]{}<>*`"
 # Structured answers without a schema (JSON mode) and judge answers without a rubric schema.
@@ -53,16 +58,29 @@ _DEFAULT_SCHEMAS: Mapping[GenerationKind, Mapping[str, Any]] = {
 }
 
 
+class RateWindowKind(enum.Enum):
+    """How ``rpm`` and ``tpm`` are enforced.
+
+    ``ROLLING``: at most N in any 60 seconds (a log of admissions); a burst of N empties it and
+    the next slot frees when the oldest admission leaves it. ``BUCKET``: a token bucket holding
+    at most N, refilled continuously at N per 60 seconds, as OpenAI and Anthropic describe their
+    limits; after a burst, one slot comes back every 60 / N seconds.
+    """
+
+    ROLLING = "rolling"
+    BUCKET = "bucket"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimulationSettings:
     """How a simulated endpoint behaves. Rates are shares of attempts in [0, 1].
 
     ``capacity`` bounds concurrent requests of one model, ``rpm`` admitted requests and ``tpm``
     admitted tokens (prompt plus answer, as the answer will report them) per model per rolling
-    window of ``window_seconds`` (60 s, as providers count); beyond any of them the endpoint
-    answers rate-limited. With ``queueing`` the endpoint never refuses for capacity: like a
-    batching server it slows down instead, latency growing by ``in_flight / capacity`` once
-    in-flight exceeds ``capacity``.
+    window of ``window_seconds`` (60 s, as providers count; ``rate_window`` says which kind);
+    beyond any of them the endpoint answers rate-limited. With ``queueing`` the endpoint never
+    refuses for capacity: like a batching server it slows down instead, latency growing by
+    ``in_flight / capacity`` once in-flight exceeds ``capacity``.
     ``invalid_json_rate`` makes structured and judge answers unparseable, so re-ask logic can
     be exercised.
     """
@@ -77,6 +95,7 @@ class SimulationSettings:
     invalid_json_rate: float = 0.0
     embedding_dimensions: int = 16
     queueing: bool = False
+    rate_window: RateWindowKind = RateWindowKind.ROLLING
     window_seconds: float = RPM_WINDOW_SECONDS
 
     def __post_init__(self) -> None:
@@ -107,6 +126,14 @@ class SimulationSettings:
             raise ConfigError(issues, source="(simulation settings)")
 
 
+class EndpointLimit(enum.Enum):
+    """A limit of an endpoint that can change while it serves (:meth:`BehaviourModel.set_limit`)."""
+
+    CAPACITY = "capacity"
+    RPM = "rpm"
+    TPM = "tpm"
+
+
 class RefusalReason(enum.Enum):
     CAPACITY = "capacity"  # as many requests in flight as the endpoint serves at once
     RPM = "rpm"  # as many requests admitted in the last 60 seconds as the endpoint allows
@@ -119,6 +146,20 @@ class Refusal:
 
     reason: RefusalReason
     retry_after_seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowState:
+    """One rate window (requests or tokens) as a client can be told of it.
+
+    ``limit`` is the limit in force, ``remaining`` what may still be admitted now (never below
+    0 in this report, though a request larger than the whole window can overdraw it) and
+    ``reset_seconds`` the time until the window is back to the full limit (0 when it is full).
+    """
+
+    limit: int
+    remaining: int
+    reset_seconds: float
 
 
 class AttemptOutcome(enum.Enum):
@@ -211,7 +252,9 @@ class BehaviourModel:
     """Decides admission, latency, faults and content for one simulated endpoint.
 
     Call protocol per attempt: ``admit(now)``; if it returns ``None`` the attempt is in flight
-    and must end with exactly one ``finish(now, outcome)``. Never blocks; raises
+    and must end with exactly one ``finish(now, outcome)``. Attempts of another client of the
+    same endpoint use ``admit_other`` / ``finish_other`` instead: they take capacity and window
+    room like any attempt but are not counted in :meth:`statistics`. Never blocks; raises
     :class:`EngineError` on a broken invariant (finish without admit, clock going backwards).
     """
 
@@ -219,10 +262,6 @@ class BehaviourModel:
         self.settings = settings
         self.seed = seed
         self._seed_text = str(seed)
-        self._capacity = settings.capacity
-        self._rpm = settings.rpm
-        self._tpm = settings.tpm
-        self._window_seconds = settings.window_seconds
         self._tail_mu = (
             math.log(settings.latency_tail_seconds) - _TAIL_SIGMA**2 / 2
             if settings.latency_tail_seconds > 0
@@ -233,12 +272,24 @@ class BehaviourModel:
         # id(object) -> (object, derived value); keeping the object pins its id.
         self._canonical_cache: dict[int, tuple[object, str]] = {}
         self._factory_cache: dict[int, tuple[object, InstanceFactory]] = {}
+        # Limits in force (set_limit changes them).
+        self._capacity = settings.capacity
+        self._rpm = settings.rpm
+        self._tpm = settings.tpm
+        self._window_seconds = settings.window_seconds
+        self._bucket = settings.rate_window is RateWindowKind.BUCKET
         # Mutable admission state.
         self._in_flight = 0
+        self._other_in_flight = 0  # attempts of other clients (admit_other), not in statistics
         self._max_in_flight = 0
+        # ROLLING windows: admissions inside the last 60 s.
         self._admitted_at: deque[float] = deque()  # admit times inside the RPM window
         self._tokens_at: deque[tuple[float, int]] = deque()  # (admit time, tokens) in the window
         self._tokens_in_window = 0
+        # BUCKET windows: what each bucket holds at ``_refilled_at`` (at most the limit).
+        self._request_level = float(settings.rpm or 0)
+        self._token_level = float(settings.tpm or 0)
+        self._refilled_at: float | None = None
         self._last_event_at: float | None = None
         self._in_flight_seconds = 0.0
         self._first_admitted_at: float | None = None
@@ -258,6 +309,60 @@ class BehaviourModel:
         )
 
     # ----------------------------------------------------------------------------------------
+    # Limits
+    # ----------------------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int | None:
+        """The concurrency limit in force (``None``: unlimited)."""
+        return self._capacity
+
+    @property
+    def rpm(self) -> int | None:
+        return self._rpm
+
+    @property
+    def tpm(self) -> int | None:
+        return self._tpm
+
+    @property
+    def has_rate_windows(self) -> bool:
+        """Whether an RPM or a TPM window is in force."""
+        return self._rpm is not None or self._tpm is not None
+
+    def set_limit(self, now: float, limit: EndpointLimit, value: int | None) -> None:
+        """Put ``value`` in force for ``limit`` from ``now`` on (``None``: unlimited).
+
+        Attempts in flight are never ended: above a lowered capacity, new attempts are refused
+        until enough of them finish. A window that appears starts full (no history); a BUCKET
+        window keeps what it holds, up to a lowered limit.
+        """
+        if value is not None and value < 1:
+            raise EngineError(
+                f"simulated endpoint: {limit.value} limit {value} must be >= 1 or None (unlimited)"
+            )
+        if limit is EndpointLimit.CAPACITY:
+            self._capacity = value
+            return
+        if self._bucket:
+            self._refill(now)
+        if limit is EndpointLimit.RPM:
+            if self._rpm is None or value is None:
+                self._admitted_at.clear()
+                self._request_level = float(value or 0)
+            else:
+                self._request_level = min(self._request_level, float(value))
+            self._rpm = value
+        else:
+            if self._tpm is None or value is None:
+                self._tokens_at.clear()
+                self._tokens_in_window = 0
+                self._token_level = float(value or 0)
+            else:
+                self._token_level = min(self._token_level, float(value))
+            self._tpm = value
+
+    # ----------------------------------------------------------------------------------------
     # Admission
     # ----------------------------------------------------------------------------------------
 
@@ -265,46 +370,28 @@ class BehaviourModel:
         """Admit one attempt (``None``) or refuse it for capacity, the RPM or the TPM window.
 
         ``tokens`` is what the attempt costs against ``tpm`` (see :meth:`token_cost`). A request
-        larger than the whole TPM budget is admitted into an empty window only.
+        larger than the whole TPM budget is admitted into a full window only (an empty ROLLING
+        window, a full BUCKET).
         """
         self._advance(now)
         self._requests += 1
-        queueing = self.settings.queueing
-        if not queueing and self._capacity is not None and self._in_flight >= self._capacity:
+        # As _charge, inline: this is the path of every request of the mock server.
+        capacity = self._capacity
+        if (
+            capacity is not None
+            and self._in_flight + self._other_in_flight >= capacity
+            and not self.settings.queueing
+        ):
             self._rate_limited += 1
             return Refusal(
                 reason=RefusalReason.CAPACITY,
                 retry_after_seconds=self.settings.retry_after_seconds,
             )
-        horizon = now - self._window_seconds
-        if self._rpm is not None:
-            window = self._admitted_at
-            while window and window[0] <= horizon:
-                window.popleft()
-            if len(window) >= self._rpm:
+        if self._rpm is not None or self._tpm is not None:
+            refusal = self._charge_windows(now, tokens)
+            if refusal is not None:
                 self._rate_limited += 1
-                # The honest wait: until the oldest admit leaves the window (always > 0).
-                return Refusal(
-                    reason=RefusalReason.RPM,
-                    retry_after_seconds=window[0] + self._window_seconds - now,
-                )
-        if self._tpm is not None:
-            spent = self._tokens_at
-            while spent and spent[0][0] <= horizon:
-                self._tokens_in_window -= spent.popleft()[1]
-            excess = self._tokens_in_window + tokens - self._tpm
-            if spent and excess > 0:
-                self._rate_limited += 1
-                return Refusal(
-                    reason=RefusalReason.TPM,
-                    retry_after_seconds=(
-                        _tokens_free_at(spent, excess) + self._window_seconds - now
-                    ),
-                )
-            spent.append((now, tokens))
-            self._tokens_in_window += tokens
-        if self._rpm is not None:
-            self._admitted_at.append(now)
+                return refusal
         self._in_flight += 1
         if self._in_flight > self._max_in_flight:
             self._max_in_flight = self._in_flight
@@ -312,13 +399,165 @@ class BehaviourModel:
             self._first_admitted_at = now
         return None
 
+    def admit_other(self, now: float, tokens: int = 0) -> Refusal | None:
+        """Admit an attempt of another client of this endpoint, as :meth:`admit` would, without
+        counting it in :meth:`statistics`; an admitted one ends with :meth:`finish_other`."""
+        refusal = self._charge(now, tokens)
+        if refusal is None:
+            self._other_in_flight += 1
+        return refusal
+
+    def finish_other(self) -> None:
+        """End one attempt admitted by :meth:`admit_other`."""
+        if self._other_in_flight <= 0:
+            raise EngineError(
+                "simulated endpoint: finish_other() without an attempt admitted by admit_other; "
+                "call it exactly once per admit_other that returned None"
+            )
+        self._other_in_flight -= 1
+
+    def _charge(self, now: float, tokens: int) -> Refusal | None:
+        """The refusal for an attempt arriving at ``now``, or ``None`` after charging its
+        request and ``tokens`` to the windows (refused attempts leave no trace in them)."""
+        capacity = self._capacity
+        if (
+            capacity is not None
+            and self._in_flight + self._other_in_flight >= capacity
+            and not self.settings.queueing
+        ):
+            return Refusal(
+                reason=RefusalReason.CAPACITY,
+                retry_after_seconds=self.settings.retry_after_seconds,
+            )
+        if self._rpm is None and self._tpm is None:
+            return None
+        return self._charge_windows(now, tokens)
+
+    def _charge_windows(self, now: float, tokens: int) -> Refusal | None:
+        """The RPM / TPM refusal at ``now``, or ``None`` after charging the windows."""
+        rpm = self._rpm
+        tpm = self._tpm
+        if self._bucket:
+            return self._charge_buckets(now, tokens)
+        horizon = now - self._window_seconds
+        if rpm is not None:
+            window = self._admitted_at
+            while window and window[0] <= horizon:
+                window.popleft()
+            if len(window) >= rpm:
+                # The honest wait: until the oldest admit leaves the window (always > 0).
+                return Refusal(
+                    reason=RefusalReason.RPM,
+                    retry_after_seconds=window[0] + self._window_seconds - now,
+                )
+        if tpm is not None:
+            spent = self._tokens_at
+            while spent and spent[0][0] <= horizon:
+                self._tokens_in_window -= spent.popleft()[1]
+            excess = self._tokens_in_window + tokens - tpm
+            if spent and excess > 0:
+                return Refusal(
+                    reason=RefusalReason.TPM,
+                    retry_after_seconds=_tokens_free_at(spent, excess) + self._window_seconds - now,
+                )
+            spent.append((now, tokens))
+            self._tokens_in_window += tokens
+        if rpm is not None:
+            self._admitted_at.append(now)
+        return None
+
+    def _charge_buckets(self, now: float, tokens: int) -> Refusal | None:
+        self._refill(now)
+        rpm = self._rpm
+        tpm = self._tpm
+        if rpm is not None and self._request_level < 1.0 - _LEVEL_EPSILON:
+            return Refusal(
+                reason=RefusalReason.RPM,
+                retry_after_seconds=(1.0 - self._request_level) * self._window_seconds / rpm,
+            )
+        if tpm is not None:
+            # A request above the whole bucket needs a full bucket (and overdraws it).
+            needed = min(tokens, tpm)
+            if self._token_level < needed - _LEVEL_EPSILON:
+                return Refusal(
+                    reason=RefusalReason.TPM,
+                    retry_after_seconds=(needed - self._token_level) * self._window_seconds / tpm,
+                )
+            self._token_level -= tokens
+        if rpm is not None:
+            self._request_level -= 1.0
+        return None
+
+    def _refill(self, now: float) -> None:
+        """Bring both buckets up to ``now`` (each refills at its limit per 60 s, up to it)."""
+        last = self._refilled_at
+        if last is not None and now <= last:
+            return
+        self._refilled_at = now
+        if last is None:
+            return
+        elapsed = now - last
+        if self._rpm is not None:
+            rpm = float(self._rpm)
+            self._request_level = min(
+                rpm, self._request_level + elapsed * rpm / self._window_seconds
+            )
+        if self._tpm is not None:
+            tpm = float(self._tpm)
+            self._token_level = min(tpm, self._token_level + elapsed * tpm / self._window_seconds)
+
+    def window_states(self, now: float) -> tuple[WindowState | None, WindowState | None]:
+        """The RPM and the TPM window at ``now`` (``None`` for a limit not in force)."""
+        rpm = self._rpm
+        tpm = self._tpm
+        requests = tokens = None
+        if self._bucket:
+            self._refill(now)
+            if rpm is not None:
+                level = self._request_level
+                requests = WindowState(
+                    limit=rpm,
+                    remaining=max(0, math.floor(level + _LEVEL_EPSILON)),
+                    reset_seconds=max(0.0, (rpm - level) * self._window_seconds / rpm),
+                )
+            if tpm is not None:
+                level = self._token_level
+                tokens = WindowState(
+                    limit=tpm,
+                    remaining=max(0, math.floor(level + _LEVEL_EPSILON)),
+                    reset_seconds=max(0.0, (tpm - level) * self._window_seconds / tpm),
+                )
+            return requests, tokens
+        horizon = now - self._window_seconds
+        if rpm is not None:
+            window = self._admitted_at
+            while window and window[0] <= horizon:
+                window.popleft()
+            requests = WindowState(
+                limit=rpm,
+                remaining=max(0, rpm - len(window)),
+                reset_seconds=window[-1] + self._window_seconds - now if window else 0.0,
+            )
+        if tpm is not None:
+            spent = self._tokens_at
+            while spent and spent[0][0] <= horizon:
+                self._tokens_in_window -= spent.popleft()[1]
+            tokens = WindowState(
+                limit=tpm,
+                remaining=max(0, tpm - self._tokens_in_window),
+                reset_seconds=spent[-1][0] + self._window_seconds - now if spent else 0.0,
+            )
+        return requests, tokens
+
     def load_factor(self) -> float:
         """Latency multiplier of a request admitted now: ``max(1, in_flight / capacity)`` in
-        queueing mode (the admitted request included), 1 otherwise."""
+        queueing mode (the admitted request and other clients' attempts included), 1
+        otherwise."""
         capacity = self._capacity
-        if not self.settings.queueing or capacity is None or self._in_flight <= capacity:
+        if not self.settings.queueing or capacity is None:
             return 1.0
-        return self._in_flight / capacity
+        in_flight = self._in_flight + self._other_in_flight
+        return 1.0 if in_flight <= capacity else in_flight / capacity
 
     def finish(self, now: float, outcome: AttemptOutcome) -> None:
         """End one admitted attempt with its outcome."""

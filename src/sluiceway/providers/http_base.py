@@ -3,18 +3,21 @@
 :class:`HttpProviderBase` owns the httpx client (its transport, :class:`Http11Transport`, is a
 pool of ``max_connections`` keep-alive connections sized from the caps, and never retries;
 when the environment names a proxy for ``base_url`` — ``HTTPS_PROXY`` and the like — httpx's
-own transport is used instead, so the proxy is honoured, also without retries; timeouts come
-from the model config), sends one request and maps every transport failure and
-non-2xx answer to a typed error. Credentials live only in the request headers; they are never
-put into messages, ``repr`` or logs.
+own transport is used instead, so the proxy is honoured, also without retries), sends one
+request under one deadline of the model's ``timeout_seconds`` (from waiting for a connection
+to the last byte of the answer) and maps every transport failure and non-2xx answer to a
+typed error. The rate-limit headers of an answer (OpenAI's or Anthropic's) go with it: on
+the answer for a success, on the error for a refusal. Credentials live only in the request
+headers; they are never put into messages, ``repr`` or logs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import httpx
 from httpx._utils import URLPattern, get_environment_proxies
@@ -22,7 +25,14 @@ from httpx._utils import URLPattern, get_environment_proxies
 from sluiceway.errors import ProviderTimeoutError, ProviderUnavailableError
 from sluiceway.providers.http_errors import error_for_response, redact
 from sluiceway.providers.http_transport import Http11Transport, default_port
+from sluiceway.providers.rate_limit_headers import (
+    parse_rate_limit_headers,
+    select_rate_limit_headers,
+)
+from sluiceway.rate_limits import RateLimitHeaders
 from sluiceway.version import __version__
+
+_NO_PHASE_TIMEOUTS: Mapping[str, float | None] = {}
 
 
 def uses_proxy(base_url: str) -> bool:
@@ -40,8 +50,19 @@ def uses_proxy(base_url: str) -> bool:
     return False
 
 
+class JsonAnswer(NamedTuple):
+    """A decoded 2xx answer and the rate-limit windows its headers reported (``None``: none)."""
+
+    data: Any
+    rate_limit: RateLimitHeaders | None
+
+
 class HttpProviderBase:
     """One outbound attempt per ``_post``; subclasses build bodies and read answers."""
+
+    # Answers carry the provider's rate-limit windows (``ModelResponse.rate_limit``): request
+    # admission paces by them, and needs a token estimate of each request to pace by tokens.
+    reports_rate_limits: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -82,23 +103,30 @@ class HttpProviderBase:
 
     async def _post(
         self, path: str, body: Mapping[str, Any], *, model_id: str, timeout_seconds: float | None
-    ) -> Any:
-        """POST ``body`` as JSON and return the decoded JSON answer, or raise a typed error."""
+    ) -> JsonAnswer:
+        """POST ``body`` as JSON and return the decoded JSON answer with the rate-limit windows
+        its headers reported, or raise a typed error (a rate-limit error carries them too)."""
         timeout = self._default_timeout_seconds if timeout_seconds is None else timeout_seconds
         where = f"provider {self.name!r} model {model_id!r}"
         headers: httpx.Headers | list[tuple[bytes, bytes]]
         try:
-            if self._wire is not None:
-                status, headers, content = await self._wire.post(path, body, timeout)
-            else:
-                response = await self._client.post(
-                    self._base_url + path, json=body, timeout=httpx.Timeout(timeout)
-                )
-                status, headers, content = response.status_code, response.headers, response.content
-        except httpx.TimeoutException as exc:
+            # The deadline bounds the whole attempt: waiting for a connection, connecting,
+            # sending, and reading the head and the whole body (a server that trickles bytes
+            # cannot stretch it, as per-read timeouts would let it).
+            async with asyncio.timeout(timeout):
+                if self._wire is not None:
+                    status, headers, content = await self._wire.post(path, body)
+                else:
+                    response = await self._client.post(
+                        self._base_url + path, json=body, timeout=httpx.Timeout(timeout)
+                    )
+                    status = response.status_code
+                    headers, content = response.headers, response.content
+        except (httpx.TimeoutException, TimeoutError):
             raise ProviderTimeoutError(
-                f"{where}: no answer within timeout_seconds={timeout:g} "
-                f"({type(exc).__name__}); raise the model's timeout_seconds if the model is slow"
+                f"{where}: no complete answer within timeout_seconds={timeout:g} (the limit "
+                "covers connecting, sending and reading the whole answer); raise the model's "
+                "timeout_seconds if the model is slow"
             ) from None
         except httpx.TransportError as exc:
             detail = redact(str(exc), self._secret) or type(exc).__name__
@@ -106,6 +134,12 @@ class HttpProviderBase:
                 f"{where}: connection failed ({type(exc).__name__}: {detail}); check base_url "
                 "and that the endpoint is up"
             ) from None
+        fields = select_rate_limit_headers(
+            headers.raw if isinstance(headers, httpx.Headers) else headers
+        )
+        rate_limit = (
+            parse_rate_limit_headers(fields, now_epoch_seconds=time.time()) if fields else None
+        )
         if status >= 300:
             raise error_for_response(
                 provider=self.name,
@@ -115,12 +149,19 @@ class HttpProviderBase:
                 body=content,
                 now_epoch_seconds=time.time(),
                 secret=self._secret,
+                base_url=self._base_url,
+                rate_limit=rate_limit,
             )
         try:
-            return json.loads(content)
+            return JsonAnswer(json.loads(content), rate_limit)
         except (ValueError, UnicodeDecodeError):
             raise ProviderUnavailableError(
                 f"{where}: HTTP {status} with a body that is not JSON "
+                f"({len(content)} bytes); the endpoint answered malformed data"
+            ) from None
+        except RecursionError:
+            raise ProviderUnavailableError(
+                f"{where}: HTTP {status} with a JSON body nested too deeply to decode "
                 f"({len(content)} bytes); the endpoint answered malformed data"
             ) from None
 
@@ -172,8 +213,10 @@ class _Wire:
         self._targets: dict[str, bytes] = {}  # path -> request line
 
     async def post(
-        self, path: str, body: Mapping[str, Any], timeout_seconds: float
+        self, path: str, body: Mapping[str, Any]
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One exchange; the caller bounds it with the attempt's deadline (no phase timeouts
+        here, so no timer per read)."""
         line = self._targets.get(path)
         if line is None:
             target = httpx.URL(self._base_url + path).raw_path or b"/"
@@ -184,6 +227,5 @@ class _Wire:
         message = b"".join(
             (line, self._fields, b"Content-Length: %d\r\n\r\n" % len(payload), payload)
         )
-        timeouts = dict.fromkeys(("pool", "connect", "write", "read"), timeout_seconds)
-        answer = await self._transport.exchange(self._origin, message, timeouts)
+        answer = await self._transport.exchange(self._origin, message, _NO_PHASE_TIMEOUTS)
         return answer.status, answer.headers, answer.content

@@ -1,12 +1,14 @@
 """Mapping HTTP answers of model providers to typed errors, and reading Retry-After.
 
 Used by the HTTP clients at their boundary: status codes and provider error bodies (OpenAI and
-Anthropic shapes) become :mod:`sluiceway.errors` types; ``Retry-After`` is read as seconds, as
-an HTTP-date, or from ``retry-after-ms``. Messages never contain credentials.
+Anthropic shapes) become :mod:`sluiceway.errors` types (a 3xx is a redirect, not followed: the
+base URL is wrong); ``Retry-After`` is read as seconds, as an HTTP-date (UTC when it names no
+zone), or from ``retry-after-ms``. Messages never contain credentials.
 """
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
 import math
@@ -19,10 +21,12 @@ from sluiceway.errors import (
     ContextLengthError,
     ProviderError,
     ProviderOverloadedError,
+    ProviderRedirectError,
     ProviderUnavailableError,
     QuotaExceededError,
     RateLimitedError,
 )
+from sluiceway.rate_limits import RateLimitHeaders
 
 _MAX_DETAIL_CHARS = 300
 _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "quota_exceeded"})
@@ -55,7 +59,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now_epoch_seconds: float) -
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            return None
+            # No zone, or "-0000" (RFC 5322: zone unknown): HTTP-dates are in UTC.
+            when = when.replace(tzinfo=datetime.UTC)
         return max(0.0, when.timestamp() - now_epoch_seconds)
     if not math.isfinite(seconds) or seconds < 0:
         return None
@@ -66,7 +71,7 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
     """(type, code, message) from an OpenAI- or Anthropic-shaped error body, '' when absent."""
     try:
         data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         text = body[:_MAX_DETAIL_CHARS].decode("utf-8", "replace").strip()
         return "", "", text
     error = data.get("error") if isinstance(data, dict) else None
@@ -100,11 +105,27 @@ def error_for_response(
     body: bytes,
     now_epoch_seconds: float,
     secret: str | None = None,
+    base_url: str | None = None,
+    rate_limit: RateLimitHeaders | None = None,
 ) -> ProviderError:
-    """The typed error for a non-2xx answer (rate limit vs quota, context length, auth, ...)."""
+    """The typed error for a non-2xx answer (rate limit vs quota, context length, auth, ...).
+
+    A 3xx is a redirect, which is not followed: ``base_url`` (named in the message when
+    given) most likely points at the wrong address. Rate-limit and overload errors carry
+    ``rate_limit`` (the windows the answer's headers reported).
+    """
+    where = f"provider {provider!r} model {model_id!r}: HTTP {status}"
+    if 300 <= status < 400:
+        location = redact(headers.get("location", "")[:_MAX_DETAIL_CHARS], secret)
+        target = f" to {location!r}" if location else " with no Location header"
+        configured = f" ({base_url!r})" if base_url else ""
+        return ProviderRedirectError(
+            f"{where} is a redirect{target}; redirects are not followed: the provider's "
+            f"base_url{configured} is probably wrong (check the scheme, host and path, e.g. "
+            "http vs https or a missing /v1)"
+        )
     kind, code, message = _error_fields(body)
     detail = redact(message[:_MAX_DETAIL_CHARS], secret).replace("\n", " ")
-    where = f"provider {provider!r} model {model_id!r}: HTTP {status}"
     if detail:
         where += f" ({detail})"
     retry_after = parse_retry_after(headers, now_epoch_seconds=now_epoch_seconds)
@@ -113,10 +134,14 @@ def error_for_response(
             return QuotaExceededError(
                 f"{where}; the account's quota is spent, add credit or raise the quota"
             )
-        return RateLimitedError(f"{where}; rate limited", retry_after_seconds=retry_after)
+        return RateLimitedError(
+            f"{where}; rate limited", retry_after_seconds=retry_after, rate_limit=rate_limit
+        )
     if status in (503, 529) or kind == "overloaded_error":
         return ProviderOverloadedError(
-            f"{where}; the endpoint is overloaded", retry_after_seconds=retry_after
+            f"{where}; the endpoint is overloaded",
+            retry_after_seconds=retry_after,
+            rate_limit=rate_limit,
         )
     if status in (401, 403):
         return AuthenticationError(

@@ -6,7 +6,9 @@ are open at once, and a request that finds none free waits (FIFO) up to the pool
 whole answer is read before a request returns (provider answers are small JSON documents):
 ``handle_async_request`` serves httpx, ``exchange`` a request already in wire form (what the
 provider clients send). Bodies are framed by ``Content-Length``, ``Transfer-Encoding: chunked``
-or the end of the connection. There are no retries: a failed attempt raises and is counted by
+or the end of the connection; framing that does not add up (a negative or conflicting length,
+a chunk not ended by CRLF, more than 100 interim 1xx answers) is a ``RemoteProtocolError``,
+never a silently shortened body. There are no retries: a failed attempt raises and is counted by
 the executor.
 
 Why not httpcore's pool: per request it scans its connections and asks each idle one whether it
@@ -32,8 +34,10 @@ from typing import Any, NamedTuple
 import httpx
 
 _MAX_HEAD_BYTES = 64 * 1024
+_MAX_INTERIM_ANSWERS = 100  # 1xx answers before the final one (100 Continue, 103 Early Hints)
 _READ_CHUNK = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 DEFAULT_KEEPALIVE_EXPIRY_SECONDS = 5.0
 
 Origin = tuple[bytes, bytes, int]
@@ -48,6 +52,18 @@ class RawAnswer(NamedTuple):
     content: bytes
     version: bytes
     reason: bytes
+
+
+class _Head(NamedTuple):
+    """The status line and headers of one answer, with what frames its body."""
+
+    status: int
+    version: bytes
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    length: int | None  # Content-Length, when given
+    chunked: bool
+    connection: bytes  # the Connection header, lower-cased
 
 
 class _Timeout(Exception):
@@ -235,7 +251,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         request: httpx.Request | None = None,
     ) -> RawAnswer:
         """Send ``message`` (a whole HTTP/1.1 request: head and body) to ``origin`` and read the
-        whole answer. ``timeouts`` per phase: ``pool``, ``connect``, ``write``, ``read``.
+        whole answer. ``timeouts`` per phase, as httpx means them: ``pool``, ``connect``,
+        ``write``, and ``read`` for each wait for more bytes (absent: no limit). A limit on the
+        whole exchange is the caller's (the provider clients wrap it in ``asyncio.timeout``).
         Failures are httpx's exceptions, naming ``request`` when given.
 
         The provider clients call this directly with a head they keep ready, which spares them
@@ -280,90 +298,17 @@ class Http11Transport(httpx.AsyncBaseTransport):
         timeout_seconds: float | None,
         head_only: bool,
     ) -> tuple[RawAnswer, bool]:
-        buffer = connection.buffer
-        while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end >= 0:
-                break
-            if len(buffer) > _MAX_HEAD_BYTES:
-                raise httpx.RemoteProtocolError(
-                    "the answer's headers are too large", request=request
-                )
-            if not await connection.fill(timeout_seconds):
-                _raise_if_reset(connection)
-                raise httpx.RemoteProtocolError(
-                    "the server closed the connection without sending a complete answer",
-                    request=request,
-                )
-        lines = bytes(buffer[:end]).split(b"\r\n")
-        del buffer[: end + 4]
-        status_line = lines[0].split(b" ", 2)
-        if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
-            raise httpx.RemoteProtocolError(
-                f"malformed status line {lines[0][:80]!r}", request=request
-            )
-        try:
-            status = int(status_line[1])
-        except ValueError:
-            raise httpx.RemoteProtocolError(
-                f"malformed status code {status_line[1][:20]!r}", request=request
-            ) from None
-        version = status_line[0]
-        reason = status_line[2] if len(status_line) > 2 else b""
-        headers: list[tuple[bytes, bytes]] = []
-        length: int | None = None
-        chunked = False
-        connection_header = b""
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise httpx.RemoteProtocolError(f"malformed header {line[:80]!r}", request=request)
-            name = name.strip()
-            value = value.strip()
-            headers.append((name, value))
-            lowered = name.lower()
-            if lowered == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    raise httpx.RemoteProtocolError(
-                        f"bad content-length {value[:20]!r}", request=request
-                    ) from None
-            elif lowered == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif lowered == b"connection":
-                connection_header = value.lower()
-        if 100 <= status < 200:
-            # An interim answer (e.g. 100 Continue): the final one follows on the same stream.
-            return await self._parse(connection, request, timeout_seconds, head_only)
-        keep_alive = (
-            b"close" not in connection_header
-            if version == b"HTTP/1.1"
-            else b"keep-alive" in connection_header
+        # Interim (1xx) answers precede the final one on the same stream; a bounded number of
+        # them, read in a loop (a recursion per answer would overflow the stack on a long run).
+        for _ in range(_MAX_INTERIM_ANSWERS + 1):
+            head = await _read_head(connection, request, timeout_seconds)
+            if not 100 <= head.status < 200:
+                return await _read_body(connection, request, timeout_seconds, head_only, head)
+        raise httpx.RemoteProtocolError(
+            f"the server sent more than {_MAX_INTERIM_ANSWERS} interim (1xx) answers without a "
+            "final one",
+            request=request,
         )
-        if head_only or status in _NO_BODY_STATUSES:
-            content = b""
-        elif chunked:
-            content = await _read_chunked(connection, request, timeout_seconds)
-        elif length is not None:
-            while len(buffer) < length:
-                if not await connection.fill(timeout_seconds):
-                    _raise_if_reset(connection)
-                    raise httpx.RemoteProtocolError(
-                        f"the server closed the connection {len(buffer)} of {length} body bytes in",
-                        request=request,
-                    )
-            content = bytes(buffer[:length])
-            del buffer[:length]
-        else:
-            while await connection.fill(timeout_seconds):
-                pass
-            _raise_if_reset(connection)
-            content = bytes(buffer)
-            buffer.clear()
-            keep_alive = False
-        answer = RawAnswer(status, headers, content, version, reason)
-        return answer, keep_alive and not connection.buffer
 
     # -- the pool ----------------------------------------------------------------------------
 
@@ -537,6 +482,107 @@ def _request_head(request: httpx.Request, body_length: int) -> bytes:
     return b"".join(parts)
 
 
+async def _read_head(
+    connection: _Connection, request: httpx.Request | None, timeout_seconds: float | None
+) -> _Head:
+    """Read and parse one status line and its headers, leaving the body in the buffer."""
+    buffer = connection.buffer
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            break
+        if len(buffer) > _MAX_HEAD_BYTES:
+            raise httpx.RemoteProtocolError("the answer's headers are too large", request=request)
+        if not await connection.fill(timeout_seconds):
+            _raise_if_reset(connection)
+            raise httpx.RemoteProtocolError(
+                "the server closed the connection without sending a complete answer",
+                request=request,
+            )
+    lines = bytes(buffer[:end]).split(b"\r\n")
+    del buffer[: end + 4]
+    status_line = lines[0].split(b" ", 2)
+    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+        raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:80]!r}", request=request)
+    code = status_line[1]
+    if not (len(code) == 3 and code.isdigit()):
+        raise httpx.RemoteProtocolError(f"malformed status code {code[:20]!r}", request=request)
+    headers: list[tuple[bytes, bytes]] = []
+    length: int | None = None
+    chunked = False
+    connection_header = b""
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise httpx.RemoteProtocolError(f"malformed header {line[:80]!r}", request=request)
+        name = name.strip()
+        value = value.strip()
+        headers.append((name, value))
+        lowered = name.lower()
+        if lowered == b"content-length":
+            # Digits only (no sign, no spaces): a negative length would cut the body short.
+            # Repeated headers must agree (RFC 9110 §8.6).
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise httpx.RemoteProtocolError(
+                    f"bad content-length {value[:20]!r}; it must be a non-negative decimal "
+                    "number, the same in every Content-Length header",
+                    request=request,
+                )
+            length = int(value)
+        elif lowered == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif lowered == b"connection":
+            connection_header = value.lower()
+    return _Head(
+        status=int(code),
+        version=status_line[0],
+        reason=status_line[2] if len(status_line) > 2 else b"",
+        headers=headers,
+        length=length,
+        chunked=chunked,
+        connection=connection_header,
+    )
+
+
+async def _read_body(
+    connection: _Connection,
+    request: httpx.Request | None,
+    timeout_seconds: float | None,
+    head_only: bool,
+    head: _Head,
+) -> tuple[RawAnswer, bool]:
+    buffer = connection.buffer
+    status, version, length = head.status, head.version, head.length
+    keep_alive = (
+        b"close" not in head.connection
+        if version == b"HTTP/1.1"
+        else b"keep-alive" in head.connection
+    )
+    if head_only or status in _NO_BODY_STATUSES:
+        content = b""
+    elif head.chunked:
+        content = await _read_chunked(connection, request, timeout_seconds)
+    elif length is not None:
+        while len(buffer) < length:
+            if not await connection.fill(timeout_seconds):
+                _raise_if_reset(connection)
+                raise httpx.RemoteProtocolError(
+                    f"the server closed the connection {len(buffer)} of {length} body bytes in",
+                    request=request,
+                )
+        content = bytes(buffer[:length])
+        del buffer[:length]
+    else:
+        while await connection.fill(timeout_seconds):
+            pass
+        _raise_if_reset(connection)
+        content = bytes(buffer)
+        buffer.clear()
+        keep_alive = False
+    answer = RawAnswer(status, head.headers, content, version, head.reason)
+    return answer, keep_alive and not connection.buffer
+
+
 def _raise_if_reset(connection: _Connection) -> None:
     error = connection.error
     if isinstance(error, OSError):
@@ -562,12 +608,10 @@ async def _read_chunked(
 
     while True:
         size_text = (await line()).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise httpx.RemoteProtocolError(
-                f"bad chunk size {size_text[:20]!r}", request=request
-            ) from None
+        # Hex digits only: int(..., 16) would also take a sign, underscores or a 0x prefix.
+        if not size_text or size_text.strip(_HEX_DIGITS):
+            raise httpx.RemoteProtocolError(f"bad chunk size {size_text[:20]!r}", request=request)
+        size = int(size_text, 16)
         if size == 0:
             while await line():
                 pass  # trailers
@@ -576,5 +620,11 @@ async def _read_chunked(
             if not await connection.fill(timeout_seconds):
                 _raise_if_reset(connection)
                 raise httpx.RemoteProtocolError("a chunked body ended early", request=request)
+        if buffer[size : size + 2] != b"\r\n":
+            raise httpx.RemoteProtocolError(
+                f"a chunk of {size} bytes is not followed by CRLF (the chunk size does not "
+                "match its data)",
+                request=request,
+            )
         body += buffer[:size]
         del buffer[: size + 2]

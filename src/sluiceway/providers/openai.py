@@ -24,7 +24,9 @@ class OpenAICompatibleClient(HttpProviderBase):
 
     ``send`` makes one HTTP request and raises the typed errors of :mod:`sluiceway.errors`
     (rate limited with Retry-After, overload, timeout, unavailable, bad request, context
-    length, quota, authentication). Cancelling ``send`` closes that request.
+    length, quota, authentication, redirect). The ``x-ratelimit-*`` headers are read into the
+    answer's (or the rate-limit error's) ``rate_limit``. Cancelling ``send`` closes that
+    request.
     """
 
     def __init__(
@@ -63,7 +65,7 @@ class OpenAICompatibleClient(HttpProviderBase):
                 }
             else:
                 body["response_format"] = {"type": "json_object"}
-        data = await self._post(
+        data, rate_limit = await self._post(
             "/chat/completions",
             body,
             model_id=request.model_id,
@@ -81,6 +83,7 @@ class OpenAICompatibleClient(HttpProviderBase):
             text=text,
             reasoning=reasoning if isinstance(reasoning, str) else None,
             usage=_usage(data),
+            rate_limit=rate_limit,
         )
 
     async def _embed(self, request: ModelRequest) -> ModelResponse:
@@ -92,7 +95,7 @@ class OpenAICompatibleClient(HttpProviderBase):
         body: dict[str, Any] = dict(request.parameters)
         body["model"] = request.model_id
         body["input"] = list(request.inputs)
-        data = await self._post(
+        data, rate_limit = await self._post(
             "/embeddings", body, model_id=request.model_id, timeout_seconds=request.timeout_seconds
         )
         try:
@@ -100,7 +103,7 @@ class OpenAICompatibleClient(HttpProviderBase):
             vectors = tuple(tuple(float(x) for x in item["embedding"]) for item in items)
         except (KeyError, TypeError, ValueError, AttributeError):
             raise self._malformed(request.model_id, "data[].embedding") from None
-        return ModelResponse(embeddings=vectors, usage=_usage(data))
+        return ModelResponse(embeddings=vectors, usage=_usage(data), rate_limit=rate_limit)
 
 
 def _usage(data: Any) -> TokenUsage:

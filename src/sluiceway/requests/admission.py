@@ -33,6 +33,7 @@ from sluiceway.fair_queue import QueueEntry, WeightedFairQueue
 from sluiceway.observability import EventBus, EventKind
 from sluiceway.observability.codes import (
     LimitChangeCode,
+    PacingWindowCode,
     ReleaseDiagnosticCode,
     RequestDenialCode,
     RequestDomainCode,
@@ -46,6 +47,7 @@ from sluiceway.observability.request_events import (
     RequestLeaseReleased,
     RequestLimitDecreased,
     RequestLimitIncreased,
+    RequestPacingHeld,
     RequestQueueDrained,
     RequestQueueFormed,
     RequestRateLimited,
@@ -57,6 +59,7 @@ from sluiceway.observability.request_events import (
     RequestWaitStarted,
     RequestWaitTimeout,
 )
+from sluiceway.rate_limits import RateLimitHeaders
 from sluiceway.requests.budgets import (
     BudgetCharge,
     BudgetKind,
@@ -70,12 +73,15 @@ from sluiceway.requests.limits import (
     PRESSURE_OUTCOMES,
     AdaptiveLimitSettings,
     AdaptiveRequestLimit,
+    LimitPhase,
+    LimitReason,
     RequestLimit,
     RequestLimitFactory,
     adaptive_limits,
     static_limits,
 )
 from sluiceway.requests.outcomes import RequestReleaseOutcome
+from sluiceway.requests.pacing import PacedKind, PacedWindow
 from sluiceway.values import fast_init
 
 DEFAULT_GROUP = "default"
@@ -247,6 +253,11 @@ class RequestAdmissionLease:
     limit_at_grant: int
     owner: int = field(repr=False)
     reserved_tokens: int = 0  # charged to the tpm budgets of its provider/model, if any
+    # Grants (and their estimated tokens) of its provider/model up to and including this one:
+    # what a rate-limit report in its answer may already have counted.
+    sequence: int = field(default=0, repr=False)
+    token_sequence: int = field(default=0, repr=False)
+    in_flight_at_grant: int = 0  # of its domain, itself included: the concurrency it went at
 
 
 @fast_init
@@ -328,6 +339,7 @@ class DomainPressure:
     consecutive_rate_limits: int
     last_outcome: RequestReleaseOutcome | None
     release_diagnostics: int
+    phase: LimitPhase | None = None  # of an adaptive limit: starting, recovering, holding, probing
 
 
 class BudgetScope(enum.Enum):
@@ -359,6 +371,7 @@ class ProviderModelPressure:
     breaker: BreakerState
     domains: Mapping[RequestDomain, DomainPressure]
     budgets: tuple[BudgetPressure, ...] = ()
+    paced_in_seconds: float = 0.0  # until a window the provider reports admits one more request
 
     @property
     def budget_blocked(self) -> bool:
@@ -427,11 +440,15 @@ class _Pool:
         "budgets",
         "cap",
         "failing_since",
+        "granted_tokens",
         "granted_total",
         "in_flight",
         "key",
         "max_in_flight",
         "max_waiters",
+        "paced",
+        "pacers",
+        "pacing_held",
         "probe_at",
         "probe_lease_id",
         "queue",
@@ -457,6 +474,12 @@ class _Pool:
         self.budget_deadline: float | None = None
         self.budget_timer: TimerHandle | None = None
         self.budget_denials = 0
+        # Windows the provider reports in its answers (requests, tokens); ``paced`` once any
+        # answer reported one, so a provider that reports none costs nothing.
+        self.pacers = (PacedWindow(PacedKind.REQUESTS), PacedWindow(PacedKind.TOKENS))
+        self.paced = False
+        self.pacing_held = False  # a paced window holds a waiter back (for the event's edge)
+        self.granted_tokens = 0
 
 
 class RequestEventTags(TypedDict):
@@ -603,6 +626,15 @@ def _budget_ready_at(pool: _Pool, item: RequestAdmissionItem, now: float) -> flo
     return ready_at
 
 
+def _paced_ready_at(pool: _Pool, item: RequestAdmissionItem, now: float) -> float:
+    """When the windows ``pool``'s provider reports have room for ``item``."""
+    requests, tokens = pool.pacers
+    ready_at = requests.ready_at(1, now)
+    if item.estimated_tokens:
+        ready_at = max(ready_at, tokens.ready_at(item.estimated_tokens, now))
+    return ready_at
+
+
 def _breaker_cap(pool: _Pool) -> int:
     """The provider/model's cap as its breaker lets it be used: 0 open, 1 probing."""
     if pool.breaker is BreakerState.OPEN:
@@ -612,10 +644,15 @@ def _breaker_cap(pool: _Pool) -> int:
     return pool.cap
 
 
-def _decrease_reason(cause: RequestReleaseOutcome | None) -> LimitChangeCode:
+_LIMIT_REASONS = {reason: LimitChangeCode(reason.value) for reason in LimitReason}
+
+
+def _decrease_reason(source: RequestLimit, cause: RequestReleaseOutcome | None) -> LimitChangeCode:
     if cause is None:
         return LimitChangeCode.STARTUP_RAMP  # only a ramp moves the limit as time passes
     if cause in PRESSURE_OUTCOMES:
+        if isinstance(source, AdaptiveRequestLimit) and source.reason is not None:
+            return _LIMIT_REASONS[source.reason]
         return LimitChangeCode.RATE_LIMITED
     return LimitChangeCode.LATENCY_GRADIENT
 
@@ -628,7 +665,9 @@ def _increase_reason(source: RequestLimit, cause: RequestReleaseOutcome | None) 
             return LimitChangeCode.STARTUP_RAMP
         if source.latency_bound:
             return LimitChangeCode.LATENCY_GRADIENT
-    return LimitChangeCode.ADDITIVE_INCREASE
+        if source.reason is not None:
+            return _LIMIT_REASONS[source.reason]
+    return LimitChangeCode.RECOVERY
 
 
 _owner_ids = itertools.count(1)
@@ -792,6 +831,13 @@ class RequestAdmissionController:
                 return RequestAdmissionDenied(
                     reason=DenialReason.NO_CAPACITY, budget_ready_at=ready_at
                 )
+        if pool.paced:
+            ready_at = _paced_ready_at(pool, item, now)
+            if ready_at > now:
+                self._pacing_holds(domain, ready_at, now)
+                return RequestAdmissionDenied(
+                    reason=DenialReason.NO_CAPACITY, budget_ready_at=ready_at
+                )
         return self._grant(domain, item, now)
 
     async def acquire(self, item: RequestAdmissionItem) -> RequestAdmissionLease:
@@ -929,6 +975,7 @@ class RequestAdmissionController:
         *,
         retry_after_seconds: float | None = None,
         usage_tokens: int | None = None,
+        rate_limit: RateLimitHeaders | None = None,
     ) -> None:
         """Schedule ``release`` on the controller's loop from a worker thread."""
         if self._loop is None:
@@ -940,6 +987,7 @@ class RequestAdmissionController:
                 outcome,
                 retry_after_seconds=retry_after_seconds,
                 usage_tokens=usage_tokens,
+                rate_limit=rate_limit,
             )
         )
 
@@ -952,14 +1000,16 @@ class RequestAdmissionController:
         *,
         retry_after_seconds: float | None = None,
         usage_tokens: int | None = None,
+        rate_limit: RateLimitHeaders | None = None,
     ) -> ReleaseResult:
         """Return a lease's capacity and report its outcome to the domain's limit.
 
         ``usage_tokens`` (the tokens the provider reported) settles the lease's tpm charges;
-        without it the estimate reserved at the grant stays charged. Never raises for misuse:
-        a second release, a lease of another controller or an unknown lease returns a
-        diagnostic result and changes nothing. Raises :class:`EngineError` only when the
-        controller's own counts are broken or ``usage_tokens`` is negative.
+        without it the estimate reserved at the grant stays charged. ``rate_limit`` (the windows
+        the answer reported) paces later grants of the provider/model (:mod:`.pacing`).
+        Never raises for misuse: a second release, a lease of another controller or an unknown
+        lease returns a diagnostic result and changes nothing. Raises :class:`EngineError` only
+        when the controller's own counts are broken or ``usage_tokens`` is negative.
         """
         if usage_tokens is not None and usage_tokens < 0:
             raise EngineError(
@@ -984,6 +1034,8 @@ class RequestAdmissionController:
                 f"{domain.in_flight} (domain) / {pool.in_flight} (provider/model) below 1"
             )
         now = self._clock()
+        if rate_limit is not None:
+            self._take_report(pool, lease, rate_limit, now)
         freed: list[_Pool] = []
         charges = self._charges.pop(lease.lease_id, None) if self._charges else None
         if charges is not None and usage_tokens is not None:
@@ -1005,6 +1057,7 @@ class RequestAdmissionController:
             now=now,
             limit_at_grant=lease.limit_at_grant,
             in_flight=in_flight_with_this,
+            in_flight_at_grant=lease.in_flight_at_grant,
             retry_after_seconds=retry_after_seconds,
             latency_seconds=max(0.0, now - lease.granted_at),
         )
@@ -1124,15 +1177,19 @@ class RequestAdmissionController:
     def reserves_tokens(self, resource: RequestResourceKey) -> bool:
         """True when a tpm budget applies to ``resource`` (items then need a token estimate)."""
         pool = self._pools.get(resource.provider_model)
-        return pool is not None and any(
-            budget.budget.kind is BudgetKind.TOKENS for budget in pool.budgets
+        return pool is not None and (
+            pool.pacers[1].active
+            or any(budget.budget.kind is BudgetKind.TOKENS for budget in pool.budgets)
         )
 
     def _budget_blocked(self, pool: _Pool) -> bool:
-        if not pool.budgets:
+        if not pool.budgets and not pool.paced:
             return False
         now = self._clock()
-        return any(budget.budget.ready_at(1, now) > now for budget in pool.budgets)
+        return (
+            any(budget.budget.ready_at(1, now) > now for budget in pool.budgets)
+            or pool.pacers[0].ready_at(1, now) > now
+        )
 
     def statistics(self) -> RequestAdmissionStatistics:
         now = self._clock()
@@ -1220,6 +1277,7 @@ class RequestAdmissionController:
                 consecutive_rate_limits=domain.consecutive_rate_limits,
                 last_outcome=domain.last_outcome,
                 release_diagnostics=self._release_diagnostics,
+                phase=source.phase if isinstance(source, AdaptiveRequestLimit) else None,
             )
         return RequestPressureSnapshot(
             captured_at=now,
@@ -1235,6 +1293,9 @@ class RequestAdmissionController:
                         breaker=pool.breaker,
                         domains=MappingProxyType(by_pool[key]),
                         budgets=tuple(_budget_pressure(budget, now) for budget in pool.budgets),
+                        paced_in_seconds=(
+                            pool.pacers[0].ready_at(1, now) - now if pool.paced else 0.0
+                        ),
                     )
                     for key, pool in self._pools.items()
                 }
@@ -1257,12 +1318,19 @@ class RequestAdmissionController:
         # One clock reading for every check and charge of this step: a budget is never asked
         # about an instant before a charge this step already made.
         now = self._clock()
-        if pool.budgets:
+        paced: list[_Domain] = []  # a domain a window the provider reports holds back
+        if pool.budgets or pool.paced:
 
             def eligible(entry: QueueEntry[_Waiter]) -> bool:
                 if not entry.item.domain.has_capacity():
                     return False
-                ready_at = _budget_ready_at(pool, entry.item.item, now)
+                item = entry.item.item
+                ready_at = _budget_ready_at(pool, item, now) if pool.budgets else now
+                if pool.paced:
+                    paced_at = _paced_ready_at(pool, item, now)
+                    if paced_at > now:
+                        paced.append(entry.item.domain)
+                        ready_at = max(ready_at, paced_at)
                 if ready_at > now:
                     held_until[0] = min(held_until[0], ready_at)
                     return False
@@ -1288,8 +1356,51 @@ class RequestAdmissionController:
             waiter.in_flight_at_grant = waiter.domain.in_flight
         if last is not None and not queue:
             self._emit_queue_drained(last.domain)
-        if pool.budgets:
+        if pool.budgets or pool.paced:
+            if queue and paced:
+                self._pacing_holds(paced[-1], held_until[0], now)
             self._arm_budget_timer(pool, held_until[0] if queue else math.inf)
+
+    def _take_report(
+        self, pool: _Pool, lease: RequestAdmissionLease, report: RateLimitHeaders, now: float
+    ) -> None:
+        """Let the windows an answer reported pace the provider/model's later grants."""
+        requests_window, tokens_window = pool.pacers
+        if report.requests is not None:
+            requests_window.report(
+                report.requests,
+                now=now,
+                sequence=lease.sequence,
+                unseen=pool.granted_total - lease.sequence,
+            )
+        if report.tokens is not None:
+            tokens_window.report(
+                report.tokens,
+                now=now,
+                sequence=lease.sequence,
+                unseen=pool.granted_tokens - lease.token_sequence,
+            )
+        pool.paced = pool.paced or requests_window.active or tokens_window.active
+
+    def _pacing_holds(self, domain: _Domain, ready_at: float, now: float) -> None:
+        """Count a grant a reported window holds back; the first of a hold is an event."""
+        pool = domain.pool
+        requests_window, tokens_window = pool.pacers
+        window = requests_window if requests_window.ready_at(1, now) > now else tokens_window
+        window.holds += 1
+        if pool.pacing_held:
+            return
+        pool.pacing_held = True
+        if self._events.wants(EventKind.REQUEST_PACING_HELD):
+            self._events.emit(
+                RequestPacingHeld(
+                    **domain.tags,
+                    window=PacingWindowCode(window.kind.value),
+                    available=max(0, math.floor(window.available(now))),
+                    ready_in_seconds=max(0.0, ready_at - now),
+                    captured_at=now,
+                )
+            )
 
     def _arm_budget_timer(self, pool: _Pool, deadline: float) -> None:
         """Wake ``pool``'s waiters when a budget next has room for one of them."""
@@ -1453,6 +1564,13 @@ class RequestAdmissionController:
         self._next_lease_id += 1
         if pool.breaker is BreakerState.HALF_OPEN:
             pool.probe_lease_id = self._next_lease_id
+        tokens = item.estimated_tokens
+        pool.granted_tokens += tokens
+        if pool.paced:
+            requests_window, tokens_window = pool.pacers
+            requests_window.charge(1)
+            tokens_window.charge(tokens)
+            pool.pacing_held = False
         budgets = pool.budgets
         reserved_tokens = 0
         if budgets:
@@ -1471,6 +1589,9 @@ class RequestAdmissionController:
             limit_at_grant=domain.limit,
             owner=self._owner,
             reserved_tokens=reserved_tokens,
+            sequence=pool.granted_total + 1,
+            token_sequence=pool.granted_tokens,
+            in_flight_at_grant=domain.in_flight + 1,
         )
         self._live[self._next_lease_id] = lease
         in_flight = pool.in_flight + 1
@@ -1741,7 +1862,7 @@ class RequestAdmissionController:
                         **domain.tags,
                         previous_limit=previous,
                         limit=limit,
-                        reason=_decrease_reason(cause),
+                        reason=_decrease_reason(domain.limit_source, cause),
                         captured_at=now,
                     )
                 )

@@ -3,10 +3,11 @@
 A budget allows at most ``limit`` units (requests for ``rpm``, tokens for ``tpm``) inside any
 window of ``window_seconds`` (60 s). :class:`RollingBudget` is pure bookkeeping driven by ``now``
 arguments: a log of charges, ``used(now) = sum of charges made after now - window``.
-:class:`RequestBudgets` holds each charge for its window plus :data:`WINDOW_MARGIN` (2%): the
-endpoint counts a request when it arrives, a little after its lease was granted, so a charge
-counted out exactly one window after the grant could let the next request arrive while the
-endpoint still counts the old one. The margin costs 2% of the budget's rate when it binds. The
+:class:`RequestBudgets` holds each charge for its window plus a margin (2% of it, at least
+0.1 s): the endpoint counts a request when it arrives, a little after its lease was granted
+(later still on a busy event loop), so a charge counted out exactly one window after the grant
+could let the next request arrive while the endpoint still counts the old one. The margin costs
+2% of the budget's rate when it binds (a minute's window). The
 controller charges a budget in the same synchronous step that grants the lease (never check
 first and count later); a token charge starts at an estimate and is settled at release to the
 usage the provider reported. A charge that already left the window is not corrected (it can no
@@ -36,6 +37,7 @@ from sluiceway.requests.keys import ProviderModelKey
 
 BUDGET_WINDOW_SECONDS = 60.0
 WINDOW_MARGIN = 0.02
+WINDOW_MARGIN_MIN_SECONDS = 0.1
 DEFAULT_COMPLETION_TOKENS = 256
 _CHARS_PER_TOKEN = 4
 
@@ -82,7 +84,8 @@ class RequestBudgets:
     @property
     def held_seconds(self) -> float:
         """How long a charge counts: the window plus its margin (see the module docstring)."""
-        return self.window_seconds * (1.0 + WINDOW_MARGIN)
+        window = self.window_seconds
+        return window + max(window * WINDOW_MARGIN, WINDOW_MARGIN_MIN_SECONDS)
 
     def __post_init__(self) -> None:
         if self.window_seconds <= 0:

@@ -47,6 +47,7 @@ from sluiceway.observability.request_events import (
     RequestHedgeStarted,
 )
 from sluiceway.providers.base import ModelRequest, ModelResponse, ProviderClient
+from sluiceway.rate_limits import RateLimitHeaders
 from sluiceway.requests.admission import (
     DenialReason,
     RequestAdmissionController,
@@ -278,6 +279,7 @@ class ModelRequestExecutor:
         self._attempts += 1
         outcome = RequestReleaseOutcome.UNEXPECTED_EXCEPTION
         retry_after_seconds: float | None = None
+        rate_limit: RateLimitHeaders | None = None  # the windows the answer reported
         response: ModelResponse | None = None
         events = self._events
         # Trace sampling: both events are detail of a task attempt outside the sample unless
@@ -320,6 +322,7 @@ class ModelRequestExecutor:
             response = await client.send(request)
             if token and task is not None and token not in self._deadlines:
                 task.uncancel()  # the client answered in spite of the deadline's cancellation
+            rate_limit = response.rate_limit
             outcome = RequestReleaseOutcome.SUCCESS
             self._successes += 1
             if window is not None:
@@ -339,6 +342,8 @@ class ModelRequestExecutor:
                 self._adaptive_timeouts += 1
                 raise self._expired(item, lease, request, window, timeout_seconds) from None
             outcome, retry_after_seconds = classify_exception(exc)
+            if isinstance(exc, RateLimitedError):
+                rate_limit = exc.rate_limit
             if outcome is RequestReleaseOutcome.RATE_LIMITED:
                 self._rate_limited += 1
             elif outcome is RequestReleaseOutcome.LOCAL_CANCELLED:
@@ -372,6 +377,7 @@ class ModelRequestExecutor:
                 outcome,
                 retry_after_seconds=retry_after_seconds,
                 usage_tokens=usage_tokens,
+                rate_limit=rate_limit,
             )
             if not result.released:
                 self._release_diagnostics += 1
@@ -606,8 +612,13 @@ class ModelRequestExecutor:
         now = self._now
         started_at = now()
         attempt = 0
+        # A token estimate for a tpm budget, or for the token window a provider may report
+        # (its report can arrive while this request waits for a lease).
         estimated_tokens = (
-            estimate_request_tokens(request) if self._controller.reserves_tokens(resource) else 0
+            estimate_request_tokens(request)
+            if getattr(client, "reports_rate_limits", False)
+            or self._controller.reserves_tokens(resource)
+            else 0
         )
         latency = self._latency
         at_least_seconds = 0.0  # after an adaptive timeout: twice the deadline that expired

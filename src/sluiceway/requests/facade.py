@@ -349,15 +349,23 @@ class ModelFacade:
         ``problem`` never quotes the answer (it ends up in logs and reports); ``correction``
         goes back to the model only and may.
         """
+        # A degenerate answer (``[`` thousands of times) exhausts the decoder's recursion,
+        # and a deep but decodable one may exhaust the validator's: both are invalid answers.
+        too_deep = "JSON nested too deeply to decode; reply with a flat JSON object"
         try:
             value = json.loads(_strip_code_fence(answer))
         except json.JSONDecodeError as exc:
             problem = f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
             return None, problem, problem
+        except RecursionError:
+            return None, too_deep, too_deep
         if not isinstance(value, dict):
             problem = f"a JSON {type(value).__name__}, not a JSON object"
             return None, problem, problem
-        error = best_match(validator.iter_errors(value))
+        try:
+            error = best_match(validator.iter_errors(value))
+        except RecursionError:
+            return None, too_deep, too_deep
         if error is None:
             return value, "", ""
         problem = (

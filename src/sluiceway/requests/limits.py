@@ -5,30 +5,40 @@ may go, reports every release to ``on_outcome`` and calls ``advance(now)`` when 
 limit asked for is due; it never computes a limit itself. The algorithms (SPEC §6.3) are small
 pure classes that take ``now`` and samples and return a new state:
 
-- :class:`AimdLimit`: additive increase, multiplicative decrease.
-  On a rate limit: ``limit = max(1, floor(limit * decrease_factor))``, at most once per burst
-  (a lease granted at a higher limit than the current one does not decrease again). The
-  concurrency at which the provider refused is remembered as the *ceiling*: the requests in
-  flight when the burst's first refusal arrived, less one for each further refusal of the same
-  burst, kept within ``[decreased limit + 1, limit in force]``. A limit of 36 against a provider
-  that serves 32 (4 refusals) remembers 33, not 36. When the further refusals bring the ceiling
-  down to the decreased limit, the limit follows it (``ceiling - 1``, the concurrency the
-  provider served), but not below half the limit the burst was granted at: 64 requests against
-  a provider that serves 32 end the burst at 32, one cooldown instead of one per multiplicative
-  step (64, 48, 36, 27).
-  On a success outside cooldown while the limit is in use
-  (``in_flight >= ceil(limit * usage_ratio)``): after ``successes_until_increase`` successes
-  ``limit += increase_step`` up to the effective max. At or above the remembered ceiling each
-  increase needs ``ceiling_caution`` times as many successes, and a step that would reach the
-  ceiling waits until the hold (``ceiling_hold_seconds``) has passed since the last rate
-  limit, so the limit settles just below the last known rate-limit point instead of
-  sawtoothing back into it (each probe costs a 429 and a cooldown). A rate limit at or above
-  the concurrency of the previous refusal confirms it and doubles the hold, up to
-  ``ceiling_hold_max_seconds``; a rate limit below it starts the hold over.
+- :class:`AimdLimit`: a limit that follows a changing provider both ways, in round trips (one
+  round trip is about ``limit`` successes while the limit is in use). Its phases:
+
+  * ``startup``: slow start. The limit begins at half the cap and a :class:`StartupRamp`
+    spreads the other half over ``slow_start_seconds`` (50 ms); the first refusal stops it. A
+    refusal comes back in about a network round trip, far sooner than an answer, so a cap above
+    the provider's true capacity earns a refusal or two, not one per excess request, and a right
+    cap costs a few milliseconds. From an explicit ``initial_limit`` below the cap the limit
+    grows by one per success instead (doubling per round trip).
+  * ``recovery``: after a decrease, one per success (doubling per round trip) back up to
+    ``served``, the highest concurrency recently served without refusal.
+  * ``hold``: at ``served``, wait ``hold_round_trips`` round trips (at most
+    ``max_hold_seconds``) before probing: a bound in round trips or seconds, never minutes.
+  * ``probe``: above ``served``, ``step`` more per round trip, the step doubling every round
+    trip without refusal (1, 2, 4, ...), so capacity that came back is found within a few
+    round trips, while a provider that is still full costs one refusal per probe.
+
+  A refusal is evidence about that moment: the provider served ``in_flight - 1``. Refused while
+  probing or starting (above ``served``), the limit goes back to what was served, without a
+  multiplicative cut or a domain cooldown (the refused request is retried after its own
+  Retry-After), and the next hold doubles while probes keep being refused at the same level (up
+  to ``max_hold_round_trips``). Refused at or below ``served`` (capacity shrank, a window ran
+  out): ``limit = max(1, floor(limit * decrease_factor))``, ``served`` drops to what the refusal
+  shows, the domain cools down and recovers from there. Further refusals of one burst (leases
+  granted at a higher limit than the current one) do not decrease again; each one shows the
+  provider served one fewer than counted, and once that is below the limit the limit follows it,
+  but not below half the limit the burst was granted at (64 requests against a provider that
+  serves 32 end the burst at 32, not after a cooldown per multiplicative step).
+  Growth only happens while the limit is in use (``in_flight >= ceil(limit * usage_ratio)``).
 - :class:`StartupRamp`: from 1 to the initial limit linearly over ``ramp_seconds``;
   ``limit_at(now) = 1 + floor((target - 1) * (now - start) / ramp_seconds)``.
-- :class:`CooldownPolicy`: ``now + min(retry_after, max_seconds)``, or ``now + default_seconds``
-  when the provider gave no Retry-After.
+- :class:`CooldownPolicy`: ``now + min(retry_after, max_seconds)``; without a Retry-After it
+  learns: ``default_seconds * 2 ** (refusals in a row)``, up to ``max_seconds``, back to
+  ``default_seconds`` after a success (short first, longer when refusals repeat).
 - :class:`GradientLimit` (opt-in, for servers that queue instead of refusing): the limit moves
   by the ratio of a long-term baseline to the short-term latency,
   ``new = limit * clamp(tolerance * baseline / short, 0.5, 1) + sqrt(limit)``, smoothed; it
@@ -82,6 +92,7 @@ class RequestLimit(Protocol):
         in_flight: int,
         retry_after_seconds: float | None,
         latency_seconds: float | None = None,
+        in_flight_at_grant: int | None = None,
     ) -> None: ...
 
     def advance(self, now: float) -> float | None:
@@ -126,6 +137,7 @@ class StaticRequestLimit:
         in_flight: int,
         retry_after_seconds: float | None,
         latency_seconds: float | None = None,
+        in_flight_at_grant: int | None = None,
     ) -> None:
         return None
 
@@ -143,60 +155,86 @@ def static_limits(resource: RequestResourceKey, static_cap: int) -> RequestLimit
 # --------------------------------------------------------------------------------------------
 
 
-class LimitChange(enum.Enum):
-    """A state transition of a limit (the source of the request_limit_* events)."""
+class LimitPhase(enum.Enum):
+    """Where an :class:`AimdLimit` is in its cycle (see the module docstring)."""
 
-    DECREASED = "decreased"
-    INCREASED = "increased"
-    SOFT_CEILING_RECOVERED = "soft_ceiling_recovered"
-    FULLY_RECOVERED = "fully_recovered"
+    STARTUP = "startup"
+    RECOVERY = "recovery"
+    HOLD = "hold"
+    PROBE = "probe"
+
+
+class LimitReason(enum.Enum):
+    """Why the last change of an :class:`AimdLimit` happened."""
+
+    SLOW_START = "slow_start"
+    RECOVERY = "recovery"
+    PROBE = "probe"
+    PROBE_REFUSED = "probe_refused"
+    RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AimdState:
     limit: int
-    successes: int = 0
+    phase: LimitPhase = LimitPhase.STARTUP
+    served: int = 0  # highest concurrency recently served without refusal
+    step: int = 1  # probe: increase at the end of this round trip
+    round_trip_successes: int = 0  # probe: successes of this round trip so far
+    hold_until: float | None = None
+    hold_round_trips: int = 0  # 0: the limit's initial hold
+    refused_at: int | None = None  # concurrency of the last refusal
+    # The concurrency last refused, kept above the limit, until a level at or above it is
+    # served again (what snapshots call the rate-limit ceiling).
     ceiling: int | None = None
     rate_limited_at: float | None = None
-    hold_seconds: float | None = None  # None: ``ceiling_hold_seconds``
-    refused_at: int | None = None  # concurrency of the last refusal, before the ceiling's bounds
+    round_trip_seconds: float | None = None  # moving average of success latency
+    reason: LimitReason | None = None  # of the last change of ``limit``
+    cooldown: bool = False  # whether the last refusal calls for a domain cooldown
+
+
+_RTT_ALPHA = 0.2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AimdLimit:
-    """Additive increase / multiplicative decrease; see the module docstring for the formula."""
+    """A limit that decreases on refusals and recovers and probes in round trips; see the
+    module docstring for the phases and the formulas."""
 
     max_limit: int
     decrease_factor: float = 0.75
-    successes_until_increase: int = 25
-    increase_step: int = 1
     usage_ratio: float = 0.8
-    ceiling_caution: int = 4
-    ceiling_hold_seconds: float = 30.0
-    ceiling_hold_max_seconds: float = 600.0
+    hold_round_trips: int = 2
+    max_hold_round_trips: int = 8
+    max_hold_seconds: float = 10.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.ceiling_hold_seconds <= self.ceiling_hold_max_seconds:
-            raise EngineError(
-                "AimdLimit needs 0 <= ceiling_hold_seconds <= ceiling_hold_max_seconds, got "
-                f"{self.ceiling_hold_seconds} and {self.ceiling_hold_max_seconds}"
-            )
         if self.max_limit < 1:
             raise EngineError(f"AimdLimit.max_limit must be >= 1, got {self.max_limit}")
         if not 0.0 < self.decrease_factor < 1.0:
             raise EngineError(
                 f"AimdLimit.decrease_factor must be in (0, 1), got {self.decrease_factor}"
             )
-        if self.successes_until_increase < 1 or self.increase_step < 1:
+        if not 0.0 <= self.usage_ratio <= 1.0:
+            raise EngineError(f"AimdLimit needs 0 <= usage_ratio <= 1, got {self.usage_ratio}")
+        if not 1 <= self.hold_round_trips <= self.max_hold_round_trips or self.max_hold_seconds < 0:
             raise EngineError(
-                "AimdLimit needs successes_until_increase >= 1 and increase_step >= 1, got "
-                f"{self.successes_until_increase} and {self.increase_step}"
+                "AimdLimit needs 1 <= hold_round_trips <= max_hold_round_trips and "
+                f"max_hold_seconds >= 0, got {self.hold_round_trips}, "
+                f"{self.max_hold_round_trips} and {self.max_hold_seconds}"
             )
-        if not 0.0 <= self.usage_ratio <= 1.0 or self.ceiling_caution < 1:
-            raise EngineError(
-                "AimdLimit needs 0 <= usage_ratio <= 1 and ceiling_caution >= 1, got "
-                f"{self.usage_ratio} and {self.ceiling_caution}"
-            )
+
+    def initial(self, limit: int) -> AimdState:
+        """The state of a limit that starts at ``limit`` and slow-starts from there."""
+        limit = max(1, min(self.max_limit, limit))
+        phase = LimitPhase.STARTUP if limit < self.max_limit else LimitPhase.HOLD
+        return AimdState(limit=limit, phase=phase, hold_round_trips=self.hold_round_trips)
+
+    def _hold_until(self, state: AimdState, now: float | None, round_trips: int) -> float | None:
+        if now is None:
+            return None
+        rtt = state.round_trip_seconds or 0.0
+        return now + min(self.max_hold_seconds, round_trips * rtt)
 
     def on_rate_limited(
         self,
@@ -207,17 +245,16 @@ class AimdLimit:
         in_flight: int | None = None,
     ) -> AimdState:
         """``in_flight``: requests in flight when this refusal arrived, itself included; without
-        it the ceiling is the limit in force."""
+        it the refusal is taken to be at the limit in force."""
         if limit_at_grant > state.limit:
             # This burst already decreased the limit. Another refusal of it was in flight when
             # the first one arrived: the provider served one fewer than counted then.
             if in_flight is None or state.refused_at is None or state.refused_at <= 1:
-                return state
+                return replace(state, cooldown=False)
             refused_at = state.refused_at - 1
             # Once the refusals show the provider served fewer at once than the decreased limit,
-            # the limit comes down to what it served: kept higher, the next burst is refused too
-            # (another cooldown) before it gets there. Never below half the limit the burst was
-            # granted at: a provider refusing everything (an exhausted rate window, say) halves
+            # the limit comes down to what it served, but never below half the limit the burst
+            # was granted at: a provider refusing everything (an exhausted window, say) halves
             # the limit per burst instead of sending it to 1.
             floor = max(1, limit_at_grant // 2)
             limit = max(min(floor, state.limit), min(state.limit, refused_at - 1))
@@ -226,82 +263,152 @@ class AimdLimit:
                 limit=limit,
                 refused_at=refused_at,
                 ceiling=max(limit + 1, refused_at),
+                served=min(state.served, limit),
+                reason=LimitReason.RATE_LIMITED if limit < state.limit else state.reason,
+                cooldown=False,
+            )
+        refused_at = state.limit if in_flight is None else max(1, min(state.limit, in_flight))
+        served_then = refused_at - 1
+        probing = state.phase in (LimitPhase.STARTUP, LimitPhase.PROBE)
+        if probing and served_then >= max(1, state.served):
+            # A probe found the edge: go back to what was served and hold there. Refused again
+            # at the level refused before, the next hold is longer.
+            again = state.refused_at is not None and refused_at <= state.refused_at + 1
+            rounds = state.hold_round_trips or self.hold_round_trips
+            rounds = min(self.max_hold_round_trips, 2 * rounds) if again else self.hold_round_trips
+            return replace(
+                state,
+                limit=served_then,
+                phase=LimitPhase.HOLD,
+                served=served_then,
+                step=1,
+                round_trip_successes=0,
+                hold_until=self._hold_until(state, now, rounds),
+                hold_round_trips=rounds,
+                refused_at=refused_at,
+                ceiling=refused_at,
+                rate_limited_at=now,
+                reason=LimitReason.PROBE_REFUSED,
+                cooldown=False,
             )
         limit = max(1, math.floor(state.limit * self.decrease_factor))
-        refused_at = state.limit if in_flight is None else max(1, min(state.limit, in_flight))
-        hold = self.ceiling_hold_seconds
-        known = state.refused_at if state.refused_at is not None else state.ceiling
-        if known is not None and state.limit >= known:
-            # Refused again at or above a concurrency refused before: probe less often.
-            hold = min(self.ceiling_hold_max_seconds, 2 * (state.hold_seconds or hold))
-        return AimdState(
+        served = max(limit, min(state.served, served_then)) if state.served else limit
+        return replace(
+            state,
             limit=limit,
-            successes=0,
-            # At or below the new limit a ceiling would say nothing about the next step up.
-            ceiling=min(state.limit, max(limit + 1, refused_at)),
-            rate_limited_at=now,
-            hold_seconds=hold,
+            phase=LimitPhase.RECOVERY if limit < served else LimitPhase.HOLD,
+            served=served,
+            step=1,
+            round_trip_successes=0,
+            hold_until=self._hold_until(state, now, self.hold_round_trips),
+            hold_round_trips=self.hold_round_trips,
             refused_at=refused_at,
+            ceiling=max(limit + 1, refused_at),
+            rate_limited_at=now,
+            reason=LimitReason.RATE_LIMITED,
+            cooldown=True,
         )
 
     def on_success(
-        self, state: AimdState, *, in_flight: int, now: float | None = None
+        self,
+        state: AimdState,
+        *,
+        in_flight: int,
+        now: float | None = None,
+        latency_seconds: float | None = None,
+        served_at: int | None = None,
     ) -> AimdState:
-        """``in_flight`` counts the requests in flight while this one was, itself included.
+        """``in_flight``: requests in flight as this one is answered, itself included (is the
+        limit in use); ``served_at``: requests in flight when it was sent, itself included (the
+        concurrency the provider served; defaults to ``in_flight``).
 
-        Without ``now`` (or without a recorded rate-limit time) the ceiling hold is skipped.
-        """
+        Without ``now`` a hold ends at the next success."""
+        rtt = state.round_trip_seconds
+        if latency_seconds is not None:
+            rtt = latency_seconds if rtt is None else rtt + _RTT_ALPHA * (latency_seconds - rtt)
+        went_at = in_flight if served_at is None else served_at
+        served = max(state.served, min(went_at, state.limit))
+        ceiling = state.ceiling
+        if ceiling is not None and served >= ceiling:
+            ceiling = None  # the level refused before is served again
         limit = state.limit
         if limit >= self.max_limit or in_flight < math.ceil(limit * self.usage_ratio):
-            return state  # growth only while the limit is actually used
-        needed = self.successes_until_increase
-        ceiling = state.ceiling
-        if ceiling is not None and limit + self.increase_step >= ceiling:
-            held_since = state.rate_limited_at
-            hold = self.ceiling_hold_seconds if state.hold_seconds is None else state.hold_seconds
-            if held_since is not None and now is not None and now - held_since < hold:
-                return state  # stay below the last rate-limit point for a while
-        if ceiling is not None and limit + self.increase_step > ceiling:
-            needed *= self.ceiling_caution
-        successes = state.successes + 1
-        if successes < needed:
-            return replace(state, successes=successes)
-        return replace(state, limit=min(self.max_limit, limit + self.increase_step), successes=0)
+            # Growth only while the limit is actually used.
+            if rtt == state.round_trip_seconds and served == state.served:
+                return state
+            return replace(state, round_trip_seconds=rtt, served=served, ceiling=ceiling)
+        state = replace(state, round_trip_seconds=rtt, served=served, ceiling=ceiling)
+        phase = state.phase
+        if phase is LimitPhase.STARTUP:
+            return self._grown(state, limit + 1, LimitReason.SLOW_START, now)
+        if phase is LimitPhase.RECOVERY:
+            return self._grown(state, min(limit + 1, served), LimitReason.RECOVERY, now)
+        if phase is LimitPhase.HOLD:
+            if state.hold_until is None or now is None or now >= state.hold_until:
+                return replace(state, phase=LimitPhase.PROBE, step=1, round_trip_successes=0)
+            return state
+        # Probing: ``step`` more at the end of each round trip of ``limit`` successes; the step
+        # doubles per round trip without refusal.
+        successes = state.round_trip_successes + 1
+        if successes < limit:
+            return replace(state, round_trip_successes=successes)
+        state = replace(state, round_trip_successes=0, step=2 * state.step)
+        return self._grown(state, limit + state.step // 2, LimitReason.PROBE, now)
 
-    def change(self, before: AimdState, after: AimdState) -> LimitChange | None:
-        """The transition from ``before`` to ``after``, the most specific one first."""
-        if after.limit < before.limit:
-            return LimitChange.DECREASED
-        if after.limit > before.limit:
-            if after.limit >= self.max_limit:
-                return LimitChange.FULLY_RECOVERED
-            ceiling = after.ceiling
-            if ceiling is not None and before.limit < ceiling <= after.limit:
-                return LimitChange.SOFT_CEILING_RECOVERED
-            return LimitChange.INCREASED
-        return None
+    def _grown(
+        self, state: AimdState, limit: int, reason: LimitReason, now: float | None
+    ) -> AimdState:
+        limit = min(self.max_limit, limit)
+        if limit == state.limit:
+            if state.phase is LimitPhase.RECOVERY:
+                return replace(
+                    state,
+                    phase=LimitPhase.HOLD,
+                    hold_until=self._hold_until(state, now, self.hold_round_trips),
+                )
+            return state
+        phase = state.phase
+        if limit >= self.max_limit:
+            phase = LimitPhase.HOLD
+        elif phase is LimitPhase.RECOVERY and limit >= state.served:
+            phase = LimitPhase.HOLD
+            state = replace(state, hold_until=self._hold_until(state, now, self.hold_round_trips))
+        hold_round_trips = state.hold_round_trips
+        if state.refused_at is not None and limit >= state.refused_at:
+            hold_round_trips = self.hold_round_trips  # past the last refusal: start afresh
+        return replace(
+            state, limit=limit, phase=phase, reason=reason, hold_round_trips=hold_round_trips
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StartupRamp:
-    """Linear ramp from 1 to ``target`` over ``ramp_seconds`` starting at ``start_at``."""
+    """Linear ramp from ``first`` (1 unless given) to ``target`` over ``ramp_seconds`` starting
+    at ``start_at``: ``first + floor((target - first) * elapsed / ramp_seconds)``."""
 
     target: int
     ramp_seconds: float
     start_at: float
+    first: int = 1
 
     def limit_at(self, now: float) -> int:
-        if self.ramp_seconds <= 0 or self.target <= 1 or now >= self.start_at + self.ramp_seconds:
+        first = min(self.first, self.target)
+        if (
+            self.ramp_seconds <= 0
+            or self.target <= first
+            or now >= self.start_at + self.ramp_seconds
+        ):
             return self.target
         share = max(0.0, now - self.start_at) / self.ramp_seconds
-        return min(self.target, 1 + math.floor((self.target - 1) * share))
+        return min(self.target, first + math.floor((self.target - first) * share))
 
     def next_step_at(self, now: float) -> float | None:
         """When ``limit_at`` next grows, or ``None`` once the ramp is done."""
         current = self.limit_at(now)
         if current >= self.target:
             return None
-        at = self.start_at + self.ramp_seconds * current / (self.target - 1)
+        first = min(self.first, self.target)
+        at = self.start_at + self.ramp_seconds * (current + 1 - first) / (self.target - first)
         # Rounding may put the computed instant a hair before the step; the step must be real.
         while at <= now or self.limit_at(at) <= current:
             at = math.nextafter(at, math.inf)
@@ -310,9 +417,14 @@ class StartupRamp:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CooldownPolicy:
-    """How long a domain pauses after a rate limit."""
+    """How long a domain pauses after a refusal that calls for it.
 
-    default_seconds: float = 2.0
+    A Retry-After is taken as given (up to ``max_seconds``). Without one the pause is learned:
+    ``default_seconds * 2 ** streak`` where ``streak`` counts such pauses since the last
+    success, up to ``max_seconds``.
+    """
+
+    default_seconds: float = 0.5
     max_seconds: float = 60.0
 
     def __post_init__(self) -> None:
@@ -322,10 +434,11 @@ class CooldownPolicy:
                 f"{self.default_seconds} and {self.max_seconds}"
             )
 
-    def until(self, now: float, retry_after_seconds: float | None) -> float:
-        if retry_after_seconds is None or retry_after_seconds < 0:
-            return now + min(self.default_seconds, self.max_seconds)
-        return now + min(retry_after_seconds, self.max_seconds)
+    def seconds(self, retry_after_seconds: float | None, streak: int) -> float:
+        """The pause for a refusal; ``streak``: pauses without Retry-After since a success."""
+        if retry_after_seconds is not None and retry_after_seconds >= 0:
+            return min(retry_after_seconds, self.max_seconds)
+        return min(self.default_seconds * 2.0 ** min(streak, 32), self.max_seconds)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -399,19 +512,19 @@ class GradientLimit:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdaptiveLimitSettings:
-    """Tuning of the adaptive limit of every domain (SPEC §6.3)."""
+    """Tuning of the adaptive limit of every domain (SPEC §6.3, §6.6)."""
 
-    initial_limit: int | None = None  # None: the effective max
+    initial_limit: int | None = None  # None: half the effective max with slow start, else it
     max_limit: int | None = None  # optional clamp below the static cap
+    slow_start: bool = False  # on in a run by default (run.request_admission.slow_start)
+    slow_start_seconds: float = 0.05
     decrease_factor: float = 0.75
-    successes_until_increase: int = 25
-    increase_step: int = 1
     usage_ratio: float = 0.8
-    ceiling_caution: int = 4
-    ceiling_hold_seconds: float = 30.0
-    ceiling_hold_max_seconds: float = 600.0  # never below ceiling_hold_seconds
+    hold_round_trips: int = 2
+    max_hold_round_trips: int = 8
+    max_hold_seconds: float = 10.0
     startup_ramp_seconds: float = 0.0
-    default_cooldown_seconds: float = 2.0
+    default_cooldown_seconds: float = 0.5
     max_cooldown_seconds: float = 60.0
     latency_gradient: bool = False
 
@@ -426,12 +539,14 @@ class AdaptiveRequestLimit:
     __slots__ = (
         "_aimd",
         "_blocked_until",
-        "_changes",
         "_cooldown",
+        "_cooldown_streak",
         "_gradient",
         "_gradient_state",
         "_ramp",
+        "_ramp_first",
         "_ramp_seconds",
+        "_ramp_target",
         "_state",
         "effective_max",
     )
@@ -441,34 +556,43 @@ class AdaptiveRequestLimit:
         if settings.max_limit is not None:
             effective_max = max(1, min(effective_max, settings.max_limit))
         self.effective_max = effective_max
-        initial = effective_max if settings.initial_limit is None else settings.initial_limit
+        if settings.initial_limit is not None:
+            initial = settings.initial_limit
+        elif settings.slow_start and settings.startup_ramp_seconds <= 0:
+            initial = -(-effective_max // 2)
+        else:
+            initial = effective_max
         initial = max(1, min(effective_max, initial))
+        # The ramp starts at the first advance(): from 1 to the initial limit over
+        # startup_ramp_seconds, or with slow start from the initial limit to the max over
+        # slow_start_seconds (stopped by the first refusal).
+        self._ramp_first = 1
+        self._ramp_target = initial
+        self._ramp_seconds = settings.startup_ramp_seconds
+        if settings.slow_start and self._ramp_seconds <= 0 and initial < effective_max:
+            self._ramp_first, self._ramp_target = initial, effective_max
+            self._ramp_seconds = settings.slow_start_seconds
         self._aimd = AimdLimit(
             max_limit=effective_max,
             decrease_factor=settings.decrease_factor,
-            successes_until_increase=settings.successes_until_increase,
-            increase_step=settings.increase_step,
             usage_ratio=settings.usage_ratio,
-            ceiling_caution=settings.ceiling_caution,
-            ceiling_hold_seconds=settings.ceiling_hold_seconds,
-            ceiling_hold_max_seconds=max(
-                settings.ceiling_hold_max_seconds, settings.ceiling_hold_seconds
-            ),
+            hold_round_trips=settings.hold_round_trips,
+            max_hold_round_trips=max(settings.max_hold_round_trips, settings.hold_round_trips),
+            max_hold_seconds=settings.max_hold_seconds,
         )
         self._cooldown = CooldownPolicy(
             default_seconds=settings.default_cooldown_seconds,
             max_seconds=settings.max_cooldown_seconds,
         )
-        self._state = AimdState(limit=initial)
-        self._ramp_seconds = settings.startup_ramp_seconds
-        self._ramp: StartupRamp | None = None  # starts at the first advance()
+        self._cooldown_streak = 0
+        self._state = self._aimd.initial(initial)
+        self._ramp: StartupRamp | None = None
         self._blocked_until: float | None = None
         self._gradient = (
             GradientLimit(max_limit=effective_max) if settings.latency_gradient else None
         )
         # A quarter of the initial limit: the first samples see a server that is not queueing.
         self._gradient_state = GradientState(limit=float(max(1, initial // 4)))
-        self._changes = dict.fromkeys(LimitChange, 0)
 
     @property
     def limit(self) -> int:
@@ -482,10 +606,15 @@ class AdaptiveRequestLimit:
         if ramp is None:
             return
         # While ramping, the AIMD limit follows the ramp; it never exceeds the target. The
-        # last step applies the target before the ramp ends.
-        self._state = replace(self._state, limit=ramp.limit_at(now))
+        # last step applies the target before the ramp ends. A ramp is a start: a refusal
+        # during it goes back to what was served.
+        limit = ramp.limit_at(now)
+        phase = LimitPhase.STARTUP
         if ramp.next_step_at(now) is None:
             self._ramp = None
+            if limit >= self._aimd.max_limit:
+                phase = LimitPhase.HOLD
+        self._state = replace(self._state, limit=limit, phase=phase)
 
     @property
     def blocked_until(self) -> float | None:
@@ -496,8 +625,18 @@ class AdaptiveRequestLimit:
         return self._state.ceiling
 
     @property
-    def changes(self) -> dict[LimitChange, int]:
-        return dict(self._changes)
+    def phase(self) -> LimitPhase:
+        return self._state.phase
+
+    @property
+    def reason(self) -> LimitReason | None:
+        """Why the AIMD limit last changed (None before its first change)."""
+        return self._state.reason
+
+    @property
+    def served(self) -> int:
+        """The highest concurrency recently served without refusal."""
+        return self._state.served
 
     @property
     def ramping(self) -> bool:
@@ -511,8 +650,12 @@ class AdaptiveRequestLimit:
 
     def advance(self, now: float) -> float | None:
         if self._ramp_seconds > 0:
-            target = self._state.limit
-            self._ramp = StartupRamp(target=target, ramp_seconds=self._ramp_seconds, start_at=now)
+            self._ramp = StartupRamp(
+                target=self._ramp_target,
+                ramp_seconds=self._ramp_seconds,
+                start_at=now,
+                first=self._ramp_first,
+            )
             self._ramp_seconds = 0.0  # one ramp per domain
         self._ramped(now)
         if self._blocked_until is not None and now >= self._blocked_until:
@@ -532,29 +675,43 @@ class AdaptiveRequestLimit:
         in_flight: int,
         retry_after_seconds: float | None,
         latency_seconds: float | None = None,
+        in_flight_at_grant: int | None = None,
     ) -> None:
-        before = self._state
+        """``in_flight``: the domain's requests in flight at this release (this one included);
+        ``in_flight_at_grant``: at this request's grant, so a success shows the concurrency the
+        provider served (defaults to ``in_flight``)."""
+        went_at = in_flight if in_flight_at_grant is None else in_flight_at_grant
         self._ramped(now)
         if outcome in PRESSURE_OUTCOMES:
             self._ramp = None  # a rate limit aborts the startup ramp
             self._ramp_seconds = 0.0
+            # A refusal comes back at once: what is in flight now is what the provider held.
             self._state = self._aimd.on_rate_limited(
                 self._state, limit_at_grant=limit_at_grant, now=now, in_flight=in_flight
             )
-            until = self._cooldown.until(now, retry_after_seconds)
-            if self._blocked_until is None or until > self._blocked_until:
-                self._blocked_until = until
+            if self._state.cooldown:
+                pause = self._cooldown.seconds(retry_after_seconds, self._cooldown_streak)
+                if retry_after_seconds is None:
+                    self._cooldown_streak += 1
+                until = now + pause
+                if self._blocked_until is None or until > self._blocked_until:
+                    self._blocked_until = until
         elif outcome is RequestReleaseOutcome.SUCCESS:
             cooling = self._blocked_until is not None and now < self._blocked_until
-            if not cooling and self._ramp is None:
-                self._state = self._aimd.on_success(self._state, in_flight=in_flight, now=now)
+            if not cooling:
+                self._cooldown_streak = 0
+                if self._ramp is None:
+                    self._state = self._aimd.on_success(
+                        self._state,
+                        in_flight=in_flight,
+                        now=now,
+                        latency_seconds=latency_seconds,
+                        served_at=went_at,
+                    )
             if self._gradient is not None and latency_seconds is not None:
                 self._gradient_state = self._gradient.on_sample(
                     self._gradient_state, latency_seconds=latency_seconds
                 )
-        change = self._aimd.change(before, self._state)
-        if change is not None and self._ramp is None:
-            self._changes[change] += 1
 
 
 def adaptive_limits(

@@ -83,8 +83,10 @@ def build_request_admission(
         settings = AdaptiveLimitSettings(
             initial_limit=tuning.initial_limit,
             decrease_factor=tuning.decrease_factor,
-            successes_until_increase=tuning.successes_until_increase,
-            ceiling_hold_seconds=tuning.ceiling_hold_seconds,
+            slow_start=tuning.slow_start,
+            slow_start_seconds=tuning.slow_start_seconds,
+            hold_round_trips=tuning.hold_round_trips,
+            max_hold_seconds=tuning.max_hold_seconds,
             startup_ramp_seconds=tuning.startup_ramp_seconds,
             default_cooldown_seconds=tuning.default_cooldown_seconds,
             max_cooldown_seconds=tuning.max_cooldown_seconds,

@@ -12,6 +12,11 @@ shutdown (error window) or a stop error raised by a task stops admission, lets (
 makes (stop error) running tasks end, salvages every finished row of the row groups in flight,
 checkpoints them, and then ``run`` raises the ``RunStoppedError``.
 
+Task code is user code (custom columns, generator classes): a ``CancelledError`` it raises while
+nothing cancelled its worker fails that task (its rows are dropped), and a ``KeyboardInterrupt`` or
+``SystemExit`` stops the run like ``cancel()`` and comes out of ``run`` as ``RunInterruptedError``.
+Every attempt starts from the context ``run`` was called in, whatever an earlier one set.
+
 Every scheduler-stream event of SPEC §9.1 that this loop can produce is emitted at its state
 change, built only when a sink of ``events`` listens (task admission emits the lease events).
 Episodes that repeat on every wakeup (queue empty, admission blocked, row-group admission
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import enum
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +41,13 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from sluiceway.context import TaskCorrelation, current_task
-from sluiceway.errors import EarlyShutdownError, EngineError, RunCancelledError, RunStoppedError
+from sluiceway.errors import (
+    EarlyShutdownError,
+    EngineError,
+    RunCancelledError,
+    RunInterruptedError,
+    RunStoppedError,
+)
 from sluiceway.fair_queue import QueueEntry, QueueSelection, WeightedFairQueue
 from sluiceway.observability.bus import EventBus
 from sluiceway.observability.codes import CancelCode, JobStatus, TaskDenialCode, TaskOutcomeCode
@@ -289,6 +301,35 @@ def _stuck_message(summary: TaskAdmissionBlockSummary) -> str:
     )
 
 
+def _stray_cancellation(column: str) -> TaskOutcome:
+    """The outcome of a task whose code raised ``CancelledError`` though nothing cancelled it."""
+    return TaskOutcome(
+        kind=TaskOutcomeKind.DROPPED,
+        reason=(
+            f"CancelledError: column {column!r} raised asyncio.CancelledError although its task "
+            "was not cancelled (it awaited a future or task that something else cancelled?); "
+            "catch it in the column's code to return a value instead"
+        ),
+        error_type="CancelledError",
+    )
+
+
+def _interrupted(column: str, interrupt: KeyboardInterrupt | SystemExit) -> TaskOutcome:
+    """The outcome of a task whose code raised ``KeyboardInterrupt`` or ``SystemExit``: stop the
+    run as if cancelled (its output stays resumable); ``run`` raises the error."""
+    name = type(interrupt).__name__
+    return TaskOutcome(
+        kind=TaskOutcomeKind.STOP,
+        reason=f"{name} raised by column {column!r}",
+        error=RunInterruptedError(
+            f"the run was interrupted: column {column!r} raised {name}; row groups already "
+            "written are kept, and the run can be resumed",
+            interrupt=interrupt,
+        ),
+        error_type=name,
+    )
+
+
 class AsyncTaskScheduler:
     """Runs every task of a plan through readiness -> fair queue -> task admission -> execution.
 
@@ -368,6 +409,8 @@ class AsyncTaskScheduler:
         self._worker_error: BaseException | None = None
         self._execution_ids = 0
         self._task_group: asyncio.TaskGroup | None = None
+        # The context ``run`` was called in: every worker starts in a copy of it.
+        self._run_context: contextvars.Context | None = None
         self._stop: StopReason | None = None
         self._stop_error: RunStoppedError | None = None
         self._cancelling_workers = False
@@ -436,6 +479,7 @@ class AsyncTaskScheduler:
         """Run until every row group is checkpointed or the run stops (see the class doc)."""
         if self._clock is None:
             self._clock = asyncio.get_running_loop().time
+        self._run_context = contextvars.copy_context()
         events = self._events
         if events.wants(EventKind.SCHEDULER_JOB_STARTED):
             events.emit(
@@ -784,15 +828,18 @@ class AsyncTaskScheduler:
                 )
 
     def _spawn_worker(self, task_group: asyncio.TaskGroup) -> None:
-        worker = task_group.create_task(self._work())
+        assert self._run_context is not None
+        worker = task_group.create_task(self._work(), context=self._run_context.copy())
         self._free_workers += 1
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
 
     async def _work(self) -> None:
-        """Runs dispatched attempts until none is pending."""
+        """Runs dispatched attempts until none is pending, each from the run's context: it
+        starts in a copy of it, and ends once an attempt leaves a context variable changed."""
         self._free_workers -= 1
         pending = self._pending
+        run_context = self._run_context
         call_soon = asyncio.get_running_loop().call_soon
         while pending:
             attempt = pending.popleft()
@@ -803,6 +850,11 @@ class AsyncTaskScheduler:
             finally:
                 if waiting is not None:
                     waiting.cancel()
+            if pending and contextvars.copy_context() != run_context:
+                # The attempt set a context variable and did not reset it (custom code, or a
+                # library it uses): the next attempt would see it. Fresh workers take the rest.
+                self._start_workers_for_pending()
+                return
 
     def _start_workers_for_pending(self) -> None:
         """A worker's attempt waits: every attempt still pending gets a worker of its own."""
@@ -970,7 +1022,19 @@ class AsyncTaskScheduler:
         code = TaskOutcomeCode.CANCELLED
         error_type: str | None = None
         try:
-            outcome = await self._handler.run_task(item)
+            try:
+                outcome = await self._handler.run_task(item)
+            except asyncio.CancelledError:
+                worker = asyncio.current_task()
+                if self._cancelling_workers or worker is None or worker.cancelling():
+                    raise
+                # Nothing cancelled this worker: the column's code raised it (e.g. it awaited
+                # a future something else cancelled). A failure of this task, not of the run.
+                outcome = _stray_cancellation(task.column)
+            except (KeyboardInterrupt, SystemExit) as interrupt:
+                # Letting it out of the task would stop the event loop mid-run: stop the run
+                # in order instead, and hand the interrupt to whoever runs it at the end.
+                outcome = _interrupted(task.column, interrupt)
             finished = True
             code = TaskOutcomeCode(outcome.kind.value)
             error_type = outcome.error_type
@@ -1047,7 +1111,18 @@ class AsyncTaskScheduler:
         completed: list[int]
         if outcome.kind is TaskOutcomeKind.STOP:
             assert outcome.error is not None
-            self._begin_stop(StopReason.STOP_ERROR, outcome.error, cancel_workers=True)
+            if (
+                self._stop is not None
+                and isinstance(outcome.error, RunInterruptedError)
+                and not isinstance(self._stop_error, RunInterruptedError)
+            ):
+                self._stop_error = outcome.error  # outranks the stop under way: ``run`` raises it
+            stop = (
+                StopReason.CANCELLED
+                if isinstance(outcome.error, RunCancelledError)
+                else StopReason.STOP_ERROR
+            )
+            self._begin_stop(stop, outcome.error, cancel_workers=True)
             return
         if outcome.kind is TaskOutcomeKind.SUCCEEDED:
             counters.tasks_succeeded += 1

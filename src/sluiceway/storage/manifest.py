@@ -1,6 +1,7 @@
 """The run manifest (``manifest.json``): what a run is (fingerprint, seed, sizes), how far it got
-(status, checkpointed row groups, row counts, dropped-row reasons) and which files hold the data.
-``ManifestWriter`` keeps it in memory and rewrites it atomically, off the loop, per checkpoint."""
+(status, checkpointed row groups, row counts, dropped-row reasons) and which files hold the data,
+with how they store each column. ``ManifestWriter`` keeps it in memory and rewrites it atomically,
+off the loop, per checkpoint."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import datetime as dt
 import enum
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sluiceway.errors import EngineError, StorageError
 from sluiceway.storage.atomic import write_bytes_atomically
+from sluiceway.storage.column_kinds import ColumnKind, merge_kinds
 from sluiceway.storage.json_encoding import dumps_document
 from sluiceway.storage.parquet_writer import WrittenFile
 
@@ -65,7 +67,9 @@ class RunManifest:
 
     ``dropped_rows`` keeps the ``DROPPED_ROWS_KEPT`` entries with the lowest row indices (so the
     list does not depend on which row group finished first); ``dropped_rows_omitted`` counts the
-    rest. ``row_groups`` and ``files`` are in row-group order.
+    rest. ``row_groups`` and ``files`` are in row-group order. ``column_kinds`` is how the files
+    written so far store each column, merged over them (``nested``: a struct or list type,
+    ``json``: JSON text); empty before the first file.
     """
 
     format_version: int = MANIFEST_FORMAT_VERSION
@@ -84,6 +88,7 @@ class RunManifest:
     dropped_rows_omitted: int = 0
     columns: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    column_kinds: Mapping[str, ColumnKind] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +120,7 @@ class RunManifest:
             "dropped_rows_omitted": self.dropped_rows_omitted,
             "columns": list(self.columns),
             "files": list(self.files),
+            "column_kinds": {name: kind.value for name, kind in self.column_kinds.items()},
         }
 
     def to_json(self) -> str:
@@ -200,6 +206,19 @@ class _Reader:
             for position, item in enumerate(items)
         ]
 
+    def kinds(self, key: str) -> dict[str, ColumnKind]:
+        """An optional object of column kinds (manifests written before it existed lack it)."""
+        raw = self.optional(key, dict) or {}
+        kinds: dict[str, ColumnKind] = {}
+        for name, value in raw.items():
+            try:
+                kinds[name] = ColumnKind(value)
+            except ValueError:
+                raise self._error(
+                    f"{self._path(key)}.{name}", f"{value!r:.80} is not a column kind"
+                ) from None
+        return kinds
+
     def strings(self, key: str) -> tuple[str, ...]:
         items = self.required(key, list)
         for position, item in enumerate(items):
@@ -250,6 +269,7 @@ def _parse_manifest(reader: _Reader) -> RunManifest:
         dropped_rows_omitted=reader.required("dropped_rows_omitted", int),
         columns=reader.strings("columns"),
         files=reader.strings("files"),
+        column_kinds=reader.kinds("column_kinds"),
     )
 
 
@@ -422,7 +442,12 @@ class ManifestWriter:
             ),
         )
         groups = tuple(sorted((*self._manifest.row_groups, record), key=lambda g: g.index))
+        kinds = dict(self._manifest.column_kinds)
+        if written is not None:
+            for name, kind in written.column_kinds.items():
+                kinds[name] = merge_kinds(kinds.get(name, ColumnKind.NULL), kind)
         self._update(
+            column_kinds=kinds,
             row_groups=groups,
             files=tuple(group.file for group in groups if group.file is not None),
             rows_written=self._manifest.rows_written + record.rows_written,

@@ -7,13 +7,16 @@ str -> string, bool -> bool, int -> int64, float -> double (an int column with f
 double), date -> date32, naive datetime -> timestamp[us], aware datetime -> timestamp[us, UTC],
 a list/tuple/ndarray of numbers -> list<double> (embeddings), and a dict, a list of anything else,
 or a column whose kinds conflict inside one row group (str and int, say) -> JSON text. Dicts are
-never Arrow structs: inferred struct shapes change with each group's keys and nulls. A column
-whose values are all None is written as Arrow null, unless ``column_kinds`` fixes its kind: kinds
-given there are used in every file (all-None groups become typed nulls). Each file records its
-kinds in the schema metadata key ``sluiceway.column_kinds``; ``load_dataset`` merges them across
-files (null -> any, int -> float, anything else -> JSON) and decodes JSON text back to dicts and
-lists, so pandas users get Python objects, never JSON strings. Bools inside numeric lists are
-stored as 0.0/1.0.
+never inferred as Arrow structs: inferred struct shapes change with each group's keys and nulls.
+A column whose values are all None is written as Arrow null, unless ``column_types`` declares
+its type: declared types are used in every file (all-None groups become typed nulls), and a
+declared nested type (a struct or list from a structured or judge column's JSON schema, see
+``column_types``) stores dicts and lists as Arrow structs and lists, falling back to JSON text for
+a file with a value that does not conform to it. Each file records its kinds in the schema
+metadata key ``sluiceway.column_kinds`` (``nested`` for declared nested types, whose Arrow type is
+the file's own); ``load_dataset`` merges them across files (null -> any, int -> float, anything
+else -> JSON) and turns JSON text and nested values into dicts and lists, so pandas users get
+Python objects, never JSON strings. Bools inside numeric lists are stored as 0.0/1.0.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from sluiceway.errors import EngineError, StorageError
 from sluiceway.storage.atomic import write_bytes_atomically
 from sluiceway.storage.column_kinds import (
     ColumnKind,
+    ColumnType,
     encode_column,
+    encode_nested,
     kind_of_values,
     merge_kinds,
 )
@@ -83,7 +88,7 @@ def encode_row_group(
     row_indices: Sequence[int],
     *,
     column_order: Sequence[str],
-    column_kinds: Mapping[str, ColumnKind] | None = None,
+    column_types: Mapping[str, ColumnType] | None = None,
 ) -> EncodedRowGroup:
     """Builds the Arrow table of one row group column by column (pure; no I/O).
 
@@ -95,12 +100,22 @@ def encode_row_group(
             f"a row group has {len(rows)} rows but {len(row_indices)} row indices; "
             "the engine must pass one global index per row"
         )
-    declared = column_kinds or {}
+    declared = column_types or {}
     arrays: list[Any] = [pa.array(row_indices, type=pa.int64())]
     kinds: dict[str, ColumnKind] = {}
     for name in column_order:
         values = [row.get(name) for row in rows]
-        kind = merge_kinds(declared.get(name, ColumnKind.NULL), kind_of_values(values))
+        column_type = declared.get(name)
+        if column_type is not None and column_type.kind is ColumnKind.NESTED:
+            nested = encode_nested(values, column_type.arrow_type)
+            if nested is not None:
+                kinds[name] = ColumnKind.NESTED
+                arrays.append(nested)
+                continue
+            kind = ColumnKind.JSON  # a value that does not conform: this file keeps JSON text
+        else:
+            base = ColumnKind.NULL if column_type is None else column_type.kind
+            kind = merge_kinds(base, kind_of_values(values))
         try:
             kinds[name], array = encode_column(values, kind)
         except (TypeError, ValueError, OverflowError, pa.ArrowException) as exc:
@@ -152,7 +167,7 @@ class RowGroupWriter:
         directory: Path,
         *,
         column_order: Sequence[str],
-        column_kinds: Mapping[str, ColumnKind] | None = None,
+        column_types: Mapping[str, ColumnType] | None = None,
     ) -> None:
         names = list(column_order)
         if ROW_INDEX_COLUMN in names:
@@ -163,12 +178,12 @@ class RowGroupWriter:
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise EngineError(f"output columns {duplicates} appear more than once in the order")
-        unknown = sorted(set(column_kinds or {}) - set(names))
+        unknown = sorted(set(column_types or {}) - set(names))
         if unknown:
-            raise EngineError(f"column kinds given for {unknown}, which are not output columns")
+            raise EngineError(f"column types given for {unknown}, which are not output columns")
         self._directory = Path(directory)
         self._column_order = tuple(names)
-        self._column_kinds: Mapping[str, ColumnKind] = MappingProxyType(dict(column_kinds or {}))
+        self._column_types: Mapping[str, ColumnType] = MappingProxyType(dict(column_types or {}))
 
     @property
     def directory(self) -> Path:
@@ -196,7 +211,7 @@ class RowGroupWriter:
         path = self.path_for(row_group)
         try:
             encoded = encode_row_group(
-                rows, row_indices, column_order=self._column_order, column_kinds=self._column_kinds
+                rows, row_indices, column_order=self._column_order, column_types=self._column_types
             )
         except _ColumnEncodingError as exc:
             where = "" if exc.row_index is None else f" (row {exc.row_index}, {exc.value_type})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -34,14 +34,29 @@ def ctx(models: FakeModelCalls, rows: Sequence[int] = (0,)) -> GenerationContext
     return GenerationContext(seed=0, column="c", row_group=0, row_indices=rows, models=models)
 
 
+_MADE: list[CustomColumnGenerator] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_generators() -> Iterator[None]:
+    """Close what each test made, as a run does: its threads do not outlive the test."""
+    yield
+    while _MADE:
+        _MADE.pop().close()
+
+
 def cell(function: Any, **kwargs: Any) -> CustomColumnGenerator:
-    return CustomColumnGenerator(name="c", function=function, **kwargs)
+    _MADE.append(CustomColumnGenerator(name="c", function=function, **kwargs))
+    return _MADE[-1]
 
 
 def batch(function: Any, **kwargs: Any) -> CustomColumnGenerator:
-    return CustomColumnGenerator(
-        name="c", function=function, strategy=GenerationStrategy.BATCH, **kwargs
+    _MADE.append(
+        CustomColumnGenerator(
+            name="c", function=function, strategy=GenerationStrategy.BATCH, **kwargs
+        )
     )
+    return _MADE[-1]
 
 
 async def test_sync_cell_runs_in_a_worker_thread_and_may_call_sync_models() -> None:
@@ -189,12 +204,187 @@ async def test_provider_errors_from_model_calls_in_sync_code_pass_through() -> N
     assert info.value is error
 
 
-async def test_cancellation_passes_through() -> None:
-    async def cancelled(row: Row, ctx: GenerationContext) -> str:
-        raise asyncio.CancelledError
+async def test_a_cancellation_of_the_task_passes_through() -> None:
+    entered = asyncio.Event()
 
+    async def waits(row: Row, ctx: GenerationContext) -> str:
+        entered.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    task = asyncio.create_task(cell(waits).generate_cell({}, ctx(FakeModelCalls())))
+    await entered.wait()
+    task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await cell(cancelled).generate_cell({}, ctx(FakeModelCalls()))
+        await task
+    assert task.cancelled()
+
+
+async def _raise_before_any_await(row: Row, ctx: GenerationContext) -> str:
+    raise asyncio.CancelledError
+
+
+async def _await_a_cancelled_future(row: Row, ctx: GenerationContext) -> str:
+    shared: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    shared.cancel()  # something else gave up on the shared work
+    return await shared
+
+
+def _raise_in_a_thread(row: Row, ctx: GenerationContext) -> str:
+    raise asyncio.CancelledError
+
+
+@pytest.mark.parametrize(
+    "function", [_raise_before_any_await, _await_a_cancelled_future, _raise_in_a_thread]
+)
+async def test_a_cancelled_error_the_function_raises_itself_is_a_row_failure(
+    function: Any,
+) -> None:
+    with pytest.raises(NonRetryableGenerationError, match="CancelledError") as info:
+        await cell(function).generate_cell({}, ctx(FakeModelCalls()))
+    assert "column 'c'" in str(info.value)
+    assert "not cancelled" in str(info.value)
+    assert isinstance(info.value.__cause__, asyncio.CancelledError)
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_generator_exit_from_the_function_is_a_row_failure(is_async: bool) -> None:
+    def sync_fn(row: Row, ctx: GenerationContext) -> str:
+        raise GeneratorExit
+
+    async def async_fn(row: Row, ctx: GenerationContext) -> str:
+        raise GeneratorExit
+
+    with pytest.raises(NonRetryableGenerationError, match="GeneratorExit"):
+        await cell(async_fn if is_async else sync_fn).generate_cell({}, ctx(FakeModelCalls()))
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(3)])
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_interrupts_pass_through_for_the_scheduler_to_stop_the_run(
+    error: BaseException, is_async: bool
+) -> None:
+    def sync_fn(row: Row, ctx: GenerationContext) -> str:
+        raise error
+
+    async def async_fn(row: Row, ctx: GenerationContext) -> str:
+        raise error
+
+    generator = cell(async_fn if is_async else sync_fn)
+    with pytest.raises(type(error)) as info:
+        await generator.generate_cell({}, ctx(FakeModelCalls()))
+    assert info.value is error
+    generator.close()
+
+
+async def test_an_async_call_over_its_time_limit_is_cancelled_and_retryable() -> None:
+    cancelled = asyncio.Event()
+
+    async def never_returns(row: Row, ctx: GenerationContext) -> str:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+        return "never"
+
+    with pytest.raises(RetryableGenerationError) as info:
+        await cell(never_returns, timeout_seconds=0.05).generate_cell({}, ctx(FakeModelCalls()))
+    message = str(info.value)
+    assert "column 'c'" in message and "timeout_seconds=0.05" in message
+    assert "raise timeout_seconds" in message
+    assert cancelled.is_set()
+
+
+async def test_a_sync_call_over_its_time_limit_is_retryable_and_its_thread_is_left() -> None:
+    release = threading.Event()
+    generator = CustomColumnGenerator(
+        name="stuck", function=lambda row, ctx: release.wait(), timeout_seconds=0.05
+    )
+    try:
+        with pytest.raises(RetryableGenerationError, match="its thread keeps running"):
+            await generator.generate_cell({}, ctx(FakeModelCalls()))
+        generator.close()  # does not wait for the call
+        [thread] = [t for t in threading.enumerate() if t.name.startswith("sluiceway-stuck")]
+        assert thread.daemon
+    finally:
+        release.set()
+    thread.join()
+
+
+async def test_a_timeout_error_of_the_function_itself_is_an_ordinary_error() -> None:
+    async def own_timeout(row: Row, ctx: GenerationContext) -> str:
+        raise TimeoutError("the database did not answer")
+
+    with pytest.raises(NonRetryableGenerationError, match="database did not answer"):
+        await cell(own_timeout).generate_cell({}, ctx(FakeModelCalls()))
+
+
+def test_a_time_limit_must_be_positive() -> None:
+    with pytest.raises(EngineError, match="timeout_seconds must be > 0"):
+        cell(len, timeout_seconds=0)
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("strategy", [GenerationStrategy.CELL, GenerationStrategy.BATCH])
+async def test_reading_an_undeclared_column_names_it_and_points_at_depends_on(
+    is_async: bool, strategy: GenerationStrategy
+) -> None:
+    def read(row: Row) -> str:
+        return f"{row['topic']}: {row['facts']}"
+
+    def sync_fn(argument: Any, ctx: GenerationContext) -> Any:
+        return (
+            [read(row) for row in argument]
+            if strategy is GenerationStrategy.BATCH
+            else read(argument)
+        )
+
+    async def async_fn(argument: Any, ctx: GenerationContext) -> Any:
+        return sync_fn(argument, ctx)
+
+    generator = CustomColumnGenerator(
+        name="summary",
+        function=async_fn if is_async else sync_fn,
+        strategy=strategy,
+        dependencies=("topic",),
+    )
+    call = (
+        generator.generate_batch([{"topic": "cats"}], ctx(FakeModelCalls()))
+        if strategy is GenerationStrategy.BATCH
+        else generator.generate_cell({"topic": "cats"}, ctx(FakeModelCalls()))
+    )
+    with pytest.raises(NonRetryableGenerationError) as info:
+        await call
+    message = str(info.value)
+    assert "column 'summary'" in message
+    assert "read column 'facts'" in message
+    assert "depends_on" in message and "['topic']" in message
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+async def test_a_missing_key_the_function_handles_itself_stays_a_key_error() -> None:
+    def fallback(row: Row, ctx: GenerationContext) -> str:
+        try:
+            return str(row["facts"])
+        except KeyError:
+            return row.get("facts", "none")
+
+    assert await cell(fallback).generate_cell({}, ctx(FakeModelCalls())) == {"c": "none"}
+
+
+async def test_close_stops_the_threads_and_a_later_call_starts_new_ones() -> None:
+    def name(row: Row, ctx: GenerationContext) -> str:
+        return threading.current_thread().name
+
+    generator = CustomColumnGenerator(name="closing", function=name)
+    assert (await generator.generate_cell({}, ctx(FakeModelCalls())))["closing"].startswith(
+        "sluiceway-closing"
+    )
+    generator.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("sluiceway-closing")]
+    await generator.generate_cell({}, ctx(FakeModelCalls()))
+    generator.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("sluiceway-closing")]
 
 
 def test_from_scratch_is_not_a_custom_strategy() -> None:
@@ -234,15 +424,20 @@ def test_metadata_from_the_scheduling_block() -> None:
     assert (default.identity, default.weight) == (("custom_model", "custom", "c", "1"), 1)
 
 
-async def test_sync_functions_get_a_snapshot_of_the_row() -> None:
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_functions_get_a_snapshot_of_the_row(is_async: bool) -> None:
     seen: list[Row] = []
 
     def keep(row: Row, ctx: GenerationContext) -> int:
         seen.append(row)
         return len(row)
 
+    async def keep_async(row: Row, ctx: GenerationContext) -> int:
+        return keep(row, ctx)
+
     live = {"a": 1}
-    assert await cell(keep).generate_cell(live, ctx(FakeModelCalls())) == {"c": 1}
+    generator = cell(keep_async if is_async else keep)
+    assert await generator.generate_cell(live, ctx(FakeModelCalls())) == {"c": 1}
     live["b"] = 2  # the engine adds columns to the live row while other tasks finish
     assert seen == [{"a": 1}]
     assert seen[0] is not live

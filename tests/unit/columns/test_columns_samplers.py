@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 import pytest
+from faker import Faker
+from pydantic import ValidationError
 
 from sluiceway.columns.base import GenerationContext, GenerationStrategy
 from sluiceway.columns.row_seeds import GAMMA, column_base, column_key, mix64, row_state
@@ -177,3 +179,56 @@ def test_person_locale_is_used_and_unknown_locales_are_config_errors() -> None:
     with pytest.raises(ConfigError) as info:
         SamplerColumnGenerator(name="who", sampler=PersonSampler(locale="xx_XX"))
     assert info.value.issues[0].path == "columns (who).sampler.locale"
+
+
+def _decorations(locale: str) -> set[str]:
+    """Every title and suffix the locale's Faker name provider can put around a name."""
+    provider = Faker(locale).provider("faker.providers.person")
+    words: set[str] = set()
+    for attribute in ("prefixes", "prefixes_male", "prefixes_female", "prefixes_nonbinary"):
+        words.update(getattr(provider, attribute, ()))
+    for attribute in ("suffixes", "suffixes_male", "suffixes_female", "suffixes_nonbinary"):
+        words.update(getattr(provider, attribute, ()))
+    return words
+
+
+def test_full_names_are_plain_first_and_last_names_by_default() -> None:
+    decorations = _decorations("en_US")
+    names = SamplerColumnGenerator(name="who", sampler=PersonSampler()).values(7, range(500))
+    decorated = [name for name in names if set(name.split()) & decorations]
+    assert decorated == []
+    assert all(len(name.split()) == 2 for name in names)
+    assert len(set(names)) > 450
+
+
+def test_full_names_with_titles_draw_decorated_forms_too_and_stay_deterministic() -> None:
+    decorations = _decorations("en_US")
+    spec = PersonSampler(field="full_name", with_titles=True)
+    names = SamplerColumnGenerator(name="who", sampler=spec).values(7, range(500))
+    again = SamplerColumnGenerator(name="who", sampler=spec).values(7, range(500))
+    assert names == again
+    decorated = [name for name in names if set(name.split()) & decorations]
+    assert 0 < len(decorated) < len(names)
+
+
+def test_plain_full_names_are_deterministic_per_seed_and_row() -> None:
+    spec = PersonSampler()
+    forward = SamplerColumnGenerator(name="who", sampler=spec).values(3, range(40))
+    backward = SamplerColumnGenerator(name="who", sampler=spec).values(3, range(39, -1, -1))
+    other_seed = SamplerColumnGenerator(name="who", sampler=spec).values(4, range(40))
+    assert forward == list(reversed(backward))
+    assert forward != other_seed
+
+
+def test_plain_full_names_follow_the_locale_order() -> None:
+    spec = PersonSampler(locale="ja_JP")
+    names = SamplerColumnGenerator(name="who", sampler=spec).values(1, range(50))
+    provider = Faker("ja_JP").provider("faker.providers.person")
+    last_names = set(getattr(provider, "last_names", ()))
+    assert all(name.split()[0] in last_names for name in names)
+
+
+def test_with_titles_applies_to_full_names_only() -> None:
+    with pytest.raises(ValidationError) as info:
+        PersonSampler(field="email", with_titles=True)
+    assert "with_titles only applies to field 'full_name'" in str(info.value)

@@ -281,3 +281,113 @@ def test_hints_list_at_most_a_dozen_known_names() -> None:
     issue = only_issue(data)
     assert issue.hint is not None
     assert issue.hint.endswith("... (12 more)")  # 24 columns, 12 listed
+
+
+# -- entries that fail to parse still count as defined ------------------------------------
+
+
+def test_a_model_entry_that_fails_to_parse_is_still_known_to_the_columns_using_it() -> None:
+    data = valid_config()
+    data["models"][0]["max_paralel_requests"] = 3
+    data["columns"].append(
+        {"name": "other", "type": "llm_text", "model": "writr", "prompt": "Hi {{ topic }}"}
+    )
+    issues = issues_of(data)
+    assert [issue.path for issue in issues] == [
+        "models[0] (writer).max_paralel_requests",
+        "columns[4] (other).model",
+    ]
+    typo = issues[1]
+    assert typo.message == "unknown model alias 'writr'"
+    assert typo.hint is not None
+    assert "did you mean 'writer'" in typo.hint
+    assert "no models are defined" not in typo.hint
+
+
+def test_a_provider_entry_that_fails_to_parse_is_offered_as_a_close_match() -> None:
+    data = valid_config()
+    data["providers"][0]["bse_url"] = "http://localhost:1"
+    data["models"].append({"alias": "judge", "provider": "locl", "model": "sim-chat"})
+    issues = issues_of(data)
+    assert [issue.path for issue in issues] == [
+        "providers[0] (local).bse_url",
+        "models[1] (judge).provider",
+    ]
+    assert issues[1].hint is not None
+    assert "did you mean 'local'" in issues[1].hint
+
+
+def test_a_column_whose_sampler_fails_to_parse_stays_in_did_you_mean_lists() -> None:
+    data = valid_config()
+    data["columns"][0]["sampler"]["kind"] = "categroy"
+    data["columns"][1]["template"] = "About {{ topc }}"
+    data["columns"][1]["depends_on"] = ["topik"]
+    issues = issues_of(data)
+    assert [issue.path for issue in issues] == [
+        "columns[0] (topic).sampler.kind",
+        "columns[1] (title).template",
+        "columns[1] (title).depends_on",
+    ]
+    for issue in issues[1:]:
+        assert issue.hint is not None
+        assert "did you mean 'topic'" in issue.hint, issue.render()
+
+
+def test_skip_when_written_as_a_template_says_to_drop_the_braces() -> None:
+    data = valid_config()
+    data["columns"][2]["skip_when"] = "{{ topic == 'tea' }}"
+    issue = only_issue(data)
+    assert issue.path == "columns[2] (summary).skip_when"
+    assert issue.message.startswith("skip_when takes an expression without `{{ }}`")
+    assert issue.hint == "drop the delimiters: `skip_when: \"topic == 'tea'\"`"
+
+
+def test_skip_when_with_a_block_tag_is_the_same_mistake() -> None:
+    data = valid_config()
+    data["columns"][2]["skip_when"] = "{% if topic %}1{% endif %}"
+    issue = only_issue(data)
+    assert issue.message.startswith("skip_when takes an expression without `{{ }}`")
+    assert issue.hint == "drop the delimiters: `skip_when: \"language == 'fr'\"`"
+
+
+def test_an_embedding_column_on_an_anthropic_provider_is_a_config_error() -> None:
+    data = valid_config()
+    data["providers"].append({"name": "claude", "type": "anthropic"})
+    data["models"].append({"alias": "vectors", "provider": "claude", "model": "some-model"})
+    data["columns"].append(
+        {"name": "vec", "type": "embedding", "model": "vectors", "input": "{{ title }}"}
+    )
+    issue = only_issue(data)
+    assert issue.path == "columns[4] (vec).model"
+    assert issue.message == (
+        "model alias 'vectors' is served by provider 'claude' of type 'anthropic', "
+        "which has no embeddings endpoint"
+    )
+    assert issue.hint is not None
+    assert "'openai'" in issue.hint
+
+
+def test_an_embedding_column_on_an_openai_or_simulated_provider_is_valid() -> None:
+    data = valid_config()
+    data["providers"].append({"name": "oai", "type": "openai"})
+    data["models"].append({"alias": "vectors", "provider": "oai", "model": "text-embedding"})
+    data["columns"].append(
+        {"name": "vec", "type": "embedding", "model": "vectors", "input": "{{ title }}"}
+    )
+    data["columns"].append(
+        {"name": "vec2", "type": "embedding", "model": "writer", "input": "{{ title }}"}
+    )
+    config = parse_config(data)
+    assert [column.name for column in config.columns][-2:] == ["vec", "vec2"]
+
+
+def test_the_embedding_check_runs_beside_structural_errors() -> None:
+    data = valid_config()
+    data["providers"].append({"name": "claude", "type": "anthropic"})
+    data["models"].append({"alias": "vectors", "provider": "claude", "model": "some-model"})
+    data["columns"].append(
+        {"name": "vec", "type": "embedding", "model": "vectors", "input": "{{ title }}"}
+    )
+    data["run"]["num_records"] = 0
+    issues = issues_of(data)
+    assert [issue.path for issue in issues] == ["run.num_records", "columns[4] (vec).model"]

@@ -49,7 +49,7 @@ class FailingSink:
 
 def test_every_canonical_kind_has_a_stream() -> None:
     assert len(SCHEDULER_KINDS) == 27
-    assert len(REQUEST_KINDS) == 22
+    assert len(REQUEST_KINDS) == 23
     assert frozenset(EventKind) == SCHEDULER_KINDS | REQUEST_KINDS
     assert EventKind.REQUEST_PRESSURE_ADVISORY_SKIPPED.stream is EventStream.SCHEDULER
     assert EventKind.MODEL_REQUEST_STARTED.stream is EventStream.REQUEST

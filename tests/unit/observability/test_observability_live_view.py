@@ -92,3 +92,39 @@ def test_plain_progress_lines_carry_the_same_facts() -> None:
     assert "judge (sim/sim-judge) 0/1/4 in flight/limit/cap, 0 rate limited, breaker open" in middle
     assert last.startswith("progress: 400/400 records (100.0%), 50.0 rows/s")
     assert "eta 0s" in last
+
+
+def test_the_plain_lines_say_what_the_limit_is_doing() -> None:
+    def line(**state: object) -> str:
+        model = ModelProgress(
+            label="w (p/m)",
+            in_flight=3,
+            limit=4,
+            cap=8,
+            waiters=5,
+            requests=10,
+            rate_limited=1,
+            cooldown_seconds=0.0,
+            breaker="closed",
+            **state,  # type: ignore[arg-type]
+        )
+        snapshot = ProgressSnapshot(
+            records_total=10,
+            records_done=1,
+            rows_written=1,
+            rows_dropped=0,
+            row_groups_total=1,
+            row_groups_done=0,
+            model_requests=10,
+            elapsed_seconds=1.0,
+            models=(model,),
+        )
+        stream = io.StringIO()
+        LogProgress(stream).on_progress(snapshot)
+        return stream.getvalue()
+
+    assert line(limit_phase="probe").rstrip().endswith("probing")
+    assert line(limit_phase="recovery").rstrip().endswith("recovering")
+    assert line(limit_phase="hold").rstrip().endswith("1 rate limited")  # "ok" is not printed
+    paced = line(limit_phase="probe", paced_seconds=0.25).rstrip()
+    assert paced.endswith("paced by the provider's window 0.2s")

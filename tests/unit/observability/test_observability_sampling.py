@@ -119,6 +119,7 @@ def test_the_kinds_split_into_detail_and_always_recorded() -> None:
         EventKind.REQUEST_LIMIT_INCREASED,
         EventKind.REQUEST_SOFT_CEILING_RECOVERED,
         EventKind.REQUEST_FULLY_RECOVERED,
+        EventKind.REQUEST_PACING_HELD,
         EventKind.REQUEST_WAIT_TIMEOUT,
         EventKind.REQUEST_WAIT_CANCELLED,
         EventKind.REQUEST_ACQUIRE_DENIED,

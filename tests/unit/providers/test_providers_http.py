@@ -13,6 +13,7 @@ from sluiceway.errors import (
     AuthenticationError,
     ContextLengthError,
     ProviderOverloadedError,
+    ProviderRedirectError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     QuotaExceededError,
@@ -25,6 +26,7 @@ from sluiceway.providers.http_errors import error_for_response, parse_retry_afte
 from sluiceway.providers.http_transport import Http11Transport
 from sluiceway.providers.mock_server import MockProviderServer, MockServerSettings
 from sluiceway.providers.openai import OpenAICompatibleClient
+from sluiceway.rate_limits import RateLimitHeaders, RateLimitWindow
 
 SECRET = "sk-test-0123456789abcdefSECRET"
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -180,6 +182,35 @@ def test_retry_after_forms_parse() -> None:
     assert parse_retry_after({"retry-after": "soon"}, now_epoch_seconds=now) is None
 
 
+@pytest.mark.parametrize("zone", ["", " -0000", " GMT", " +0000"])
+def test_a_retry_after_date_without_a_zone_is_read_as_utc(zone: str) -> None:
+    now = 1_700_000_000.0
+    # "Tue, 14 Nov 2023 22:13:27" is now + 7 s in UTC.
+    date = email.utils.formatdate(now + 7, usegmt=True).removesuffix(" GMT") + zone
+    assert parse_retry_after({"retry-after": date}, now_epoch_seconds=now) == pytest.approx(7.0)
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 307, 308])
+def test_a_redirect_is_not_retried_and_names_its_target(status: int) -> None:
+    error = error_for_response(
+        provider="p",
+        model_id="m",
+        status=status,
+        headers={"location": "https://api.example.com/v1/chat/completions"},
+        body=b"<html>moved</html>",
+        now_epoch_seconds=0,
+    )
+    assert isinstance(error, ProviderRedirectError) and not error.retryable
+    assert f"HTTP {status} is a redirect to 'https://api.example.com/v1/chat/completions'" in str(
+        error
+    )
+    assert "base_url is probably wrong" in str(error)
+    bare = error_for_response(
+        provider="p", model_id="m", status=status, headers={}, body=b"", now_epoch_seconds=0
+    )
+    assert "no Location header" in str(bare) and not bare.retryable
+
+
 def test_error_bodies_separate_quota_context_length_and_overload() -> None:
     def error(status: int, body: bytes) -> Exception:
         return error_for_response(
@@ -215,6 +246,7 @@ async def test_anthropic_client_maps_system_schema_and_usage() -> None:
                 "content": [{"type": "thinking", "thinking": "hm"}, {"type": "text", "text": "{}"}],
                 "usage": {"input_tokens": 5, "output_tokens": 2},
             },
+            headers={"Anthropic-RateLimit-Requests-Remaining": "41"},
         )
 
     client = AnthropicClient("a", api_key=SECRET, transport=httpx.MockTransport(answer))
@@ -223,5 +255,6 @@ async def test_anthropic_client_maps_system_schema_and_usage() -> None:
     finally:
         await client.aclose()
     assert (response.text, response.reasoning, response.usage.total_tokens) == ("{}", "hm", 7)
+    assert response.rate_limit == RateLimitHeaders(requests=RateLimitWindow(remaining=41))
     assert seen[0].headers["x-api-key"] == SECRET
     assert b"JSON schema" in seen[0].content and SECRET not in repr(client)

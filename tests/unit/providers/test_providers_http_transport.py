@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
+from sluiceway.errors import ProviderTimeoutError, ProviderUnavailableError
 from sluiceway.providers.base import ChatMessage, GenerationKind, ModelRequest
 from sluiceway.providers.behaviour import SimulationSettings
 from sluiceway.providers.http_base import uses_proxy
 from sluiceway.providers.http_transport import Http11Transport
 from sluiceway.providers.mock_server import MockProviderServer, MockServerSettings
 from sluiceway.providers.openai import OpenAICompatibleClient
+from sluiceway.requests.outcomes import RequestReleaseOutcome, classify_exception
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -236,6 +238,16 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
         (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}", "2 of 10 body bytes"),
         (b"NOTHTTP\r\n\r\n", "malformed status line"),
         (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-2\r\n{}\r\n", "bad chunk size"),
+        # A negative length once cut the body short: '{}' was read as '{'.
+        (b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n{}", "bad content-length"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}", "bad content"),
+        # A chunk longer than its size line says: the extra byte was once dropped unseen.
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{}\r\n0\r\n\r\n",
+            "not followed by CRLF",
+        ),
+        (b"HTTP/1.1 100 Continue\r\n\r\n" * 5_000, "more than 100 interim"),
     ],
 )
 async def test_broken_answers_are_protocol_errors(answer: bytes, message: str) -> None:
@@ -352,3 +364,77 @@ def test_a_header_value_with_a_line_break_is_refused_when_the_client_is_built() 
         OpenAICompatibleClient(
             "raw", base_url="http://127.0.0.1:9", headers={"X-Team": "locks\r\nX-Evil: 1"}
         )
+
+
+@pytest.mark.parametrize("path", ["wire", "httpx"])
+async def test_timeout_seconds_bounds_the_whole_attempt_against_a_trickling_server(
+    path: str,
+) -> None:
+    # The server sends a head promising 400 bytes, then one byte every 20 ms: every read
+    # gets data well within the timeout, but the whole answer would take 8 s.
+    promised = 400
+    sent: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % promised)
+        sent.append(0)
+        try:
+            for _ in range(promised):
+                writer.write(b" ")
+                await writer.drain()
+                sent[0] += 1
+                await asyncio.sleep(0.02)
+        except ConnectionError:
+            pass  # the client gave up and closed the connection
+
+    server, base = await _raw_server(handler)
+    transport = Http11Transport(1) if path == "httpx" else None
+    client = OpenAICompatibleClient("raw", base_url=base, transport=transport)
+    request = ModelRequest(
+        model_id="m",
+        kind=GenerationKind.TEXT,
+        messages=(ChatMessage(role="user", content="hi"),),
+        timeout_seconds=0.3,
+    )
+    try:
+        with pytest.raises(ProviderTimeoutError, match=r"timeout_seconds=0\.3") as caught:
+            await client.send(request)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    assert classify_exception(caught.value) == (RequestReleaseOutcome.PROVIDER_TIMEOUT, None)
+    assert sent and sent[0] < promised  # the attempt ended before the trickle did
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # A body nested too deeply for the JSON decoder, as an answer and as an error body.
+        b"HTTP/1.1 200 OK\r\ncontent-length: 200000\r\n\r\n" + b"[" * 100_000 + b"]" * 100_000,
+        b"HTTP/1.1 500 Oops\r\ncontent-length: 200000\r\n\r\n" + b"[" * 100_000 + b"]" * 100_000,
+        # A long run of interim answers.
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 5_000,
+    ],
+    ids=["deep-json", "deep-json-error-body", "interim-answers"],
+)
+async def test_answers_that_once_overflowed_the_stack_are_retryable_provider_failures(
+    answer: bytes,
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+
+    server, base = await _raw_server(handler)
+    client = OpenAICompatibleClient("raw", base_url=base)
+    try:
+        with pytest.raises(ProviderUnavailableError, match=r"malformed|interim|HTTP 500") as caught:
+            await client.send(_chat(1))
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    assert caught.value.retryable
+    assert classify_exception(caught.value) == (RequestReleaseOutcome.PROVIDER_FAILURE, None)

@@ -311,19 +311,20 @@ def test_the_latency_gradient_can_be_turned_on_for_one_model_only() -> None:
 
 
 def test_a_burst_remembers_the_concurrency_of_the_refusal_not_the_limit() -> None:
-    controller, _ = _controller(cap=64, initial_limit=36)
+    controller, _ = _controller(cap=64, initial_limit=36)  # slow start from 36
     leases = [_lease(controller.try_acquire(_item())) for _ in range(36)]
     # The provider serves 32: its 4 refusals come back while all 36 are in flight.
     refused, served = leases[32:], leases[:32]
     controller.release(refused[0], LIMITED, retry_after_seconds=1.0)
     domain = controller.pressure.snapshot().domain(CHAT)
-    assert domain is not None and (domain.limit, domain.rate_limit_ceiling) == (27, 36)
-    for lease in refused[1:]:  # the rest of the burst: no new decrease, a tighter ceiling
+    # Refused while starting: back to what was served then (35), no multiplicative cut.
+    assert domain is not None and (domain.limit, domain.rate_limit_ceiling) == (35, 36)
+    for lease in refused[1:]:  # the rest of the burst: each shows one fewer was served
         controller.release(lease, LIMITED, retry_after_seconds=1.0)
     for lease in served:
         controller.release(lease, OK)
     domain = controller.pressure.snapshot().domain(CHAT)
-    assert domain is not None and (domain.limit, domain.rate_limit_ceiling) == (27, 33)
+    assert domain is not None and (domain.limit, domain.rate_limit_ceiling) == (32, 33)
 
 
 class _LimitFailingAtCooldownEnd:
@@ -344,6 +345,7 @@ class _LimitFailingAtCooldownEnd:
         in_flight: int,
         retry_after_seconds: float | None,
         latency_seconds: float | None = None,
+        in_flight_at_grant: int | None = None,
     ) -> None:
         if outcome is LIMITED:
             self.blocked_until = now + 1.0

@@ -62,7 +62,7 @@ class AdaptiveAdmissionMachine(RuleBasedStateMachine):
         self.controller = AdaptiveRequestAdmissionController(
             CAPS,
             limit_settings=AdaptiveLimitSettings(
-                successes_until_increase=2, startup_ramp_seconds=3.0, max_cooldown_seconds=4.0
+                slow_start=True, startup_ramp_seconds=3.0, max_cooldown_seconds=4.0
             ),
             clock=self.clock,
             timers=self.clock,

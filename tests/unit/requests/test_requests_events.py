@@ -54,6 +54,7 @@ from sluiceway.providers.base import (
     ModelResponse,
     TokenUsage,
 )
+from sluiceway.rate_limits import RateLimitHeaders, RateLimitWindow
 from sluiceway.requests import (
     ModelRequestExecutor,
     ProviderModelKey,
@@ -219,19 +220,18 @@ async def _wait_ends_without_a_lease() -> MemoryEventSink:
 
 async def _rate_limit_and_recovery() -> MemoryEventSink:
     bus, sink = _bus()
-    controller, clock = _adaptive(
-        bus,
-        cap=4,
-        successes_until_increase=1,
-        ceiling_hold_seconds=0.0,
-        ceiling_caution=1,
-    )
+    controller, clock = _adaptive(bus, cap=4, max_hold_seconds=0.0)
     leases = [_lease(controller.try_acquire(_item(n))) for n in range(1, 5)]
     controller.release(leases[0], LIMITED, retry_after_seconds=3.0)
     assert not isinstance(controller.try_acquire(_item(5)), RequestAdmissionLease)  # cooldown
     clock.advance(3.0)
-    # Three in flight at the limit of 3: the limit is in use, so a success grows it back.
-    for lease in leases[1:]:
+    # Three in flight at the limit of 3: the limit is in use, so successes probe above it,
+    # one more per round trip of three successes.
+    held = leases[1:]
+    for n in range(6, 10):
+        controller.release(held.pop(0), OK)
+        held.append(_lease(controller.try_acquire(_item(n))))
+    for lease in held:
         controller.release(lease, OK)
     return sink
 
@@ -348,11 +348,24 @@ def _executor(controller: RequestAdmissionController, bus: EventBus) -> ModelReq
     )
 
 
+async def _paced_by_reported_window() -> MemoryEventSink:
+    bus, sink = _bus()
+    controller, clock = _adaptive(bus, cap=4)
+    lease = _lease(controller.try_acquire(_item(1)))
+    spent = RateLimitWindow(limit=10, remaining=0, reset_seconds=1.0)
+    controller.release(lease, OK, rate_limit=RateLimitHeaders(requests=spent))
+    assert not isinstance(controller.try_acquire(_item(2)), RequestAdmissionLease)
+    clock.advance(0.1)
+    controller.release(_lease(controller.try_acquire(_item(3))), OK)
+    return sink
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     _immediate_acquire,
     _queued_wait,
     _wait_ends_without_a_lease,
     _rate_limit_and_recovery,
+    _paced_by_reported_window,
     _startup_ramp,
     _breaker_and_clamp,
     _executor_attempts,
@@ -484,7 +497,7 @@ async def test_a_rate_limit_reports_cooldown_decrease_and_recovery() -> None:
     assert (increased.previous_limit, increased.limit, increased.reason) == (
         3,
         4,
-        LimitChangeCode.ADDITIVE_INCREASE,
+        LimitChangeCode.PROBE,
     )
     kinds = _kinds(sink)
     assert kinds.index(EventKind.REQUEST_RATE_LIMITED) < kinds.index(

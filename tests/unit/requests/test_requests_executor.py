@@ -323,4 +323,4 @@ async def test_an_overload_answer_is_rate_pressure_that_decreases_the_limit(stat
     assert domain.outcomes[RequestReleaseOutcome.RATE_LIMITED] == 1
     assert (domain.limit, domain.limit_decreases, domain.cooldowns) == (6, 1, 1)
     pressure = controller.pressure.snapshot().domain(CHAT)
-    assert pressure is not None and pressure.blocked_until == 2.0  # the default cooldown
+    assert pressure is not None and pressure.blocked_until == 0.5  # the first learned cooldown

@@ -1,8 +1,16 @@
-"""Pure tests of the limit algorithms: one sample per test, time passed in explicitly."""
+"""Pure tests of the limit algorithms: one behaviour per test, time passed in explicitly.
+
+A round trip is simulated as ``limit`` successes with the limit fully in use, each taking
+``RTT`` seconds of latency; the clock moves one ``RTT`` per round trip.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sluiceway.errors import EngineError
 from sluiceway.requests.limits import (
@@ -13,118 +21,301 @@ from sluiceway.requests.limits import (
     CooldownPolicy,
     GradientLimit,
     GradientState,
-    LimitChange,
+    LimitPhase,
+    LimitReason,
     StartupRamp,
 )
 from sluiceway.requests.outcomes import RequestReleaseOutcome
 
 OK = RequestReleaseOutcome.SUCCESS
 LIMITED = RequestReleaseOutcome.RATE_LIMITED
-
-AIMD = AimdLimit(max_limit=32, successes_until_increase=2)
-
-
-def test_a_rate_limit_decreases_multiplicatively_and_remembers_the_ceiling() -> None:
-    state = AIMD.on_rate_limited(AimdState(limit=32), limit_at_grant=32)
-    assert state == AimdState(limit=24, successes=0, ceiling=32, hold_seconds=30.0, refused_at=32)
+RTT = 0.2
+AIMD = AimdLimit(max_limit=32)
 
 
-def test_the_ceiling_is_what_was_in_flight_when_the_first_refusal_arrived() -> None:
-    state = AIMD.on_rate_limited(AimdState(limit=32), limit_at_grant=32, in_flight=30)
-    assert (state.limit, state.ceiling) == (24, 30)
+def _round_trip(aimd: AimdLimit, state: AimdState, now: float) -> AimdState:
+    """One round trip: ``limit`` successes at full use, all answered by ``now``."""
+    for _ in range(state.limit):
+        state = aimd.on_success(state, in_flight=state.limit, now=now, latency_seconds=RTT)
+    return state
 
 
-def test_the_ceiling_is_never_above_the_limit_in_force() -> None:
-    state = AIMD.on_rate_limited(AimdState(limit=16), limit_at_grant=16, in_flight=40)
-    assert state.ceiling == 16
+def _round_trips(aimd: AimdLimit, state: AimdState, now: float, count: int) -> AimdState:
+    for n in range(count):
+        state = _round_trip(aimd, state, now + n * RTT)
+    return state
 
 
-def test_the_ceiling_stays_above_the_decreased_limit() -> None:
-    state = AIMD.on_rate_limited(AimdState(limit=32), limit_at_grant=32, in_flight=10)
-    assert (state.limit, state.ceiling) == (24, 25)
+# -- slow start ------------------------------------------------------------------------------
 
 
-def test_each_further_refusal_of_the_burst_lowers_the_ceiling_by_one() -> None:
-    state = AimdState(limit=24, ceiling=32, refused_at=32)
-    after = AIMD.on_rate_limited(state, limit_at_grant=32, in_flight=31)
-    assert (after.ceiling, after.refused_at) == (31, 31)
+def test_slow_start_doubles_the_limit_per_round_trip() -> None:
+    state = AIMD.initial(4)
+    assert state.phase is LimitPhase.STARTUP
+    limits = []
+    for n in range(3):
+        state = _round_trip(AIMD, state, n * RTT)
+        limits.append(state.limit)
+    assert limits == [8, 16, 32]
+    assert state.reason is LimitReason.SLOW_START
 
 
-def test_further_refusals_never_bring_the_ceiling_to_the_limit() -> None:
-    state = AimdState(limit=1, ceiling=2, refused_at=2)
-    after = AIMD.on_rate_limited(state, limit_at_grant=2, in_flight=1)
-    assert (after.ceiling, after.refused_at) == (2, 1)
+def test_a_limit_starting_at_the_cap_does_not_slow_start() -> None:
+    assert AIMD.initial(32).phase is LimitPhase.HOLD
 
 
-def test_further_refusals_below_the_decreased_limit_bring_it_to_what_was_served() -> None:
-    # 64 went out at once, the burst's refusals have counted the ceiling down to 49.
-    state = AimdState(limit=48, ceiling=49, refused_at=49)
-    after = AIMD.on_rate_limited(state, limit_at_grant=64, in_flight=40)
-    assert (after.limit, after.ceiling, after.refused_at) == (47, 48, 48)
+def test_a_refusal_while_starting_goes_back_to_what_was_served_without_a_cooldown() -> None:
+    state = replace(AIMD.initial(16), limit=33)
+    after = AIMD.on_rate_limited(state, limit_at_grant=33, now=1.0, in_flight=33)
+    assert (after.limit, after.served, after.phase) == (32, 32, LimitPhase.HOLD)
+    assert after.reason is LimitReason.PROBE_REFUSED and not after.cooldown
 
 
-def test_further_refusals_above_the_decreased_limit_leave_it() -> None:
-    state = AimdState(limit=48, ceiling=60, refused_at=60)
-    after = AIMD.on_rate_limited(state, limit_at_grant=64, in_flight=50)
-    assert (after.limit, after.ceiling) == (48, 59)
+# -- decrease, recovery, hold, probe ---------------------------------------------------------
 
 
-def test_a_refusal_above_the_previous_refusal_doubles_the_hold() -> None:
-    aimd = AimdLimit(max_limit=64, ceiling_hold_seconds=30.0)
-    # The ceiling was kept above the decreased limit (37), but 33 is where it was refused.
-    state = AimdState(limit=36, ceiling=37, refused_at=33, hold_seconds=30.0)
-    after = aimd.on_rate_limited(state, limit_at_grant=36, in_flight=36, now=5.0)
-    assert (after.limit, after.hold_seconds) == (27, 60.0)
+def _steady(aimd: AimdLimit, limit: int) -> AimdState:
+    """A limit that has served ``limit`` at once for a while and holds there."""
+    return _round_trips(aimd, AimdState(limit=limit, phase=LimitPhase.HOLD), 0.0, 1)
 
 
-def test_a_lease_granted_above_the_current_limit_does_not_decrease_again() -> None:
-    state = AimdState(limit=24, ceiling=32)
-    assert AIMD.on_rate_limited(state, limit_at_grant=32) is state
+def test_a_refusal_at_the_served_level_decreases_and_calls_for_a_cooldown() -> None:
+    aimd = AimdLimit(max_limit=64)
+    state = _steady(aimd, 32)
+    after = aimd.on_rate_limited(state, limit_at_grant=32, now=10.0, in_flight=32)
+    assert (after.limit, after.served, after.phase) == (24, 31, LimitPhase.RECOVERY)
+    assert after.reason is LimitReason.RATE_LIMITED and after.cooldown
 
 
-def test_the_decrease_never_goes_below_one() -> None:
-    assert AIMD.on_rate_limited(AimdState(limit=1), limit_at_grant=1).limit == 1
+def test_after_a_decrease_the_limit_returns_to_the_served_level_within_a_round_trip() -> None:
+    aimd = AimdLimit(max_limit=64)
+    state = aimd.on_rate_limited(_steady(aimd, 32), limit_at_grant=32, now=10.0, in_flight=32)
+    state = _round_trip(aimd, state, 10.2)
+    assert (state.limit, state.phase) == (31, LimitPhase.HOLD)
+    assert state.reason is LimitReason.RECOVERY
 
 
-def test_successes_grow_the_limit_by_one_step_after_the_threshold() -> None:
-    state = AIMD.on_success(AimdState(limit=10, successes=1), in_flight=10)
-    assert state == AimdState(limit=11, successes=0)
+def test_recovery_from_far_below_takes_round_trips_not_thousands_of_successes() -> None:
+    aimd = AimdLimit(max_limit=64)
+    state = AimdState(limit=2, phase=LimitPhase.RECOVERY, served=60)
+    state = _round_trips(aimd, state, 0.0, 5)  # 2, 4, 8, 16, 32, 60
+    assert state.limit >= 60 or state.phase is not LimitPhase.RECOVERY
+    state = _round_trip(aimd, state, 1.0)
+    assert state.limit == 60
 
 
-def test_a_success_below_the_threshold_only_counts() -> None:
-    assert AIMD.on_success(AimdState(limit=10), in_flight=10) == AimdState(limit=10, successes=1)
+def test_the_hold_ends_after_its_round_trips_and_the_limit_probes_above() -> None:
+    aimd = AimdLimit(max_limit=64, hold_round_trips=2)
+    state = AimdState(
+        limit=32, phase=LimitPhase.HOLD, served=32, round_trip_seconds=RTT, hold_until=10.4
+    )
+    held = aimd.on_success(state, in_flight=32, now=10.3, latency_seconds=RTT)
+    assert held.phase is LimitPhase.HOLD and held.limit == 32
+    probing = aimd.on_success(held, in_flight=32, now=10.4, latency_seconds=RTT)
+    assert probing.phase is LimitPhase.PROBE
 
 
-def test_no_growth_while_the_limit_is_not_in_use() -> None:
-    state = AimdState(limit=10, successes=1)
-    assert AIMD.on_success(state, in_flight=3) is state
+def test_the_hold_is_bounded_in_seconds_whatever_the_round_trip() -> None:
+    aimd = AimdLimit(max_limit=64, hold_round_trips=8, max_hold_seconds=10.0)
+    slow = AimdState(limit=33, phase=LimitPhase.PROBE, served=32, round_trip_seconds=60.0)
+    after = aimd.on_rate_limited(slow, limit_at_grant=33, now=100.0, in_flight=33)
+    assert after.hold_until == 110.0
 
 
-def test_growth_stops_at_the_effective_max() -> None:
-    state = AimdState(limit=32, successes=1)
-    assert AIMD.on_success(state, in_flight=32) is state
+def test_probing_grows_faster_every_round_trip_without_refusal() -> None:
+    aimd = AimdLimit(max_limit=256)
+    state = AimdState(limit=8, phase=LimitPhase.PROBE, served=8, round_trip_seconds=RTT)
+    limits = []
+    for n in range(5):
+        state = _round_trip(aimd, state, n * RTT)
+        limits.append(state.limit)
+    assert limits == [9, 11, 15, 23, 39]
+    assert state.reason is LimitReason.PROBE
 
 
-def test_crossing_the_remembered_ceiling_needs_more_successes() -> None:
-    aimd = AimdLimit(max_limit=32, successes_until_increase=2, ceiling_caution=3)
-    state = AimdState(limit=20, successes=2, ceiling=20)
-    assert aimd.on_success(state, in_flight=20) == AimdState(limit=20, successes=3, ceiling=20)
-    assert aimd.on_success(AimdState(limit=20, successes=5, ceiling=20), in_flight=20).limit == 21
+def test_a_refused_probe_goes_back_to_what_was_served_and_holds() -> None:
+    aimd = AimdLimit(max_limit=64, hold_round_trips=2)
+    state = AimdState(limit=10, phase=LimitPhase.PROBE, served=9, round_trip_seconds=RTT)
+    after = aimd.on_rate_limited(state, limit_at_grant=10, now=5.0, in_flight=10)
+    assert (after.limit, after.served, after.phase, after.hold_until) == (
+        9,
+        9,
+        LimitPhase.HOLD,
+        pytest.approx(5.4),
+    )
+    assert not after.cooldown and after.ceiling == 10
 
 
-def test_reaching_the_ceiling_is_a_soft_recovery() -> None:
-    change = AIMD.change(AimdState(limit=19, ceiling=20), AimdState(limit=20, ceiling=20))
-    assert change is LimitChange.SOFT_CEILING_RECOVERED
+def test_probes_refused_at_the_same_level_hold_longer_up_to_the_maximum() -> None:
+    aimd = AimdLimit(max_limit=64, hold_round_trips=2, max_hold_round_trips=8)
+    state = AimdState(limit=10, phase=LimitPhase.PROBE, served=9, round_trip_seconds=RTT)
+    holds = []
+    for n in range(4):
+        state = aimd.on_rate_limited(state, limit_at_grant=10, now=float(n), in_flight=10)
+        holds.append(state.hold_round_trips)
+        state = AimdState(
+            limit=10,
+            phase=LimitPhase.PROBE,
+            served=9,
+            round_trip_seconds=RTT,
+            refused_at=state.refused_at,
+            hold_round_trips=state.hold_round_trips,
+        )
+    assert holds == [2, 4, 8, 8]
 
 
-def test_reaching_the_max_is_a_full_recovery() -> None:
-    change = AIMD.change(AimdState(limit=31), AimdState(limit=32))
-    assert change is LimitChange.FULLY_RECOVERED
+def test_a_probe_past_the_last_refusal_starts_the_hold_afresh() -> None:
+    aimd = AimdLimit(max_limit=64, hold_round_trips=2)
+    state = AimdState(
+        limit=10,
+        phase=LimitPhase.PROBE,
+        served=10,
+        round_trip_seconds=RTT,
+        refused_at=10,
+        hold_round_trips=8,
+    )
+    state = _round_trips(aimd, state, 0.0, 2)
+    assert state.limit > 10 and state.hold_round_trips == 2
+
+
+def test_a_refusal_during_recovery_decreases_again_below_what_it_shows() -> None:
+    aimd = AimdLimit(max_limit=64)
+    state = AimdState(limit=20, phase=LimitPhase.RECOVERY, served=31, round_trip_seconds=RTT)
+    after = aimd.on_rate_limited(state, limit_at_grant=20, now=3.0, in_flight=16)
+    assert (after.limit, after.served, after.phase) == (15, 15, LimitPhase.HOLD)
+    assert after.cooldown
+
+
+def test_capacity_taken_and_freed_is_found_again_within_seconds() -> None:
+    # 32 served, another client takes 24 slots: the limit comes down to 8 and holds there,
+    # probing now and then. The other client leaves: the next probe finds the capacity.
+    aimd = AimdLimit(max_limit=32)
+    state = aimd.on_rate_limited(_steady(aimd, 32), limit_at_grant=32, now=0.0, in_flight=9)
+    now = 0.0
+    for _ in range(40):  # while the other client stays: every probe above 8 is refused
+        now += RTT
+        if state.limit > 8:
+            state = aimd.on_rate_limited(state, limit_at_grant=state.limit, now=now, in_flight=9)
+        else:
+            state = _round_trip(aimd, state, now)
+    assert state.limit <= 9
+    left_at = now
+    while state.limit < 29:
+        now += RTT
+        state = _round_trip(aimd, state, now)
+    assert now - left_at <= 3.0  # the hold (at most 8 round trips) and a few probing ones
+
+
+def test_further_refusals_of_one_burst_bring_the_limit_to_what_was_served() -> None:
+    # 64 went out at once against a provider that serves 32: 32 refusals while all are out.
+    aimd = AimdLimit(max_limit=64)
+    state = aimd.initial(64)
+    for refusal in range(32):
+        state = aimd.on_rate_limited(state, limit_at_grant=64, now=0.0, in_flight=64 - refusal)
+    assert (state.limit, state.refused_at) == (32, 33)
+
+
+def test_further_refusals_never_halve_below_half_the_burst() -> None:
+    aimd = AimdLimit(max_limit=64)
+    state = aimd.initial(64)
+    for refusal in range(60):
+        state = aimd.on_rate_limited(state, limit_at_grant=64, now=0.0, in_flight=64 - refusal)
+    assert state.limit == 32
+
+
+def test_growth_needs_the_limit_in_use() -> None:
+    state = AimdState(limit=10, phase=LimitPhase.STARTUP)
+    assert AIMD.on_success(state, in_flight=7).limit == 10
+    assert AIMD.on_success(state, in_flight=8).limit == 11
+
+
+def test_the_limit_never_passes_its_max() -> None:
+    state = _round_trips(AIMD, AimdState(limit=30, phase=LimitPhase.PROBE, served=30), 0.0, 6)
+    assert state.limit == 32
 
 
 def test_invalid_aimd_settings_are_refused() -> None:
-    with pytest.raises(EngineError, match="decrease_factor must be in"):
+    with pytest.raises(EngineError, match="decrease_factor"):
         AimdLimit(max_limit=4, decrease_factor=1.5)
+    with pytest.raises(EngineError, match="hold_round_trips"):
+        AimdLimit(max_limit=4, hold_round_trips=9, max_hold_round_trips=8)
+
+
+# -- properties ------------------------------------------------------------------------------
+
+_events = st.lists(
+    st.tuples(
+        st.sampled_from(["ok", "refused", "refused_old"]),
+        st.integers(min_value=1, max_value=80),
+        st.floats(min_value=0.0, max_value=5.0),
+    ),
+    max_size=200,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cap=st.integers(min_value=1, max_value=64), events=_events)
+def test_the_limit_stays_within_one_and_the_cap(
+    cap: int, events: list[tuple[str, int, float]]
+) -> None:
+    limit = AdaptiveRequestLimit(AdaptiveLimitSettings(slow_start=True), cap)
+    now = 0.0
+    for kind, in_flight, step in events:
+        now += step
+        limit.advance(now)
+        grant = limit.limit if kind != "refused_old" else limit.limit + 3
+        outcome = OK if kind == "ok" else LIMITED
+        limit.on_outcome(
+            outcome,
+            now=now,
+            limit_at_grant=grant,
+            in_flight=in_flight,
+            retry_after_seconds=None,
+            latency_seconds=step,
+        )
+        assert 1 <= limit.limit <= cap
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cap=st.integers(min_value=1, max_value=256),
+    events=_events,
+    rtt=st.floats(min_value=0.001, max_value=30.0),
+)
+def test_a_domain_whose_requests_all_succeed_reaches_the_cap_in_bounded_round_trips(
+    cap: int, events: list[tuple[str, int, float]], rtt: float
+) -> None:
+    limit = AdaptiveRequestLimit(AdaptiveLimitSettings(slow_start=True), cap)
+    now = 0.0
+    for kind, in_flight, step in events:  # any history first
+        now += step
+        limit.advance(now)
+        limit.on_outcome(
+            OK if kind == "ok" else LIMITED,
+            now=now,
+            limit_at_grant=limit.limit,
+            in_flight=in_flight,
+            retry_after_seconds=None,
+            latency_seconds=step or None,
+        )
+    # Then every request succeeds while work waits (the limit is always fully in use).
+    now += 61.0  # past any cooldown
+    limit.advance(now)
+    round_trips = 0
+    while limit.limit < cap:
+        round_trips += 1
+        assert round_trips <= 8 + 2 * 9 + 10 / rtt + 2, limit.limit
+        for _ in range(limit.limit):
+            limit.on_outcome(
+                OK,
+                now=now,
+                limit_at_grant=limit.limit,
+                in_flight=limit.limit,
+                retry_after_seconds=None,
+                latency_seconds=rtt,
+            )
+        now += rtt
+        limit.advance(now)
 
 
 def test_the_startup_ramp_is_linear_from_one_to_the_target() -> None:
@@ -140,12 +331,13 @@ def test_the_startup_ramp_says_when_it_next_steps() -> None:
 
 def test_cooldown_follows_retry_after_clamped_to_the_max() -> None:
     policy = CooldownPolicy(default_seconds=2.0, max_seconds=60.0)
-    assert policy.until(10.0, 5.0) == 15.0
-    assert policy.until(10.0, 3600.0) == 70.0
+    assert policy.seconds(5.0, streak=3) == 5.0
+    assert policy.seconds(3600.0, streak=0) == 60.0
 
 
-def test_cooldown_without_retry_after_uses_the_default() -> None:
-    assert CooldownPolicy(default_seconds=2.0).until(10.0, None) == 12.0
+def test_cooldown_without_retry_after_starts_short_and_doubles_while_refusals_repeat() -> None:
+    policy = CooldownPolicy(default_seconds=0.5, max_seconds=6.0)
+    assert [policy.seconds(None, streak=n) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 6.0, 6.0]
 
 
 def test_the_gradient_limit_shrinks_when_latency_inflates() -> None:
@@ -170,6 +362,11 @@ def test_adaptive_limit_starts_at_the_clamped_initial_limit() -> None:
     assert _adaptive(max_limit=8).limit == 8
 
 
+def test_slow_start_begins_at_half_the_cap() -> None:
+    assert _adaptive(slow_start=True).limit == 16
+    assert _adaptive(slow_start=True, initial_limit=4).limit == 4
+
+
 def test_adaptive_rate_limit_cools_down_until_retry_after() -> None:
     limit = _adaptive()
     limit.on_outcome(LIMITED, now=5.0, limit_at_grant=32, in_flight=32, retry_after_seconds=3.0)
@@ -179,10 +376,34 @@ def test_adaptive_rate_limit_cools_down_until_retry_after() -> None:
     assert limit.blocked_until is None
 
 
+def test_a_refused_probe_does_not_cool_the_domain_down() -> None:
+    limit = _adaptive(slow_start=True)
+    limit.on_outcome(LIMITED, now=5.0, limit_at_grant=16, in_flight=16, retry_after_seconds=3.0)
+    assert (limit.limit, limit.blocked_until) == (15, None)
+
+
+def test_cooldowns_without_retry_after_grow_while_refusals_repeat() -> None:
+    limit = _adaptive(default_cooldown_seconds=0.5)
+    pauses = []
+    now = 0.0
+    for _ in range(3):
+        limit.on_outcome(
+            LIMITED, now=now, limit_at_grant=limit.limit, in_flight=1, retry_after_seconds=None
+        )
+        assert limit.blocked_until is not None
+        pauses.append(limit.blocked_until - now)
+        now = limit.blocked_until
+        limit.advance(now)
+    assert pauses == [0.5, 1.0, 2.0]
+    limit.on_outcome(OK, now=now, limit_at_grant=1, in_flight=1, retry_after_seconds=None)
+    limit.on_outcome(LIMITED, now=now, limit_at_grant=1, in_flight=1, retry_after_seconds=None)
+    assert limit.blocked_until == now + 0.5  # a success started the learning over
+
+
 def test_adaptive_successes_in_cooldown_do_not_grow_the_limit() -> None:
-    limit = _adaptive(successes_until_increase=1)
+    limit = _adaptive()
     limit.on_outcome(LIMITED, now=0.0, limit_at_grant=32, in_flight=32, retry_after_seconds=None)
-    limit.on_outcome(OK, now=1.0, limit_at_grant=24, in_flight=24, retry_after_seconds=None)
+    limit.on_outcome(OK, now=0.1, limit_at_grant=24, in_flight=24, retry_after_seconds=None)
     assert limit.limit == 24
 
 
@@ -193,9 +414,9 @@ def test_adaptive_ramp_starts_at_the_first_advance_and_a_rate_limit_aborts_it() 
     limit.advance(20.0)
     assert limit.limit == 11
     limit.on_outcome(LIMITED, now=20.0, limit_at_grant=11, in_flight=11, retry_after_seconds=0)
-    assert limit.limit == 8
+    assert limit.limit == 10
     assert limit.advance(40.0) is None
-    assert limit.limit == 8
+    assert limit.limit == 10
 
 
 def test_adaptive_ramp_ends_at_its_target() -> None:
@@ -206,158 +427,3 @@ def test_adaptive_ramp_ends_at_its_target() -> None:
     assert limit.advance(41.0) is None
     assert limit.limit == 32  # the last step applies the target before the ramp ends
     assert not limit.ramping
-
-
-def test_a_step_reaching_the_ceiling_waits_for_the_hold_after_a_rate_limit() -> None:
-    aimd = AimdLimit(max_limit=64, successes_until_increase=1, ceiling_hold_seconds=30.0)
-    state = aimd.on_rate_limited(AimdState(limit=33), limit_at_grant=33, now=100.0)
-    assert (state.limit, state.ceiling, state.rate_limited_at) == (24, 33, 100.0)
-    state = AimdState(limit=32, ceiling=33, rate_limited_at=100.0)
-    assert aimd.on_success(state, in_flight=32, now=129.9) is state
-
-
-def test_a_step_below_the_ceiling_is_not_held() -> None:
-    aimd = AimdLimit(max_limit=64, successes_until_increase=1, ceiling_hold_seconds=30.0)
-    state = AimdState(limit=30, ceiling=33, rate_limited_at=100.0)
-    assert aimd.on_success(state, in_flight=30, now=100.5).limit == 31
-
-
-def test_after_the_hold_the_ceiling_is_probed_again() -> None:
-    aimd = AimdLimit(max_limit=64, successes_until_increase=1, ceiling_hold_seconds=30.0)
-    state = AimdState(limit=32, ceiling=33, rate_limited_at=100.0)
-    assert aimd.on_success(state, in_flight=32, now=130.0).limit == 33
-
-
-def test_a_refused_probe_of_the_ceiling_doubles_the_hold() -> None:
-    aimd = AimdLimit(max_limit=64, ceiling_hold_seconds=30.0, ceiling_hold_max_seconds=100.0)
-    state = aimd.on_rate_limited(
-        AimdState(limit=33, ceiling=33, rate_limited_at=0.0, hold_seconds=30.0),
-        limit_at_grant=33,
-        now=50.0,
-    )
-    assert (state.limit, state.ceiling, state.hold_seconds) == (24, 33, 60.0)
-
-
-def test_the_doubled_hold_stops_at_its_maximum() -> None:
-    aimd = AimdLimit(max_limit=64, ceiling_hold_seconds=30.0, ceiling_hold_max_seconds=100.0)
-    probe = AimdState(limit=33, ceiling=33, rate_limited_at=0.0, hold_seconds=60.0)
-    assert aimd.on_rate_limited(probe, limit_at_grant=33, now=90.0).hold_seconds == 100.0
-
-
-def test_a_rate_limit_below_the_ceiling_starts_the_hold_over() -> None:
-    aimd = AimdLimit(max_limit=64, ceiling_hold_seconds=30.0)
-    below = AimdState(limit=28, ceiling=33, rate_limited_at=0.0, hold_seconds=120.0)
-    assert aimd.on_rate_limited(below, limit_at_grant=28, now=10.0).hold_seconds == 30.0
-
-
-def test_the_doubled_hold_keeps_the_step_to_the_ceiling_back() -> None:
-    aimd = AimdLimit(max_limit=64, successes_until_increase=1, ceiling_hold_seconds=30.0)
-    state = AimdState(limit=32, ceiling=33, rate_limited_at=100.0, hold_seconds=60.0)
-    assert aimd.on_success(state, in_flight=32, now=159.9) is state
-
-
-def test_the_adaptive_limit_settles_below_the_ceiling_it_learned() -> None:
-    limit = AdaptiveRequestLimit(
-        AdaptiveLimitSettings(successes_until_increase=1, default_cooldown_seconds=1.0), 64
-    )
-    limit.on_outcome(LIMITED, now=0.0, limit_at_grant=64, in_flight=64, retry_after_seconds=None)
-    assert limit.limit == 48
-    limit.advance(1.0)
-    for step in range(40):  # plenty of successes, well inside the hold
-        now = 1.0 + step * 0.1
-        limit.on_outcome(
-            OK, now=now, limit_at_grant=64, in_flight=limit.limit, retry_after_seconds=None
-        )
-    assert limit.limit == 63  # ceiling 64 (all 64 in flight when refused): held one below it
-
-
-def test_one_burst_against_a_provider_serving_half_settles_at_what_it_served() -> None:
-    limit = AdaptiveRequestLimit(
-        AdaptiveLimitSettings(successes_until_increase=1, default_cooldown_seconds=1.0), 64
-    )
-    # 64 out at once, the provider serves 32: the 32 refusals arrive while all 64 are out.
-    for refusal in range(32):
-        limit.on_outcome(
-            LIMITED, now=0.0, limit_at_grant=64, in_flight=64 - refusal, retry_after_seconds=1.0
-        )
-    assert (limit.limit, limit.ceiling) == (32, 33)
-    limit.advance(1.0)
-    for step in range(40):  # successes inside the hold do not step back into the ceiling
-        limit.on_outcome(
-            OK, now=1.0 + step * 0.1, limit_at_grant=32, in_flight=32, retry_after_seconds=None
-        )
-    assert limit.limit == 32
-
-
-def test_a_ceiling_learned_from_fewer_in_flight_holds_the_decreased_limit() -> None:
-    limit = AdaptiveRequestLimit(
-        AdaptiveLimitSettings(successes_until_increase=1, default_cooldown_seconds=1.0), 64
-    )
-    limit.on_outcome(LIMITED, now=0.0, limit_at_grant=64, in_flight=33, retry_after_seconds=None)
-    assert (limit.limit, limit.ceiling) == (48, 49)
-    limit.advance(1.0)
-    for step in range(40):
-        limit.on_outcome(
-            OK, now=1.0 + step * 0.1, limit_at_grant=48, in_flight=48, retry_after_seconds=None
-        )
-    assert limit.limit == 48
-
-
-def test_a_negative_ceiling_hold_is_refused() -> None:
-    with pytest.raises(EngineError):
-        AimdLimit(max_limit=4, ceiling_hold_seconds=-1.0)
-    with pytest.raises(EngineError, match="ceiling_hold_max_seconds"):
-        AimdLimit(max_limit=4, ceiling_hold_seconds=60.0, ceiling_hold_max_seconds=30.0)
-
-
-def test_the_gradient_baseline_is_the_lowest_latency_seen() -> None:
-    gradient = GradientLimit(max_limit=64, baseline_drift=0.0)
-    state = GradientState(limit=32.0, short_latency_seconds=0.4, long_latency_seconds=0.4)
-    state = gradient.on_sample(state, latency_seconds=0.2)
-    assert state.baseline_latency_seconds == 0.2
-    assert gradient.on_sample(state, latency_seconds=0.4).baseline_latency_seconds == 0.2
-
-
-def test_the_gradient_baseline_drifts_up_toward_the_long_term_latency() -> None:
-    gradient = GradientLimit(max_limit=64, long_alpha=0.0, baseline_drift=0.5)
-    state = GradientState(
-        limit=32.0,
-        short_latency_seconds=0.4,
-        long_latency_seconds=0.4,
-        baseline_latency_seconds=0.2,
-    )
-    baseline = gradient.on_sample(state, latency_seconds=0.4).baseline_latency_seconds
-    assert baseline == pytest.approx(0.3)
-
-
-def test_a_queue_above_the_tolerance_shrinks_the_gradient_limit_despite_a_high_long_term() -> None:
-    # The long-term average already shows the queue; the baseline still remembers no load.
-    gradient = GradientLimit(max_limit=64, short_alpha=1.0, baseline_drift=0.0)
-    state = GradientState(
-        limit=64.0,
-        short_latency_seconds=0.4,
-        long_latency_seconds=0.4,
-        baseline_latency_seconds=0.2,
-    )
-    assert gradient.on_sample(state, latency_seconds=0.4).limit < 64.0
-
-
-def test_one_gradient_sample_moves_the_limit_by_a_share_of_one_round_trip() -> None:
-    gradient = GradientLimit(max_limit=64, smoothing=0.5)
-    state = GradientState(limit=16.0, short_latency_seconds=0.2, long_latency_seconds=0.2)
-    # target = 16 + sqrt(16) = 20; weight = 0.5 / 16
-    assert gradient.on_sample(state, latency_seconds=0.2).limit == pytest.approx(16.125)
-
-
-def test_zero_latencies_leave_the_gradient_limit_growing() -> None:
-    gradient = GradientLimit(max_limit=64)
-    state = GradientState(limit=8.0)
-    for _ in range(3):
-        state = gradient.on_sample(state, latency_seconds=0.0)
-    assert state.limit > 8.0
-
-
-def test_the_gradient_cap_starts_at_a_quarter_of_the_initial_limit() -> None:
-    assert _adaptive(latency_gradient=True).limit == 8
-    assert _adaptive(latency_gradient=True, initial_limit=2).limit == 1
-    assert _adaptive(latency_gradient=False).limit == 32

@@ -51,12 +51,12 @@ def _limits(run_gradient: bool, model_gradient: dict[str, bool | None]) -> dict[
 
 
 def test_a_model_turns_the_gradient_on_for_its_endpoint_only() -> None:
-    # The gradient limit starts at a quarter of the initial limit; plain AIMD at the cap.
-    assert _limits(False, {"vllm": True, "hosted": None}) == {"vllm": 4, "hosted": 16}
+    # Slow start begins at half the cap (16 of 32); the gradient limit at a quarter of that.
+    assert _limits(False, {"vllm": True, "hosted": None}) == {"vllm": 2, "hosted": 8}
 
 
 def test_a_model_turns_the_gradient_off_while_the_run_has_it_on() -> None:
-    assert _limits(True, {"vllm": None, "hosted": False}) == {"vllm": 4, "hosted": 16}
+    assert _limits(True, {"vllm": None, "hosted": False}) == {"vllm": 2, "hosted": 8}
 
 
 def test_the_straggler_defaults_turn_adaptive_timeouts_on_and_hedging_off() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import pytest
 
 from sluiceway.context import current_task
-from sluiceway.errors import RunCancelledError
+from sluiceway.errors import RunCancelledError, RunInterruptedError
 from sluiceway.fair_queue import QueueView
 from sluiceway.scheduling.admission import (
     ReleaseResult,
@@ -25,6 +26,7 @@ from sluiceway.scheduling.scheduler import (
     AsyncTaskScheduler,
     RowGroupHandler,
     SchedulerSettings,
+    StopReason,
     TaskOutcome,
     TaskOutcomeKind,
 )
@@ -360,4 +362,94 @@ async def test_an_attempt_that_waits_never_holds_up_the_next_one() -> None:
     )
     await scheduler.run()
     assert sum(task.startswith("text/") for task in handler.ran) == cells
+    assert admission.active_leases == 0
+
+
+@pytest.mark.timeout(30)  # the worker used to die with attempts pending on it: a hang
+@pytest.mark.parametrize("after_await", [False, True])
+async def test_a_cancelled_error_raised_by_task_code_drops_its_row_and_the_run_goes_on(
+    after_await: bool,
+) -> None:
+    """Task code that raises CancelledError though nothing cancelled its worker (it awaited a
+    future something else cancelled) fails that task; the worker and the run go on."""
+
+    class StrayCancellation(ScriptedHandler):
+        async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+            if task.task_id in ("text/0/1", "text/1/0"):
+                self.ran.append(task.task_id)
+                if after_await:
+                    await asyncio.sleep(0)
+                raise asyncio.CancelledError
+            return await super().run_task(task)
+
+    scheduler, handler, admission = _scheduler(
+        8, 4, limits={"submission": 8, "local": 8}, handler_type=StrayCancellation
+    )
+    await scheduler.run()
+    assert sorted(rows for _, rows, _ in handler.dropped) == [(0,), (1,)]
+    assert all("CancelledError" in reason and "'text'" in reason for *_, reason in handler.dropped)
+    assert sorted(handler.checkpoints) == [(0, [0, 2, 3]), (1, [1, 2, 3])]
+    assert scheduler.statistics().tasks_dropped == 2
+    assert scheduler.stop_reason is None
+    assert admission.active_leases == 0
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), SystemExit(3)])
+async def test_an_interrupt_raised_by_task_code_stops_the_run_like_a_cancellation(
+    interrupt: BaseException,
+) -> None:
+    """KeyboardInterrupt or SystemExit out of a task would stop the event loop mid-run; the
+    scheduler stops the run in order instead and raises it wrapped, once every task ended."""
+
+    class Interrupting(ScriptedHandler):
+        async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+            if task.task_id == "text/1/2":
+                raise interrupt
+            return await super().run_task(task)
+
+    scheduler, _, admission = _scheduler(
+        12, 4, limits={"submission": 4, "local": 4}, handler_type=Interrupting
+    )
+    with pytest.raises(RunInterruptedError) as caught:
+        await scheduler.run()
+    assert caught.value.interrupt is interrupt
+    assert isinstance(caught.value, RunCancelledError)
+    assert "'text'" in str(caught.value) and type(interrupt).__name__ in str(caught.value)
+    assert scheduler.stop_reason is StopReason.CANCELLED
+    assert scheduler.statistics().tasks_running == 0
+    assert admission.active_leases == 0
+
+
+VISIBLE: ContextVar[str] = ContextVar("visible", default="unset")
+
+
+async def test_every_attempt_starts_from_the_runs_context() -> None:
+    """Task code that sets a context variable and does not reset it (a tracing library, say)
+    must not show it to the next attempt, whether attempts wait or finish at once."""
+
+    class Leaky(ScriptedHandler):
+        def __init__(self, admission: RecordingAdmission) -> None:
+            super().__init__(admission)
+            self.seen: dict[str, str] = {}
+
+        async def run_task(self, task: SchedulableTask) -> TaskOutcome:
+            self.seen[task.task_id] = VISIBLE.get()
+            VISIBLE.set(task.task_id)
+            if task.task.row_index is not None and task.task.row_index % 2:
+                await asyncio.sleep(0)
+            self.ran.append(task.task_id)
+            return SUCCEEDED
+
+    scheduler, handler, admission = _scheduler(
+        40, 10, limits={"submission": 16, "local": 16}, handler_type=Leaky
+    )
+    token = VISIBLE.set("run")
+    try:
+        await scheduler.run()
+        assert VISIBLE.get() == "run"
+    finally:
+        VISIBLE.reset(token)
+    assert isinstance(handler, Leaky)
+    assert len(handler.seen) == 4 * 2 + 40
+    assert set(handler.seen.values()) == {"run"}
     assert admission.active_leases == 0

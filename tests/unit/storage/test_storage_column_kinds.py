@@ -11,6 +11,7 @@ import pytest
 
 from sluiceway.storage.column_kinds import (
     ColumnKind,
+    ColumnType,
     convert_column,
     encode_column,
     kind_of_value,
@@ -20,6 +21,10 @@ from sluiceway.storage.column_kinds import (
 )
 
 K = ColumnKind
+
+
+def T(kind: ColumnKind) -> ColumnType:
+    return ColumnType.of(kind)
 
 
 @pytest.mark.parametrize(
@@ -89,8 +94,8 @@ def test_encode_column_refuses_values_json_cannot_hold() -> None:
 def test_convert_int_to_float_and_null_to_typed_nulls() -> None:
     ints = pa.array([1, None, 3], type=pa.int64())
 
-    assert convert_column(ints, K.INT, K.FLOAT).to_pylist() == [1.0, None, 3.0]
-    nulls = convert_column(pa.nulls(2), K.NULL, K.FLOAT_LIST)
+    assert convert_column(ints, T(K.INT), T(K.FLOAT)).to_pylist() == [1.0, None, 3.0]
+    nulls = convert_column(pa.nulls(2), T(K.NULL), T(K.FLOAT_LIST))
     assert nulls.type == pa.list_(pa.float64())
     assert nulls.to_pylist() == [None, None]
 
@@ -99,6 +104,6 @@ def test_convert_to_json_keeps_python_values() -> None:
     strings = pa.array(["x", None], type=pa.string())
     lists = pa.array([[1.0, 2.0]], type=pa.list_(pa.float64()))
 
-    as_json = convert_column(strings, K.STRING, K.JSON)
+    as_json = convert_column(strings, T(K.STRING), T(K.JSON))
     assert python_values(as_json, K.JSON) == ["x", None]
-    assert python_values(convert_column(lists, K.FLOAT_LIST, K.JSON), K.JSON) == [[1.0, 2.0]]
+    assert python_values(convert_column(lists, T(K.FLOAT_LIST), T(K.JSON)), K.JSON) == [[1.0, 2.0]]

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from sluiceway.errors import StorageError
+from sluiceway.storage.column_kinds import ColumnType
+from sluiceway.storage.column_types import arrow_type_of_schema
 from sluiceway.storage.dataset import load_dataset
 from sluiceway.storage.manifest import DroppedRowRecord, ManifestWriter, RunStatus
 from sluiceway.storage.parquet_writer import RowGroupWriter
@@ -19,8 +22,9 @@ def _dataset(
     groups: Sequence[tuple[int, list[dict[str, Any]], list[int]]],
     *,
     columns: Sequence[str] = ("x",),
+    column_types: dict[str, ColumnType] | None = None,
 ) -> ManifestWriter:
-    writer = RowGroupWriter(directory, column_order=columns)
+    writer = RowGroupWriter(directory, column_order=columns, column_types=column_types)
     manifest = ManifestWriter(
         directory,
         run_id="r",
@@ -123,3 +127,62 @@ async def test_a_run_with_no_rows_loads_as_an_empty_frame(tmp_path: Path) -> Non
     assert list(frame.columns) == ["_row_index", "x", "y"]
     assert len(frame) == 0
     assert str(frame["_row_index"].dtype) == "int64"
+
+
+class Facts(BaseModel):
+    sentiment: str
+    score: int = 3
+    features: list[str] = []
+    note: str | None = None
+
+
+def _facts_dataset(directory: Path, rows: list[dict[str, Any]]) -> None:
+    arrow_type = arrow_type_of_schema(Facts.model_json_schema())
+    _dataset(
+        directory,
+        [(0, rows, list(range(len(rows))))],
+        column_types={"x": ColumnType.nested(arrow_type)},
+    )
+
+
+def test_output_models_give_typed_rows_with_the_model_defaults(tmp_path: Path) -> None:
+    _facts_dataset(
+        tmp_path,
+        [
+            {"x": {"sentiment": "mixed", "features": ["grip"], "note": None}},
+            {"x": None},  # a skipped row
+            {"x": {"sentiment": "warm", "score": 5}},  # absent keys: stored as nulls
+        ],
+    )
+
+    frame = load_dataset(tmp_path, output_models={"x": Facts})
+
+    assert frame["x"].tolist() == [
+        Facts(sentiment="mixed", features=["grip"]),
+        None,
+        Facts(sentiment="warm", score=5),
+    ]
+    plain = load_dataset(tmp_path)["x"].tolist()
+    assert plain[2] == {"sentiment": "warm", "score": 5, "features": None, "note": None}
+
+
+def test_a_value_the_model_rejects_names_the_column_and_row(tmp_path: Path) -> None:
+    class Strict(BaseModel):
+        sentiment: int
+
+    _facts_dataset(tmp_path, [{"x": {"sentiment": "warm"}}])
+
+    with pytest.raises(StorageError) as caught:
+        load_dataset(tmp_path, output_models={"x": Strict})
+
+    message = str(caught.value)
+    assert "column 'x', row 0" in message
+    assert "Strict" in message
+    assert "sentiment" in message
+
+
+def test_output_models_for_an_unknown_column_are_refused(tmp_path: Path) -> None:
+    _dataset(tmp_path, [(0, [{"x": "a"}], [0])])
+
+    with pytest.raises(StorageError, match=r"output_models names \['facts'\]"):
+        load_dataset(tmp_path, output_models={"facts": Facts})

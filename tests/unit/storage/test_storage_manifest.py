@@ -155,6 +155,41 @@ async def test_checkpoints_and_finish_are_persisted(tmp_path: Path) -> None:
     assert writer.statistics().written_version == writer.statistics().version
 
 
+def test_column_kinds_are_merged_over_the_files_and_survive_a_reload(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    assert writer.manifest.column_kinds == {}
+    first = WrittenFile(
+        path=tmp_path / "part-000000.parquet",
+        row_group=0,
+        rows=2,
+        bytes=100,
+        column_kinds={"a": ColumnKind.INT, "b": ColumnKind.NESTED},
+    )
+    second = WrittenFile(
+        path=tmp_path / "part-000003.parquet",
+        row_group=3,
+        rows=2,
+        bytes=100,
+        column_kinds={"a": ColumnKind.FLOAT, "b": ColumnKind.NESTED},
+    )
+    writer.record_row_group(row_group=0, written=first, rows_dropped=0)
+    writer.record_row_group(row_group=1, written=None, rows_dropped=2)
+    writer.record_row_group(row_group=2, written=_written(tmp_path, 2, 1), rows_dropped=0)
+    writer.record_row_group(row_group=3, written=second, rows_dropped=0)
+    writer.write_blocking()
+
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["column_kinds"] == {"a": "float", "b": "nested"}
+    assert read_manifest(tmp_path).column_kinds == {"a": ColumnKind.FLOAT, "b": ColumnKind.NESTED}
+
+
+def test_a_manifest_without_column_kinds_still_reads(tmp_path: Path) -> None:
+    data = _sample_manifest().to_dict()
+    del data["column_kinds"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    assert read_manifest(tmp_path).column_kinds == {}
+
+
 def test_dropped_rows_keep_the_lowest_indices_and_count_the_rest(tmp_path: Path) -> None:
     writer = _writer(tmp_path, dropped_rows_kept=3)
 
@@ -238,6 +273,10 @@ def test_missing_manifest_is_a_storage_error_with_a_fix(tmp_path: Path) -> None:
         (lambda data: data["row_groups"][0].update(index=True), "'row_groups\\[0\\].index'"),
         (lambda data: data.update(format_version=99), "upgrade Sluiceway"),
         (lambda data: data.update(started_at="yesterday"), "ISO 8601"),
+        (
+            lambda data: data.update(column_kinds={"a": "blob"}),
+            "'column_kinds.a': 'blob' is not a column kind",
+        ),
     ],
 )
 def test_damaged_manifest_names_the_field(tmp_path: Path, mutate: object, expected: str) -> None:

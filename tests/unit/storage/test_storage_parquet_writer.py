@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sluiceway.errors import EngineError, StorageError
-from sluiceway.storage.column_kinds import ColumnKind
+from sluiceway.storage.column_kinds import ColumnKind, ColumnType
 from sluiceway.storage.dataset import load_dataset
 from sluiceway.storage.manifest import ManifestWriter
 from sluiceway.storage.parquet_writer import (
@@ -98,9 +100,9 @@ async def _write_dataset(
     groups: Sequence[tuple[int, Sequence[Mapping[str, Any]], Sequence[int]]],
     *,
     columns: Sequence[str] = COLUMNS,
-    column_kinds: Mapping[str, ColumnKind] | None = None,
+    column_types: Mapping[str, ColumnType] | None = None,
 ) -> None:
-    writer = RowGroupWriter(directory, column_order=columns, column_kinds=column_kinds)
+    writer = RowGroupWriter(directory, column_order=columns, column_types=column_types)
     manifest = ManifestWriter(
         directory,
         run_id="run-1",
@@ -200,7 +202,9 @@ async def test_conflicting_kinds_across_files_load_as_python_objects(tmp_path: P
 
 async def test_declared_kinds_give_typed_nulls_in_every_file(tmp_path: Path) -> None:
     writer = RowGroupWriter(
-        tmp_path, column_order=["embedding"], column_kinds={"embedding": ColumnKind.FLOAT_LIST}
+        tmp_path,
+        column_order=["embedding"],
+        column_types={"embedding": ColumnType.of(ColumnKind.FLOAT_LIST)},
     )
 
     empty = await writer.write(0, [{"embedding": None}], [0])
@@ -211,6 +215,81 @@ async def test_declared_kinds_give_typed_nulls_in_every_file(tmp_path: Path) -> 
         == pq.read_schema(full.path).field("embedding").type
     )
     assert empty.column_kinds["embedding"] is ColumnKind.FLOAT_LIST
+
+
+_JUDGE = pa.struct(
+    [
+        pa.field(
+            "clarity",
+            pa.struct(
+                [
+                    pa.field("score", pa.int64(), nullable=False),
+                    pa.field("reasoning", pa.string(), nullable=False),
+                ]
+            ),
+            nullable=False,
+        )
+    ]
+)
+
+
+async def test_a_declared_nested_type_is_the_schema_of_every_file(tmp_path: Path) -> None:
+    columns = ["judge", "label"]
+    types = {
+        "judge": ColumnType.nested(_JUDGE),
+        "label": ColumnType.of(ColumnKind.STRING),
+    }
+    answer = {"clarity": {"score": 4, "reasoning": "plain words"}}
+    await _write_dataset(
+        tmp_path,
+        [
+            (0, [{"judge": answer, "label": "ok"}], [0]),
+            (1, [{"judge": None, "label": None}], [1]),  # a skipped row: typed nulls
+        ],
+        columns=columns,
+        column_types=types,
+    )
+
+    schemas = [pq.read_schema(tmp_path / row_group_file_name(i)) for i in (0, 1)]
+    assert schemas[0].remove_metadata() == schemas[1].remove_metadata()
+    assert schemas[0].field("judge").type == _JUDGE
+    assert schemas[0].field("label").type == pa.string()
+    assert json.loads(schemas[1].metadata[KINDS_METADATA_KEY])["judge"] == "nested"
+    table = pq.read_table(tmp_path / row_group_file_name(0))
+    assert pc.struct_field(table.column("judge"), [0, 0]).to_pylist() == [4]
+    frame = pd.read_parquet(tmp_path / row_group_file_name(0))
+    assert frame["judge"][0]["clarity"]["reasoning"] == "plain words"
+    assert load_dataset(tmp_path)["judge"].tolist() == [answer, None]
+
+
+async def test_a_file_whose_value_does_not_fit_the_nested_type_keeps_json_text(
+    tmp_path: Path,
+) -> None:
+    types = {"judge": ColumnType.nested(_JUDGE)}
+    fits = {"clarity": {"score": 4, "reasoning": "r"}}
+    too_big = {"clarity": {"score": 2**64, "reasoning": "r"}}  # beyond int64: stored exactly
+    writer = RowGroupWriter(tmp_path, column_order=["judge"], column_types=types)
+
+    nested = writer.write_blocking(0, [{"judge": fits}], [0])
+    fallback = writer.write_blocking(1, [{"judge": too_big}], [1])
+
+    assert nested.column_kinds["judge"] is ColumnKind.NESTED
+    assert fallback.column_kinds["judge"] is ColumnKind.JSON
+    assert pq.read_schema(fallback.path).field("judge").type == pa.string()
+    manifest = ManifestWriter(
+        tmp_path,
+        run_id="r",
+        config_fingerprint="f",
+        seed=1,
+        num_records=2,
+        buffer_size=1,
+        columns=["judge"],
+    )
+    for written in (nested, fallback):
+        manifest.record_row_group(row_group=written.row_group, written=written, rows_dropped=0)
+    manifest.write_blocking()
+    assert load_dataset(tmp_path)["judge"].tolist() == [fits, too_big]
+    assert manifest.manifest.column_kinds == {"judge": ColumnKind.JSON}
 
 
 async def test_large_ints_and_aware_datetimes(tmp_path: Path) -> None:
@@ -270,7 +349,9 @@ def test_writer_refuses_bad_column_orders_and_mismatched_indices(tmp_path: Path)
     with pytest.raises(EngineError, match="more than once"):
         RowGroupWriter(tmp_path, column_order=["a", "a"])
     with pytest.raises(EngineError, match="not output columns"):
-        RowGroupWriter(tmp_path, column_order=["a"], column_kinds={"b": ColumnKind.INT})
+        RowGroupWriter(
+            tmp_path, column_order=["a"], column_types={"b": ColumnType.of(ColumnKind.INT)}
+        )
     writer = RowGroupWriter(tmp_path, column_order=["a"])
     with pytest.raises(EngineError, match="row indices"):
         writer.write_blocking(0, [{"a": 1}], [0, 1])

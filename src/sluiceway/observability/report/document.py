@@ -200,6 +200,14 @@ def _sampling_lines(series: RunSeries) -> list[str]:
     ]
 
 
+def _limit_changes(resource: ResourceSeries) -> str:
+    """Limit changes by reason, and the holds of reported windows (``probe 12, recovery 3``)."""
+    counts = Counter(reason for _, reason in resource.limit_changes)
+    if resource.paced_at:
+        counts["window holds"] = len(resource.paced_at)
+    return ", ".join(f"{reason} {count:,}" for reason, count in sorted(counts.items())) or "–"
+
+
 def _max_in_flight(
     series: RunSeries, resource: ResourceSeries, plan: AsyncCapacityPlan | None
 ) -> str:
@@ -250,8 +258,8 @@ def render_markdown(
         "## Models",
         "",
         "In flight, current limit and cap per provider/model and domain; red crosses mark "
-        "rate-limited attempts, orange triangles attempts abandoned at their adaptive timeout, "
-        "green triangles hedged attempts."
+        "rate-limited attempts; along the bottom, brown marks attempts abandoned at their "
+        "adaptive timeout and cyan ones hedged attempts."
         + (" In flight is drawn at the traced requests' lease events." if series.sampled else ""),
         "",
         f"![per-model in flight, limit and cap]({MODELS_PLOT})",
@@ -270,6 +278,7 @@ def render_markdown(
             _max_in_flight(series, resource, plan),
             "–" if resource.limit.last is None else f"{resource.limit.last:g}",
             "–" if resource.cap.last is None else f"{resource.cap.last:g}",
+            _limit_changes(resource),
             _seconds_summary(resource.wait_seconds),
             _seconds_summary(resource.latency_seconds),
         )
@@ -284,6 +293,7 @@ def render_markdown(
                 "max in flight",
                 "final limit",
                 "cap",
+                "limit changes",
                 f"{traced}wait p50 / p95 (ms)",
                 f"{traced}latency p50 / p95 (ms)",
             ],

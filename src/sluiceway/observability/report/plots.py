@@ -58,9 +58,19 @@ def plot_throughput(series: RunSeries, path: Path) -> Path:
     return path
 
 
+# How the limit's changes are marked on the limit line, by reason (others are not marked).
+_CHANGE_MARKERS = {
+    "probe": ("^", "tab:green", "probe"),
+    "recovery": ("o", "tab:blue", "recovery"),
+    "probe_refused": ("v", "tab:orange", "probe refused"),
+    "rate_limited": ("v", "tab:red", "decrease"),
+}
+
+
 def plot_resources(series: RunSeries, path: Path) -> Path:
-    """Per provider/model and domain: in flight, limit and cap, with marks for rate limits,
-    adaptive timeouts and hedges."""
+    """Per provider/model and domain: in flight, limit and cap, with rate-limit marks, the
+    limit's changes marked by reason, where reported windows held grants back, and the
+    attempts abandoned at their adaptive timeout and the hedged attempts."""
     resources: list[ResourceSeries] = sorted(
         series.resources.values(), key=lambda r: (-r.completed, r.label)
     )[:MAX_RESOURCE_PLOTS]
@@ -92,13 +102,35 @@ def plot_resources(series: RunSeries, path: Path) -> Path:
                 color="red",
                 label="rate limited",
             )
+        limit_at = dict(zip(resource.limit.times, resource.limit.values, strict=True))
+        for reason, (marker, color, label) in _CHANGE_MARKERS.items():
+            times = [at for at, why in resource.limit_changes if why == reason]
+            if times:
+                axes.plot(
+                    times,
+                    [limit_at.get(at, resource.limit.last or 0) for at in times],
+                    linestyle="none",
+                    marker=marker,
+                    markersize=4,
+                    color=color,
+                    label=label,
+                )
+        if resource.paced_at:
+            axes.plot(
+                resource.paced_at,
+                [0] * len(resource.paced_at),
+                linestyle="none",
+                marker="|",
+                color="tab:purple",
+                label="held by reported window",
+            )
         if resource.adaptive_timeouts:
             axes.plot(
                 [at for at, _ in resource.adaptive_timeouts],
                 [0] * len(resource.adaptive_timeouts),
                 linestyle="none",
-                marker="v",
-                color="darkorange",
+                marker="1",
+                color="tab:brown",
                 label="adaptive timeout",
             )
         if resource.hedges_started_at:
@@ -106,8 +138,9 @@ def plot_resources(series: RunSeries, path: Path) -> Path:
                 resource.hedges_started_at,
                 [0] * len(resource.hedges_started_at),
                 linestyle="none",
-                marker="^",
-                color="green",
+                marker="P",
+                markersize=4,
+                color="tab:cyan",
                 label="hedge started",
             )
         axes.set_title(resource.label, fontsize="medium")

@@ -43,6 +43,7 @@ from sluiceway.observability.request_events import (
     RequestLeaseReleased,
     RequestLimitDecreased,
     RequestLimitIncreased,
+    RequestPacingHeld,
     RequestRateLimited,
     RequestResourceRegistered,
     RequestWaitCompleted,
@@ -89,6 +90,9 @@ class ResourceSeries:
     limit: StepSeries = field(default_factory=StepSeries)
     cap: StepSeries = field(default_factory=StepSeries)
     rate_limited_at: list[float] = field(default_factory=list)
+    # (time, reason) of every limit change, and when reported windows started holding grants.
+    limit_changes: list[tuple[float, str]] = field(default_factory=list)
+    paced_at: list[float] = field(default_factory=list)
     completed: int = 0  # request attempts seen completing (traced ones when sampled)
     wait_seconds: list[float] = field(default_factory=list)
     latency_seconds: list[float] = field(default_factory=list)
@@ -265,6 +269,9 @@ def _request_event(series: RunSeries, event: RequestEvent, at: float) -> None:
         resource.cap.append(at, event.cap)
     elif isinstance(event, RequestLimitDecreased | RequestLimitIncreased):
         resource.limit.append(at, event.limit)
+        resource.limit_changes.append((at, event.reason.value))
+    elif isinstance(event, RequestPacingHeld):
+        resource.paced_at.append(at)
     elif isinstance(event, RequestWaitCompleted):
         resource.wait_seconds.append(event.waited_seconds)
     elif isinstance(event, ModelRequestCompleted):

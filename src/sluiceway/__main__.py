@@ -1,0 +1,5 @@
+"""``python -m sluiceway``: the ``sluiceway`` command line."""
+
+from sluiceway.cli.app import main
+
+main()
