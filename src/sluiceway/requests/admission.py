@@ -258,6 +258,7 @@ class RequestAdmissionLease:
     sequence: int = field(default=0, repr=False)
     token_sequence: int = field(default=0, repr=False)
     in_flight_at_grant: int = 0  # of its domain, itself included: the concurrency it went at
+    estimated_tokens: int = field(default=0, repr=False)  # the item's estimate
 
 
 @fast_init
@@ -453,6 +454,7 @@ class _Pool:
         "probe_lease_id",
         "queue",
         "released_total",
+        "token_scale",
     )
 
     def __init__(self, key: ProviderModelKey, cap: int) -> None:
@@ -480,6 +482,9 @@ class _Pool:
         self.paced = False
         self.pacing_held = False  # a paced window holds a waiter back (for the event's edge)
         self.granted_tokens = 0
+        # Reported usage over the estimate, a moving average: a token window paces by the
+        # tokens requests will use, which the estimate (prompt / 4 + max_tokens) may miss.
+        self.token_scale = 1.0
 
 
 class RequestEventTags(TypedDict):
@@ -631,7 +636,8 @@ def _paced_ready_at(pool: _Pool, item: RequestAdmissionItem, now: float) -> floa
     requests, tokens = pool.pacers
     ready_at = requests.ready_at(1, now)
     if item.estimated_tokens:
-        ready_at = max(ready_at, tokens.ready_at(item.estimated_tokens, now))
+        needed = math.ceil(item.estimated_tokens * pool.token_scale)
+        ready_at = max(ready_at, tokens.ready_at(needed, now))
     return ready_at
 
 
@@ -670,6 +676,7 @@ def _increase_reason(source: RequestLimit, cause: RequestReleaseOutcome | None) 
     return LimitChangeCode.RECOVERY
 
 
+_TOKEN_SCALE_ALPHA = 0.2
 _owner_ids = itertools.count(1)
 _DENIED_SHUTDOWN = RequestAdmissionDenied(reason=DenialReason.SHUTDOWN)
 _DENIED_NO_CAPACITY = RequestAdmissionDenied(reason=DenialReason.NO_CAPACITY)
@@ -1038,6 +1045,9 @@ class RequestAdmissionController:
             self._take_report(pool, lease, rate_limit, now)
         freed: list[_Pool] = []
         charges = self._charges.pop(lease.lease_id, None) if self._charges else None
+        if usage_tokens is not None and lease.estimated_tokens > 0:
+            ratio = usage_tokens / lease.estimated_tokens
+            pool.token_scale += _TOKEN_SCALE_ALPHA * (ratio - pool.token_scale)
         if charges is not None and usage_tokens is not None:
             freed = _settle(charges, usage_tokens, now, tokens_only=True)
         in_flight_with_this = domain.in_flight
@@ -1565,6 +1575,8 @@ class RequestAdmissionController:
         if pool.breaker is BreakerState.HALF_OPEN:
             pool.probe_lease_id = self._next_lease_id
         tokens = item.estimated_tokens
+        if tokens and pool.paced:
+            tokens = math.ceil(tokens * pool.token_scale)
         pool.granted_tokens += tokens
         if pool.paced:
             requests_window, tokens_window = pool.pacers
@@ -1589,6 +1601,7 @@ class RequestAdmissionController:
             limit_at_grant=domain.limit,
             owner=self._owner,
             reserved_tokens=reserved_tokens,
+            estimated_tokens=item.estimated_tokens,
             sequence=pool.granted_total + 1,
             token_sequence=pool.granted_tokens,
             in_flight_at_grant=domain.in_flight + 1,

@@ -28,8 +28,12 @@ pure classes that take ``now`` and samples and return a new state:
   Retry-After), and the next hold doubles while probes keep being refused at the same level (up
   to ``max_hold_round_trips``). Refused at or below ``served`` (capacity shrank, a window ran
   out): ``limit = max(1, floor(limit * decrease_factor))``, ``served`` drops to what the refusal
-  shows, the domain cools down and recovers from there. Further refusals of one burst (leases
-  granted at a higher limit than the current one) do not decrease again; each one shows the
+  shows, the domain cools down and recovers from there; but a refusal *isolated* among answers
+  (a slot taken for a moment, by another client or by a request the provider still works on
+  after the client gave up) only brings the limit down to what was served then, and
+  :class:`AdaptiveRequestLimit` cools down only for a refusal with no answer since the last.
+  Further refusals of one burst (leases granted at a higher limit than the current one) do not
+  decrease again; each one shows the
   provider served one fewer than counted, and once that is below the limit the limit follows it,
   but not below half the limit the burst was granted at (64 requests against a provider that
   serves 32 end the burst at 32, not after a cooldown per multiplicative step).
@@ -243,9 +247,12 @@ class AimdLimit:
         limit_at_grant: int,
         now: float | None = None,
         in_flight: int | None = None,
+        isolated: bool = False,
     ) -> AimdState:
         """``in_flight``: requests in flight when this refusal arrived, itself included; without
-        it the refusal is taken to be at the limit in force."""
+        it the refusal is taken to be at the limit in force. ``isolated``: answers came since
+        the last refusal, so this one shows a level just above what the provider serves now,
+        not pressure: the limit comes down to what was served, not by the factor."""
         if limit_at_grant > state.limit:
             # This burst already decreased the limit. Another refusal of it was in flight when
             # the first one arrived: the provider served one fewer than counted then.
@@ -292,6 +299,8 @@ class AimdLimit:
                 cooldown=False,
             )
         limit = max(1, math.floor(state.limit * self.decrease_factor))
+        if isolated:
+            limit = max(limit, min(state.limit, served_then))
         served = max(limit, min(state.served, served_then)) if state.served else limit
         return replace(
             state,
@@ -538,6 +547,7 @@ class AdaptiveRequestLimit:
 
     __slots__ = (
         "_aimd",
+        "_answered_since_refusal",
         "_blocked_until",
         "_cooldown",
         "_cooldown_streak",
@@ -585,6 +595,7 @@ class AdaptiveRequestLimit:
             max_seconds=settings.max_cooldown_seconds,
         )
         self._cooldown_streak = 0
+        self._answered_since_refusal = False  # an answer came since the last refusal
         self._state = self._aimd.initial(initial)
         self._ramp: StartupRamp | None = None
         self._blocked_until: float | None = None
@@ -686,10 +697,19 @@ class AdaptiveRequestLimit:
             self._ramp = None  # a rate limit aborts the startup ramp
             self._ramp_seconds = 0.0
             # A refusal comes back at once: what is in flight now is what the provider held.
+            # One refusal among answers (a slot another client, or a request the provider still
+            # works on after the client gave up, took for a moment) is met by the decrease
+            # alone; a refusal with no answer since the last one cools the domain down.
+            isolated = self._answered_since_refusal
+            self._answered_since_refusal = False
             self._state = self._aimd.on_rate_limited(
-                self._state, limit_at_grant=limit_at_grant, now=now, in_flight=in_flight
+                self._state,
+                limit_at_grant=limit_at_grant,
+                now=now,
+                in_flight=in_flight,
+                isolated=isolated,
             )
-            if self._state.cooldown:
+            if self._state.cooldown and not isolated:
                 pause = self._cooldown.seconds(retry_after_seconds, self._cooldown_streak)
                 if retry_after_seconds is None:
                     self._cooldown_streak += 1
@@ -697,6 +717,7 @@ class AdaptiveRequestLimit:
                 if self._blocked_until is None or until > self._blocked_until:
                     self._blocked_until = until
         elif outcome is RequestReleaseOutcome.SUCCESS:
+            self._answered_since_refusal = True
             cooling = self._blocked_until is not None and now < self._blocked_until
             if not cooling:
                 self._cooldown_streak = 0

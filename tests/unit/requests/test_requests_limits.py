@@ -376,6 +376,17 @@ def test_adaptive_rate_limit_cools_down_until_retry_after() -> None:
     assert limit.blocked_until is None
 
 
+def test_one_refusal_among_answers_comes_down_to_what_was_served_without_a_cooldown() -> None:
+    limit = _adaptive()
+    limit.on_outcome(OK, now=1.0, limit_at_grant=32, in_flight=32, retry_after_seconds=None)
+    # 32 in flight when refused: the provider served 31 at that moment (a slot another client,
+    # or a request it still works on, took for a while).
+    limit.on_outcome(LIMITED, now=2.0, limit_at_grant=32, in_flight=32, retry_after_seconds=1.0)
+    assert (limit.limit, limit.blocked_until) == (31, None)
+    limit.on_outcome(LIMITED, now=2.0, limit_at_grant=31, in_flight=31, retry_after_seconds=1.0)
+    assert (limit.limit, limit.blocked_until) == (23, 3.0)  # refused again in a row: pressure
+
+
 def test_a_refused_probe_does_not_cool_the_domain_down() -> None:
     limit = _adaptive(slow_start=True)
     limit.on_outcome(LIMITED, now=5.0, limit_at_grant=16, in_flight=16, retry_after_seconds=3.0)
@@ -396,8 +407,12 @@ def test_cooldowns_without_retry_after_grow_while_refusals_repeat() -> None:
         limit.advance(now)
     assert pauses == [0.5, 1.0, 2.0]
     limit.on_outcome(OK, now=now, limit_at_grant=1, in_flight=1, retry_after_seconds=None)
+    # One refusal among answers is met by the decrease alone...
     limit.on_outcome(LIMITED, now=now, limit_at_grant=1, in_flight=1, retry_after_seconds=None)
-    assert limit.blocked_until == now + 0.5  # a success started the learning over
+    assert limit.blocked_until is None
+    # ...the next in a row cools down again, the learning started over by the answer.
+    limit.on_outcome(LIMITED, now=now, limit_at_grant=1, in_flight=1, retry_after_seconds=None)
+    assert limit.blocked_until == now + 0.5
 
 
 def test_adaptive_successes_in_cooldown_do_not_grow_the_limit() -> None:
