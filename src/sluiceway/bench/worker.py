@@ -16,7 +16,6 @@ import copy
 import gc
 import hashlib
 import json
-import math
 import resource
 import shutil
 import sys
@@ -127,10 +126,8 @@ def _event_metrics(
         metrics["last_rate_limit_seconds"] = (
             max(at for at, _, _ in limited) - started_at if limited else 0.0
         )
-        # The opening burst: refusals before the first answer came back.
-        answered_at = [at for at, _, outcome in completions if outcome == "success"]
-        first_answer = min(answered_at) if answered_at else math.inf
-        metrics["opening_rate_limited"] = sum(1 for at, _, _ in limited if at < first_answer)
+        # The opening burst: refusals in the run's first second (five round trips here).
+        metrics["opening_rate_limited"] = sum(1 for at, _, _ in limited if at < started_at + 1.0)
     cooled = analysis.get("cooldown_provider")
     if cooled is not None and busy is not None and completions:
         busy_done = [at for at, provider, _ in completions if provider == busy]

@@ -61,6 +61,16 @@ def eta(snapshot: ProgressSnapshot) -> str:
     return format_duration(max(0, snapshot.records_total - snapshot.records_done) / rate)
 
 
+def _stragglers(snapshot: ProgressSnapshot) -> str:
+    """``, 3 abandoned stragglers, 1 hedged`` when there were any."""
+    parts = []
+    if snapshot.adaptive_timeouts:
+        parts.append(f"{snapshot.adaptive_timeouts} abandoned stragglers")
+    if snapshot.hedges:
+        parts.append(f"{snapshot.hedges} hedged")
+    return "".join(f", {part}" for part in parts)
+
+
 def _model_state(model: ModelProgress) -> str:
     if model.breaker != "closed":
         return f"breaker {model.breaker}"
@@ -90,7 +100,7 @@ class RichProgress:
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]:>8.1f} rows/s"),
             TextColumn("{task.fields[requests]} requests"),
-            TextColumn("{task.fields[dropped]} dropped"),
+            TextColumn("{task.fields[dropped]} dropped{task.fields[stragglers]}"),
             TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"),
             console=console,
@@ -102,7 +112,13 @@ class RichProgress:
     def on_start(self, snapshot: ProgressSnapshot) -> None:
         self._total = max(1, snapshot.records_total)
         self._task = self._progress.add_task(
-            "run", total=snapshot.records_total, rate=0.0, requests=0, dropped=0, eta="unknown"
+            "run",
+            total=snapshot.records_total,
+            rate=0.0,
+            requests=0,
+            dropped=0,
+            stragglers="",
+            eta="unknown",
         )
         self._live.update(self._view(snapshot))
         self._live.start()
@@ -116,6 +132,7 @@ class RichProgress:
             rate=_rate(snapshot),
             requests=snapshot.model_requests,
             dropped=snapshot.rows_dropped,
+            stragglers=_stragglers(snapshot),
             eta=eta(snapshot),
         )
         self._live.update(self._view(snapshot))
@@ -174,7 +191,8 @@ class LogProgress:
         self._stream.write(
             f"progress: {done}/{total} records ({100.0 * done / total:.1f}%), "
             f"{rate:.1f} rows/s, {snapshot.model_requests} requests, "
-            f"{snapshot.rows_dropped} dropped, eta {eta(snapshot)}{models}\n"
+            f"{snapshot.rows_dropped} dropped{_stragglers(snapshot)}, eta {eta(snapshot)}"
+            f"{models}\n"
         )
         self._stream.flush()
 

@@ -49,6 +49,8 @@ class ProgressSnapshot:
     elapsed_seconds: float
     columns: tuple[ColumnProgress, ...] = ()
     models: tuple[ModelProgress, ...] = ()
+    adaptive_timeouts: int = 0  # attempts abandoned at their adaptive deadline (stragglers)
+    hedges: int = 0  # hedged attempts started
 
 
 def column_progress(names: tuple[str, ...], done: Mapping[str, int]) -> tuple[ColumnProgress, ...]:

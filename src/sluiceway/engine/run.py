@@ -431,6 +431,8 @@ async def run_dataset(config: DatasetConfig, options: RunOptions) -> RunOutcome:
             models=model_progress(
                 request_admission.pressure.snapshot(), request_admission.statistics()
             ),
+            adaptive_timeouts=stats.adaptive_timeouts,
+            hedges=stats.hedges_started,
         )
 
     generator_names = tuple(generator.name for generator in generators)

@@ -331,10 +331,9 @@ class AimdLimit:
         limit in use); ``served_at``: requests in flight when it was sent, itself included (the
         concurrency the provider served; defaults to ``in_flight``).
 
-        Without ``now`` a hold ends at the next success."""
-        rtt = state.round_trip_seconds
-        if latency_seconds is not None:
-            rtt = latency_seconds if rtt is None else rtt + _RTT_ALPHA * (latency_seconds - rtt)
+        Without ``now`` a hold ends at the next success. The round trip is measured while the
+        limit is in use below its max (where holds are timed), so an idle or capped limit keeps
+        its state object: no allocation per success on the common path."""
         went_at = in_flight if served_at is None else served_at
         served = max(state.served, min(went_at, state.limit))
         ceiling = state.ceiling
@@ -343,9 +342,12 @@ class AimdLimit:
         limit = state.limit
         if limit >= self.max_limit or in_flight < math.ceil(limit * self.usage_ratio):
             # Growth only while the limit is actually used.
-            if rtt == state.round_trip_seconds and served == state.served:
+            if served == state.served and ceiling == state.ceiling:
                 return state
-            return replace(state, round_trip_seconds=rtt, served=served, ceiling=ceiling)
+            return replace(state, served=served, ceiling=ceiling)
+        rtt = state.round_trip_seconds
+        if latency_seconds is not None:
+            rtt = latency_seconds if rtt is None else rtt + _RTT_ALPHA * (latency_seconds - rtt)
         state = replace(state, round_trip_seconds=rtt, served=served, ceiling=ceiling)
         phase = state.phase
         if phase is LimitPhase.STARTUP:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 
 from rich.console import Console
 
@@ -128,3 +129,16 @@ def test_the_plain_lines_say_what_the_limit_is_doing() -> None:
     assert line(limit_phase="hold").rstrip().endswith("1 rate limited")  # "ok" is not printed
     paced = line(limit_phase="probe", paced_seconds=0.25).rstrip()
     assert paced.endswith("paced by the provider's window 0.2s")
+
+
+def test_abandoned_stragglers_and_hedges_are_counted_in_the_progress_line() -> None:
+    base = _snapshot(100, elapsed=4.0)
+    stream = io.StringIO()
+    LogProgress(stream).on_progress(replace(base, adaptive_timeouts=3, hedges=1))
+    assert "2 dropped, 3 abandoned stragglers, 1 hedged, eta" in stream.getvalue()
+    console = Console(record=True, force_terminal=True, width=200, file=io.StringIO())
+    view = RichProgress(console)
+    view.on_start(base)
+    view.on_progress(replace(base, adaptive_timeouts=3))
+    view.on_finish(replace(base, adaptive_timeouts=3))
+    assert "2 dropped, 3 abandoned stragglers" in console.export_text()
