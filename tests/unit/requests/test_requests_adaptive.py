@@ -175,6 +175,17 @@ def _breaker_controller(cap: int) -> tuple[AdaptiveRequestAdmissionController, F
     return controller, clock
 
 
+def _half_open_breaker() -> tuple[AdaptiveRequestAdmissionController, FakeClock]:
+    """Failures for 11 s open the breaker; 5 s later it lets one probe through."""
+    controller, clock = _breaker_controller(cap=4)
+    for step in (11.0, 5.0):
+        controller.release(
+            _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
+        )
+        clock.advance(step)
+    return controller, clock
+
+
 async def test_a_half_open_breaker_grants_one_probe_when_a_cooldown_ends() -> None:
     controller, clock = _breaker_controller(cap=8)
     controller.release(
@@ -213,15 +224,7 @@ async def test_a_half_open_breaker_grants_one_probe_when_a_cooldown_ends() -> No
 async def test_a_probe_that_ends_without_an_answer_lets_the_next_request_probe(
     outcome: RequestReleaseOutcome,
 ) -> None:
-    controller, clock = _breaker_controller(cap=4)
-    controller.release(
-        _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
-    )
-    clock.advance(11.0)
-    controller.release(
-        _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
-    )
-    clock.advance(5.0)
+    controller, clock = _half_open_breaker()
     probe = _lease(controller.try_acquire(_item()))
     waiter = asyncio.create_task(controller.acquire(_item()))
     await _settle()
@@ -237,15 +240,7 @@ async def test_a_probe_that_ends_without_an_answer_lets_the_next_request_probe(
 
 
 async def test_a_probe_cancelled_after_its_grant_lets_the_next_waiter_probe() -> None:
-    controller, clock = _breaker_controller(cap=4)
-    controller.release(
-        _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
-    )
-    clock.advance(11.0)
-    controller.release(
-        _lease(controller.try_acquire(_item())), RequestReleaseOutcome.PROVIDER_FAILURE
-    )
-    clock.advance(5.0)
+    controller, _ = _half_open_breaker()
     held = _lease(controller.try_acquire(_item()))
     probe = asyncio.create_task(controller.acquire(_item()))
     after = asyncio.create_task(controller.acquire(_item()))
