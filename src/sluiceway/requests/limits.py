@@ -33,13 +33,14 @@ pure classes that take ``now`` and samples and return a new state:
   after the client gave up) only brings the limit down to what was served then, and
   :class:`AdaptiveRequestLimit` cools down only for a refusal with no answer since the last.
   Further refusals of one burst (leases granted at a higher limit than the current one) do not
-  decrease again; each one shows the
-  provider served one fewer than counted, and once that is below the limit the limit follows it,
-  but not below half the limit the burst was granted at (64 requests against a provider that
-  serves 32 end the burst at 32, not after a cooldown per multiplicative step).
-  Growth only happens while the limit is in use (``in_flight >= ceil(limit * usage_ratio)``).
-- :class:`StartupRamp`: from 1 to the initial limit linearly over ``ramp_seconds``;
-  ``limit_at(now) = 1 + floor((target - 1) * (now - start) / ramp_seconds)``.
+  decrease again; each one shows the provider served one fewer than counted, and once that is
+  below the limit the limit follows it, but not below half the limit the burst was granted at
+  (64 requests against a provider that serves 32 end the burst at 32, not after a cooldown per
+  multiplicative step). Growth only happens while the limit is in use (``in_flight >=
+  ceil(limit * usage_ratio)``).
+- :class:`StartupRamp`: from ``first`` (1, or half the cap for slow start) to the target
+  linearly over ``ramp_seconds``;
+  ``limit_at(now) = first + floor((target - first) * (now - start) / ramp_seconds)``.
 - :class:`CooldownPolicy`: ``now + min(retry_after, max_seconds)``; without a Retry-After it
   learns: ``default_seconds * 2 ** (refusals in a row)``, up to ``max_seconds``, back to
   ``default_seconds`` after a success (short first, longer when refusals repeat).
