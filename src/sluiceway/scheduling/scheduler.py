@@ -829,7 +829,14 @@ class AsyncTaskScheduler:
 
     def _spawn_worker(self, task_group: asyncio.TaskGroup) -> None:
         assert self._run_context is not None
-        worker = task_group.create_task(self._work(), context=self._run_context.copy())
+        work = self._work()
+        try:
+            worker = task_group.create_task(work, context=self._run_context.copy())
+        except BaseException:
+            # A task group that is shutting down refuses new tasks; Python 3.11 leaves the
+            # coroutine unawaited (a RuntimeWarning when it is collected), so close it here.
+            work.close()
+            raise
         self._free_workers += 1
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
