@@ -1328,7 +1328,8 @@ class RequestAdmissionController:
         # One clock reading for every check and charge of this step: a budget is never asked
         # about an instant before a charge this step already made.
         now = self._clock()
-        paced: list[_Domain] = []  # a domain a window the provider reports holds back
+        # A domain a window the provider reports holds back, and when that window has room.
+        paced: list[tuple[_Domain, float]] = []
         if pool.budgets or pool.paced:
 
             def eligible(entry: QueueEntry[_Waiter]) -> bool:
@@ -1339,7 +1340,7 @@ class RequestAdmissionController:
                 if pool.paced:
                     paced_at = _paced_ready_at(pool, item, now)
                     if paced_at > now:
-                        paced.append(entry.item.domain)
+                        paced.append((entry.item.domain, paced_at))
                         ready_at = max(ready_at, paced_at)
                 if ready_at > now:
                     held_until[0] = min(held_until[0], ready_at)
@@ -1368,7 +1369,7 @@ class RequestAdmissionController:
             self._emit_queue_drained(last.domain)
         if pool.budgets or pool.paced:
             if queue and paced:
-                self._pacing_holds(paced[-1], held_until[0], now)
+                self._pacing_holds(*paced[-1], now)
             self._arm_budget_timer(pool, held_until[0] if queue else math.inf)
 
     def _take_report(
